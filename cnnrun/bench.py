@@ -1,0 +1,61 @@
+"""Throughput of a configured network on random inputs: whole steps and per layer."""
+
+import time
+
+import numpy as np
+
+from cnnrun.nn import SGD
+
+
+def _median_seconds(fn, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def benchmark(net, batch_size, repeats=7, warmup=2, seed=0):
+    """Time a training step (forward, loss, backward, SGD update) and an evaluation
+    forward pass on a random batch `(batch_size, *input_shape)` in the network's dtype.
+
+    Returns a dict with samples/s and a per-layer list of median forward/backward ms.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size,) + net.input_shape, dtype=np.float32).astype(net.dtype)
+    k = net.output_shape[0]
+    y = np.eye(k, dtype=net.dtype)[rng.integers(0, k, batch_size)]
+    sgd = SGD(lr=1e-3)
+
+    def train_step():
+        net.loss_and_backward(x, y)
+        sgd.step(net.param_grad_pairs())
+
+    train_s = _median_seconds(train_step, repeats, warmup)
+    eval_s = _median_seconds(lambda: net.forward(x), repeats, warmup)
+
+    # Per layer: the same passes, each layer timed on its own (the softmax backward
+    # is fused into the loss, and the first layer needs no input gradient in training).
+    forward_ms = [[] for _ in net.layers]
+    backward_ms = [[] for _ in net.layers]
+    for _ in range(repeats):
+        h = x
+        for i, layer in enumerate(net.layers):
+            start = time.perf_counter()
+            h = layer.forward(h)
+            forward_ms[i].append((time.perf_counter() - start) * 1e3)
+        grad = (h - y) / batch_size
+        for i in range(len(net.layers) - 2, -1, -1):
+            start = time.perf_counter()
+            grad = net.layers[i].backward(grad, need_dx=i > 0)
+            backward_ms[i].append((time.perf_counter() - start) * 1e3)
+    layers = [dict(index=i, kind=layer.kind, output_shape=list(net.shapes[i + 1]),
+                   forward_ms=float(np.median(forward_ms[i])),
+                   backward_ms=float(np.median(backward_ms[i])) if backward_ms[i] else None)
+              for i, layer in enumerate(net.layers)]
+    return dict(batch_size=batch_size, repeats=repeats,
+                train_samples_per_s=batch_size / train_s, eval_samples_per_s=batch_size / eval_s,
+                train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3, layers=layers)

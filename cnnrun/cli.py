@@ -1,0 +1,102 @@
+"""The `cnnrun` command line: each verb parses its options, calls the library, prints."""
+
+import json
+import sys
+
+import click
+import numpy as np
+
+from cnnrun import __version__
+from cnnrun.config import build_network, load_config
+from cnnrun.errors import CnnrunError
+
+
+class Group(click.Group):
+    """A click group that turns a `CnnrunError` into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnrunError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+def format_table(headers, rows):
+    """Plain-text table with columns padded to fit."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cnnrun")
+def main():
+    """Train, evaluate and attack convolutional networks written by hand in NumPy.
+
+    Every verb takes a YAML config (see configs/) or a run folder; `cnnrun VERB --help`
+    explains each one.
+    """
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the config's batch size.")
+@click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Timed repeats; the median is reported.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Untimed repeats first.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def bench(config, batch_size, repeats, warmup, as_json):
+    """Measure training and evaluation throughput of CONFIG's network (samples/s).
+
+    Uses random float32 inputs of the config's shape, so no data is needed, and
+    shows a per-layer table of forward and backward time.
+    """
+    from cnnrun.bench import benchmark
+
+    cfg = load_config(config)
+    net = build_network(cfg)
+    result = benchmark(net, batch_size or cfg["train"]["batch_size"], repeats, warmup)
+    result["config"] = cfg["name"]
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    rows = [(l["index"], l["kind"], "x".join(map(str, l["output_shape"])), f"{l['forward_ms']:.2f}",
+             "fused" if l["backward_ms"] is None else f"{l['backward_ms']:.2f}") for l in result["layers"]]
+    click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms"], rows))
+    click.echo(f"\n{cfg['name']}: batch {result['batch_size']}, median of {repeats}")
+    click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step)")
+    click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Random samples in the checked batch.")
+@click.option("--samples", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Entries checked per tensor.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def gradcheck(config, batch_size, samples, seed):
+    """Check CONFIG's backward pass against finite differences (float64).
+
+    Each layer on its own, then the whole network on the cross-entropy loss:
+    every parameter tensor and the input gradient. Exits 1 if any check fails.
+    """
+    from cnnrun.nn.gradcheck import TOLERANCE, check_all
+
+    cfg = load_config(config)
+    net = build_network(cfg, dtype=np.float64, seed=seed)
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size,) + net.input_shape)
+    y = np.eye(net.output_shape[0])[rng.integers(0, net.output_shape[0], batch_size)]
+    rows = check_all(net, x, y, rng, samples)
+    failed = [r for r in rows if not r[2] <= TOLERANCE]
+    click.echo(format_table(["layer", "tensor", "max rel error", "result"],
+                            [(w, t, f"{e:.2e}", "pass" if e <= TOLERANCE else "FAIL") for w, t, e in rows]))
+    click.echo(f"\n{cfg['name']}: {len(rows) - len(failed)} of {len(rows)} checks pass "
+               f"(tolerance {TOLERANCE:g})")
+    if failed:
+        sys.exit(1)

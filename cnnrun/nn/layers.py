@@ -1,0 +1,386 @@
+"""Layers with hand-written forward and backward passes.
+
+Every layer works on a batch: images are `(N, C, H, W)`, flat vectors `(N, D)`.
+A layer is built once for its input shape (without N), which creates its
+parameters and returns its output shape. `forward` saves exactly what
+`backward` needs; `backward(dy)` fills `self.grads` (same keys as
+`self.params`) and returns the gradient with respect to the layer's input.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from cnnrun.errors import CnnrunError
+
+
+def _pair(v):
+    """An int or a pair `[h, w]` -> a tuple `(h, w)`."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _out_size(size, kernel, stride, padding):
+    """Output length of a sliding window along one axis."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def im2col(xp, kernel, stride):
+    """Unfold windows: `(N, C, Hp, Wp)` -> columns `(C*kh*kw, N*Ho*Wo)`.
+
+    Column `(n, a, b)` holds the window whose top-left corner is at
+    `(a*sh, b*sw)`, flattened in `(c, i, j)` order to match a `(F, C, kh, kw)`
+    weight tensor reshaped to `(F, C*kh*kw)`.
+    """
+    (kh, kw), (sh, sw) = kernel, stride
+    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    n, c, ho, wo = windows.shape[:4]
+    # (N, C, Ho, Wo, kh, kw) -> (C, kh, kw, N, Ho, Wo): one copy, then one big matmul.
+    return windows.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * ho * wo)
+
+
+def shifted_window(a, start, size):
+    """`a[..., start_h : start_h + size_h, start_w : start_w + size_w]` of
+    `(N, C, H, W)` where indices outside `a` read as zero (start may be negative)."""
+    out = np.zeros(a.shape[:2] + tuple(size), dtype=a.dtype)
+    src, dst = [], []
+    for axis, (s, n) in enumerate(zip(start, size)):
+        lo, hi = max(s, 0), min(s + n, a.shape[2 + axis])
+        src.append(slice(lo, max(hi, lo)))
+        dst.append(slice(lo - s, lo - s + max(hi - lo, 0)))
+    out[:, :, dst[0], dst[1]] = a[:, :, src[0], src[1]]
+    return out
+
+
+class Layer:
+    """Base class: a layer with no parameters that passes shapes through."""
+
+    kind = "layer"
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+
+    def build(self, in_shape, rng, dtype):
+        """Create parameters for input shape `in_shape` (no N); return the output shape."""
+        return tuple(in_shape)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy, need_dx=True):
+        raise NotImplementedError
+
+    def describe(self):
+        """Constructor arguments, as a config would write them."""
+        return {}
+
+    def _fail(self, in_shape, why):
+        raise CnnrunError(f"input shape {tuple(in_shape)}: {why}")
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation): `(N, C, H, W)` -> `(N, F, Ho, Wo)`.
+
+    Weights `W` are `(F, C, kh, kw)`, bias `b` is `(F,)`.
+    """
+
+    kind = "conv"
+
+    def __init__(self, filters, kernel, stride=1, padding=0, bias=True, init="he"):
+        super().__init__()
+        self.filters, self.bias, self.init = filters, bias, init
+        self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
+
+    def describe(self):
+        return dict(filters=self.filters, kernel=list(self.kernel), stride=list(self.stride),
+                    padding=list(self.padding), bias=self.bias, init=self.init)
+
+    def build(self, in_shape, rng, dtype):
+        if len(in_shape) != 3:
+            self._fail(in_shape, "expects images (C, H, W)")
+        c, h, w = in_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        if kh > h + 2 * ph or kw > w + 2 * pw:
+            self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
+                                 f"{h + 2 * ph}x{w + 2 * pw}")
+        fan_in, fan_out = c * kh * kw, self.filters * kh * kw
+        if self.init == "he":  # He et al. 2015: keeps activation variance through ReLUs
+            W = rng.standard_normal((self.filters, c, kh, kw)) * np.sqrt(2.0 / fan_in)
+        else:  # Glorot & Bengio 2010, uniform
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            W = rng.uniform(-limit, limit, (self.filters, c, kh, kw))
+        self.params["W"] = W.astype(dtype)
+        if self.bias:
+            self.params["b"] = np.zeros(self.filters, dtype)
+        self.in_shape = tuple(in_shape)
+        return (self.filters, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
+
+    def forward(self, x):
+        (ph, pw) = self.padding
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+        self.cols = im2col(xp, self.kernel, self.stride)             # (C*kh*kw, N*Ho*Wo)
+        W = self.params["W"]
+        out = W.reshape(W.shape[0], -1) @ self.cols                  # (F, N*Ho*Wo)
+        if self.bias:
+            out += self.params["b"][:, None]
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        n, _, h, w = x.shape
+        ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        return np.ascontiguousarray(out.reshape(-1, n, ho, wo).transpose(1, 0, 2, 3))
+
+    def backward(self, dy, need_dx=True):
+        W = self.params["W"]
+        f, c, kh, kw = W.shape
+        dy_rows = dy.transpose(1, 0, 2, 3).reshape(f, -1)            # (F, N*Ho*Wo)
+        self.grads["W"] = (dy_rows @ self.cols.T).reshape(W.shape)
+        if self.bias:
+            self.grads["b"] = dy_rows.sum(axis=1)
+        if not need_dx:
+            return None
+        # dx is the correlation of dy (dilated by the stride, zero-padded) with the
+        # flipped kernel: dx[h] = sum_i dy_dilated[h + p - i] * W[i].
+        n, _, ho, wo = dy.shape
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        _, h, w = self.in_shape
+        if sh == sw == 1:
+            dilated = dy
+        else:
+            dilated = np.zeros((n, f, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dy.dtype)
+            dilated[:, :, ::sh, ::sw] = dy
+        window = shifted_window(dilated, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
+        cols = im2col(window, (kh, kw), (1, 1))                      # (F*kh*kw, N*H*W)
+        W_flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)
+        dx = W_flipped @ cols                                        # (C, N*H*W)
+        return np.ascontiguousarray(dx.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+
+
+class MaxPool2D(Layer):
+    """Max pooling: `(N, C, H, W)` -> `(N, C, Ho, Wo)`; windows may overlap, padding reads -inf.
+
+    The gradient of each window goes to ONE input: its first maximum in
+    row-major order (as in PyTorch), so ties (flat black backgrounds) are exact.
+    """
+
+    kind = "maxpool"
+
+    def __init__(self, kernel, stride=None, padding=0):
+        super().__init__()
+        self.kernel = _pair(kernel)
+        self.stride = self.kernel if stride is None else _pair(stride)
+        self.padding = _pair(padding)
+
+    def describe(self):
+        return dict(kernel=list(self.kernel), stride=list(self.stride), padding=list(self.padding))
+
+    def build(self, in_shape, rng, dtype):
+        if len(in_shape) != 3:
+            self._fail(in_shape, "expects images (C, H, W)")
+        c, h, w = in_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        if 2 * ph > kh or 2 * pw > kw:
+            self._fail(in_shape, f"padding {ph}x{pw} must be at most half the kernel {kh}x{kw}")
+        if kh > h + 2 * ph or kw > w + 2 * pw:
+            self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
+                                 f"{h + 2 * ph}x{w + 2 * pw}")
+        return (c, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
+
+    def _offsets(self, ho, wo):
+        """(index, slice rows, slice cols) of each kernel offset, in row-major order."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, slice(i, i + (ho - 1) * sh + 1, sh), slice(j, j + (wo - 1) * sw + 1, sw)
+
+    def forward(self, x):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        n, c, h, w = x.shape
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
+        ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        windows = [xp[:, :, rows, cols] for _, rows, cols in self._offsets(ho, wo)]
+        out = windows[0].copy()
+        for v in windows[1:]:
+            np.maximum(out, v, out=out)
+        # Index of the first maximum: scan offsets backwards so the earliest match is written last.
+        index_type = np.min_scalar_type(len(windows))
+        argmax = np.zeros(out.shape, index_type)
+        for k in range(len(windows) - 1, 0, -1):
+            argmax = np.where(windows[k] == out, index_type.type(k), argmax)
+        self.argmax, self.padded_shape, self.in_shape = argmax, xp.shape, x.shape
+        return out
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        dxp = np.zeros(self.padded_shape, dy.dtype)
+        _, _, ho, wo = dy.shape
+        for k, rows, cols in self._offsets(ho, wo):
+            dxp[:, :, rows, cols] += (self.argmax == k) * dy
+        (ph, pw), (_, _, h, w) = self.padding, self.in_shape
+        return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+class InstanceNorm(Layer):
+    """Instance normalisation: each sample's channel normalised over H x W.
+
+    y = gamma * (x - mean) / sqrt(var + eps) + beta, with gamma, beta of shape `(C,)`.
+    """
+
+    kind = "instance_norm"
+
+    def __init__(self, eps=1e-5, affine=True):
+        super().__init__()
+        self.eps, self.affine = eps, affine
+
+    def describe(self):
+        return dict(eps=self.eps, affine=self.affine)
+
+    def build(self, in_shape, rng, dtype):
+        if len(in_shape) != 3:
+            self._fail(in_shape, "expects images (C, H, W)")
+        if self.affine:
+            self.params["gamma"] = np.ones(in_shape[0], dtype)
+            self.params["beta"] = np.zeros(in_shape[0], dtype)
+        return tuple(in_shape)
+
+    def forward(self, x):
+        mean = x.mean(axis=(2, 3), keepdims=True)
+        centred = x - mean
+        var = np.mean(centred * centred, axis=(2, 3), keepdims=True)
+        self.inv_std = 1.0 / np.sqrt(var + self.eps)
+        self.xhat = centred * self.inv_std
+        if not self.affine:
+            return self.xhat
+        return self.xhat * self.params["gamma"][:, None, None] + self.params["beta"][:, None, None]
+
+    def backward(self, dy, need_dx=True):
+        xhat = self.xhat
+        if self.affine:
+            self.grads["gamma"] = np.sum(dy * xhat, axis=(0, 2, 3))
+            self.grads["beta"] = dy.sum(axis=(0, 2, 3))
+            dxhat = dy * self.params["gamma"][:, None, None]
+        else:
+            dxhat = dy
+        if not need_dx:
+            return None
+        # Through the mean and variance: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std
+        mean_d = dxhat.mean(axis=(2, 3), keepdims=True)
+        mean_dx = np.mean(dxhat * xhat, axis=(2, 3), keepdims=True)
+        return (dxhat - mean_d - xhat * mean_dx) * self.inv_std
+
+
+class Flatten(Layer):
+    """`(N, C, H, W)` (or any shape) -> `(N, C*H*W)`."""
+
+    kind = "flatten"
+
+    def build(self, in_shape, rng, dtype):
+        self.in_shape = tuple(in_shape)
+        return (int(np.prod(in_shape)),)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape((dy.shape[0],) + self.in_shape)
+
+
+class Reshape(Layer):
+    """`(N, *in_shape)` -> `(N, *shape)`, same number of elements."""
+
+    kind = "reshape"
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def describe(self):
+        return dict(shape=list(self.shape))
+
+    def build(self, in_shape, rng, dtype):
+        if int(np.prod(in_shape)) != int(np.prod(self.shape)):
+            self._fail(in_shape, f"cannot reshape {int(np.prod(in_shape))} values to {self.shape}")
+        self.in_shape = tuple(in_shape)
+        return self.shape
+
+    def forward(self, x):
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape((dy.shape[0],) + self.in_shape)
+
+
+class Dense(Layer):
+    """Fully connected: `(N, D)` -> `(N, units)`; W is `(D, units)`, b is `(units,)`."""
+
+    kind = "dense"
+
+    def __init__(self, units, bias=True, init="he"):
+        super().__init__()
+        self.units, self.bias, self.init = units, bias, init
+
+    def describe(self):
+        return dict(units=self.units, bias=self.bias, init=self.init)
+
+    def build(self, in_shape, rng, dtype):
+        if len(in_shape) != 1:
+            self._fail(in_shape, "expects flat vectors (D,): add a flatten layer before it")
+        d = in_shape[0]
+        if self.init == "he":
+            W = rng.standard_normal((d, self.units)) * np.sqrt(2.0 / d)
+        else:
+            limit = np.sqrt(6.0 / (d + self.units))
+            W = rng.uniform(-limit, limit, (d, self.units))
+        self.params["W"] = W.astype(dtype)
+        if self.bias:
+            self.params["b"] = np.zeros(self.units, dtype)
+        return (self.units,)
+
+    def forward(self, x):
+        self.x = x
+        out = x @ self.params["W"]
+        if self.bias:
+            out += self.params["b"]
+        return out
+
+    def backward(self, dy, need_dx=True):
+        self.grads["W"] = self.x.T @ dy
+        if self.bias:
+            self.grads["b"] = dy.sum(axis=0)
+        return dy @ self.params["W"].T if need_dx else None
+
+
+class ReLU(Layer):
+    """max(x, 0), elementwise."""
+
+    kind = "relu"
+
+    def forward(self, x):
+        self.y = np.maximum(x, 0)
+        return self.y
+
+    def backward(self, dy, need_dx=True):
+        return dy * (self.y > 0) if need_dx else None
+
+
+class Softmax(Layer):
+    """Probabilities over the class axis: `(N, K)` -> `(N, K)`.
+
+    With cross-entropy the network skips this backward and uses the fused
+    gradient `(p - y) / N` on the logits (see `losses.softmax_cross_entropy`).
+    """
+
+    kind = "softmax"
+
+    def build(self, in_shape, rng, dtype):
+        if len(in_shape) != 1:
+            self._fail(in_shape, "expects flat vectors (K,): add a flatten layer before it")
+        return tuple(in_shape)
+
+    def forward(self, x):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        self.p = e / e.sum(axis=1, keepdims=True)
+        return self.p
+
+    def backward(self, dy, need_dx=True):
+        # Jacobian-vector product: dx_i = p_i * (dy_i - sum_j dy_j p_j)
+        p = self.p
+        return p * (dy - np.sum(dy * p, axis=1, keepdims=True)) if need_dx else None
