@@ -202,7 +202,7 @@ class MaxPool2D(Layer):
         # Index of the first maximum: scan offsets backwards so the earliest match is written last.
         index_type = np.min_scalar_type(len(windows))
         argmax = np.zeros(out.shape, index_type)
-        for k in range(len(windows) - 1, 0, -1):
+        for k in range(len(windows) - 1, -1, -1):
             argmax = np.where(windows[k] == out, index_type.type(k), argmax)
         self.argmax, self.padded_shape, self.in_shape = argmax, xp.shape, x.shape
         return out

@@ -88,7 +88,7 @@ class Network:
         Returns `(loss, logits, input_grad)`; `input_grad` is None unless asked for.
         """
         logits = self.logits(x)
-        loss, dlogits = softmax_cross_entropy(logits, y)
+        loss, dlogits = softmax_cross_entropy(logits, np.asarray(y, self.dtype))
         return loss, logits, self.backward(dlogits, need_input_grad)
 
     # --- weights on disk --------------------------------------------------

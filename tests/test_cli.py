@@ -1,0 +1,58 @@
+"""The command line: verbs run, and bad input is one line and exit code 1."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from cnnrun.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NET1 = os.path.join(ROOT, "configs/net1.yaml")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_bench_json_reports_throughput_and_every_layer():
+    result = run("bench", NET1, "--batch-size", 16, "--repeats", 1, "--warmup", 0, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["train_samples_per_s"] > 0 and data["eval_samples_per_s"] > 0
+    assert [layer["kind"] for layer in data["layers"]] == ["conv", "relu", "maxpool", "flatten",
+                                                           "dense", "softmax"]
+
+
+def test_bench_table_names_layers_and_totals():
+    result = run("bench", NET1, "--batch-size", 8, "--repeats", 1)
+    assert result.exit_code == 0, result.output
+    assert "maxpool" in result.output and "samples/s" in result.output
+
+
+@pytest.mark.parametrize("i", [1, 2])
+def test_gradcheck_passes_for_shipped_configs(i):
+    result = run("gradcheck", os.path.join(ROOT, f"configs/net{i}.yaml"), "--samples", 5)
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output and "checks pass" in result.output
+
+
+def test_gradcheck_fails_loudly_on_a_broken_backward(monkeypatch):
+    from cnnrun.nn import layers
+    real = layers.ReLU.backward
+    monkeypatch.setattr(layers.ReLU, "backward", lambda self, dy, need_dx=True: 1.01 * real(self, dy, need_dx))
+    result = run("gradcheck", NET1, "--samples", 5)
+    assert result.exit_code == 1
+    assert "FAIL" in result.output
+
+
+def test_bad_input_is_one_line_and_exit_1(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {input_shape: [1, 8, 8], layers: [dropout]}\ntrain: {epochs: 1, lr: 0.1}\ndata: {}\n")
+    for args in (["bench", tmp_path / "missing.yaml"], ["gradcheck", bad]):
+        result = run(*args)
+        assert result.exit_code == 1
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+        assert "Traceback" not in result.output

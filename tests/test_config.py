@@ -1,0 +1,100 @@
+"""Config files: defaults, and one clear line for every kind of mistake."""
+
+import os
+
+import pytest
+import yaml
+
+from cnnrun.config import apply_override, build_network, layer_specs, load_config, validate
+from cnnrun.errors import CnnrunError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def net2():
+    with open(os.path.join(ROOT, "configs/net2.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.mark.parametrize("i,epochs,decay,layers", [(1, 50, 0.985, 6), (2, 100, 0.992, 11),
+                                                   (3, 150, 0.995, 13), (4, 200, 0.997, 19)])
+def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
+    c = load_config(os.path.join(ROOT, f"configs/net{i}.yaml"))
+    assert c["name"] == f"net{i}" and len(c["model"]["layers"]) == layers
+    assert c["train"] == dict(epochs=epochs, batch_size=128, lr=0.01, lr_decay=decay,
+                              eval_every=5, loss="categorical_crossentropy")
+    assert layer_specs(c)[-1] == ("softmax", {})
+
+
+def test_layer_defaults_are_filled_in():
+    c = validate(net2())
+    assert c["model"]["layers"][0] == {"conv": dict(filters=8, kernel=3, stride=1, padding=1,
+                                                    bias=True, init="he")}
+    assert c["model"]["layers"][1] == {"instance_norm": dict(eps=1e-5, affine=True)}
+    assert c["model"]["layers"][3] == {"maxpool": dict(kernel=2, stride=None, padding=0)}
+    assert c["model"]["layers"][2] == {"relu": {}}
+    assert validate(c) == c  # a resolved config validates to itself
+
+
+def with_change(change):
+    raw = net2()
+    change(raw)
+    return raw
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(colour="blue"), r"config: colour: unknown key"),
+    (lambda c: c["train"].update(momentum=0.9), r"config: train.momentum: unknown key"),
+    (lambda c: c["train"].update(lr="fast"), r"config: train.lr: expected a positive number, got 'fast'"),
+    (lambda c: c["train"].update(batch_size=0), r"train.batch_size: expected a positive integer, got 0"),
+    (lambda c: c["train"].update(epochs=2.5), r"train.epochs: expected a positive integer, got 2.5"),
+    (lambda c: c["train"].update(lr_decay=1.5), r"train.lr_decay: expected a number in \(0, 1\]"),
+    (lambda c: c.pop("train"), r"config: train: missing; expected a mapping"),
+    (lambda c: c["model"].pop("layers"), r"model.layers: missing"),
+    (lambda c: c["model"].update(input_shape=[1, 0, 28]), r"model.input_shape: expected a list of positive"),
+    (lambda c: c["model"]["layers"].insert(0, "dropout"), r"model.layers\[0\]: unknown layer 'dropout'"),
+    (lambda c: c["model"]["layers"][0]["conv"].update(filters=-8),
+     r"model.layers\[0\].conv.filters: expected a positive integer, got -8"),
+    (lambda c: c["model"]["layers"][0]["conv"].update(kernel=[3, 3, 3]),
+     r"model.layers\[0\].conv.kernel: expected a positive integer or a pair"),
+    (lambda c: c["model"]["layers"][0]["conv"].update(dilation=2),
+     r"model.layers\[0\].conv.dilation: unknown key; expected one of filters, kernel"),
+    (lambda c: c["model"]["layers"][0]["conv"].pop("filters"), r"model.layers\[0\].conv.filters: missing"),
+    (lambda c: c["model"]["layers"].__setitem__(1, {"instance_norm": {"affine": "yes"}}),
+     r"model.layers\[1\].instance_norm.affine: expected true or false"),
+])
+def test_config_mistakes_name_the_key_path_and_expectation(change, message):
+    with pytest.raises(CnnrunError, match=message):
+        validate(with_change(change))
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(CnnrunError, match="nope.yaml: no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: net\nmodel: [unclosed\n")
+    with pytest.raises(CnnrunError, match=r"bad.yaml: invalid YAML at line \d+"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump(with_change(lambda c: c["data"].update(train_limit=-1))))
+    with pytest.raises(CnnrunError, match=r"wrong.yaml: data.train_limit: expected a positive integer or null"):
+        load_config(wrong)
+
+
+def test_override_sets_a_dotted_key_and_is_validated():
+    c = validate(net2())
+    assert apply_override(c, "train.lr=0.05")["train"]["lr"] == 0.05
+    assert apply_override(c, "data.train_limit=1000")["data"]["train_limit"] == 1000
+    assert c["train"]["lr"] == 0.01  # the original is left alone
+    with pytest.raises(CnnrunError, match="train.lr: expected a positive number"):
+        apply_override(c, "train.lr=-1")
+    with pytest.raises(CnnrunError, match="expected KEY=VALUE"):
+        apply_override(c, "train.lr")
+    with pytest.raises(CnnrunError, match="unknown key"):
+        apply_override(c, "train.speed=3")
+
+
+def test_config_shape_errors_surface_at_build_time():
+    raw = with_change(lambda c: c["model"].update(input_shape=[1, 2, 2]))
+    with pytest.raises(CnnrunError, match=r"layer 7 \(maxpool\): input shape \(16, 1, 1\)"):
+        build_network(validate(raw))

@@ -1,0 +1,152 @@
+"""Every layer's backward pass against central finite differences in float64."""
+
+import numpy as np
+import pytest
+
+from cnnrun.nn import Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, ReLU, Reshape, Softmax
+from cnnrun.nn.gradcheck import TOLERANCE, check_layer
+
+
+def built(layer, in_shape, rng):
+    layer.build(in_shape, rng, np.float64)
+    for p in layer.params.values():  # non-trivial affine parameters and biases
+        p += rng.standard_normal(p.shape) * 0.1
+    return layer
+
+
+def assert_gradients_match(layer, in_shape, rng, n=2, samples=40):
+    x = rng.standard_normal((n,) + tuple(in_shape))
+    rows = check_layer(layer, x, rng, samples)
+    assert {name for name, _ in rows} == set(layer.params) | {"dx"}
+    for name, error in rows:
+        assert error < TOLERANCE, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_conv_gradients_for_every_padding_and_stride(padding, stride, rng):
+    layer = built(Conv2D(filters=3, kernel=3, stride=stride, padding=padding), (2, 9, 8), rng)
+    assert_gradients_match(layer, (2, 9, 8), rng)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,shape", [
+    ([2, 3], [1, 2], [0, 1], (3, 7, 10)),   # non-square kernel, stride and padding
+    (5, 2, 2, (1, 11, 13)),                 # odd sizes, stride not dividing the input
+    (1, 1, 0, (4, 5, 5)),                   # 1x1 convolution
+    (3, 1, 3, (2, 4, 4)),                   # padding larger than kernel - 1
+])
+def test_conv_gradients_for_non_square_and_odd_shapes(kernel, stride, padding, shape, rng):
+    layer = built(Conv2D(filters=2, kernel=kernel, stride=stride, padding=padding), shape, rng)
+    assert_gradients_match(layer, shape, rng)
+
+
+def test_conv_without_bias_has_only_weights(rng):
+    layer = built(Conv2D(filters=2, kernel=3, bias=False), (2, 6, 6), rng)
+    assert set(layer.params) == {"W"}
+    assert_gradients_match(layer, (2, 6, 6), rng)
+
+
+def test_conv_matches_direct_definition(rng):
+    """Forward against the textbook sum, so gradients are checked on the right function."""
+    layer = built(Conv2D(filters=3, kernel=[3, 2], stride=[2, 1], padding=[1, 0]), (2, 7, 6), rng)
+    x = rng.standard_normal((2, 2, 7, 6))
+    W, b = layer.params["W"], layer.params["b"]
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    out = layer.forward(x)
+    for a in range(out.shape[2]):
+        for c in range(out.shape[3]):
+            window = xp[:, :, 2 * a:2 * a + 3, c:c + 2]
+            expected = np.einsum("ncij,fcij->nf", window, W) + b
+            np.testing.assert_allclose(out[:, :, a, c], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,shape", [
+    (2, None, 0, (3, 8, 8)),      # the usual 2x2
+    (2, None, 0, (2, 7, 9)),      # odd sizes: the last row/column is dropped
+    (3, 2, 0, (2, 9, 9)),         # overlapping windows
+    (3, 2, 1, (2, 8, 7)),         # overlapping and padded
+    ([2, 3], [1, 2], [1, 1], (1, 6, 7)),  # non-square everything
+])
+def test_maxpool_gradients(kernel, stride, padding, shape, rng):
+    layer = built(MaxPool2D(kernel=kernel, stride=stride, padding=padding), shape, rng)
+    assert_gradients_match(layer, shape, rng)
+
+
+def test_maxpool_tie_sends_gradient_to_first_maximum_only(rng):
+    layer = built(MaxPool2D(kernel=2), (1, 2, 4), rng)
+    x = np.array([[[[0.0, 0.0, 1.0, 5.0],
+                    [0.0, 0.0, 5.0, 2.0]]]])  # window 1: all tied; window 2: tie at (0,1) and (1,0)
+    out = layer.forward(x)
+    np.testing.assert_array_equal(out, [[[[0.0, 5.0]]]])
+    dx = layer.backward(np.array([[[[3.0, 7.0]]]]))
+    np.testing.assert_array_equal(dx, [[[[3.0, 0.0, 0.0, 7.0],
+                                         [0.0, 0.0, 0.0, 0.0]]]])
+
+
+def test_maxpool_ties_in_overlapping_windows_each_go_to_their_own_first_maximum(rng):
+    layer = built(MaxPool2D(kernel=3, stride=2), (1, 5, 5), rng)
+    layer.forward(np.zeros((1, 1, 5, 5)))
+    dx = layer.backward(np.ones((1, 1, 2, 2)))
+    expected = np.zeros((5, 5))
+    for top, left in [(0, 0), (0, 2), (2, 0), (2, 2)]:
+        expected[top, left] += 1.0  # every window's first element is its first maximum
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_conv_bias_gradient_is_exact_through_tied_maxpool_windows(rng):
+    """Black MNIST backgrounds make whole windows tie: conv bias -> maxpool must count
+    each window once (a mask `x == max` would count every tied element)."""
+    conv = built(Conv2D(filters=2, kernel=3, padding=1), (1, 6, 6), rng)
+    pool = built(MaxPool2D(kernel=2), (2, 6, 6), rng)
+    conv.params["W"][...] = 0.0  # every output equals the bias: all windows tie
+    x = np.zeros((1, 1, 6, 6))
+    upstream = rng.standard_normal((1, 2, 3, 3))
+
+    def loss():
+        return np.sum(pool.forward(conv.forward(x)) * upstream)
+
+    loss()
+    conv.backward(pool.backward(upstream))
+    analytic = conv.grads["b"].copy()
+    h = 1e-6
+    for f in range(2):
+        conv.params["b"][f] += h
+        up = loss()
+        conv.params["b"][f] -= 2 * h
+        down = loss()
+        conv.params["b"][f] += h
+        assert abs((up - down) / (2 * h) - analytic[f]) < 1e-6
+    np.testing.assert_allclose(analytic, upstream.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 5), (2, 7, 4)])
+def test_instance_norm_gradients(affine, shape, rng):
+    layer = built(InstanceNorm(affine=affine), shape, rng)
+    assert set(layer.params) == ({"gamma", "beta"} if affine else set())
+    assert_gradients_match(layer, shape, rng)
+
+
+def test_instance_norm_normalises_each_sample_and_channel(rng):
+    layer = built(InstanceNorm(affine=False), (3, 6, 5), rng)
+    y = layer.forward(rng.standard_normal((4, 3, 6, 5)) * 7 + 3)
+    np.testing.assert_allclose(y.mean(axis=(2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(2, 3)), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_gradients(bias, rng):
+    assert_gradients_match(built(Dense(units=7, bias=bias), (11,), rng), (11,), rng)
+
+
+def test_relu_gradients(rng):
+    assert_gradients_match(built(ReLU(), (3, 4, 5), rng), (3, 4, 5), rng)
+
+
+def test_flatten_and_reshape_gradients(rng):
+    assert_gradients_match(built(Flatten(), (3, 4, 5), rng), (3, 4, 5), rng)
+    assert_gradients_match(built(Reshape(shape=[6, 10]), (3, 4, 5), rng), (3, 4, 5), rng)
+
+
+def test_softmax_layer_gradients(rng):
+    assert_gradients_match(built(Softmax(), (10,), rng), (10,), rng)

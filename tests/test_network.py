@@ -1,0 +1,157 @@
+"""The network as a whole: loss, end-to-end gradients, float32, save/load, build errors."""
+
+import os
+
+import numpy as np
+import pytest
+
+from cnnrun.config import build_network, load_config
+from cnnrun.errors import CnnrunError
+from cnnrun.nn import SGD, Network, exponential_lr, softmax_cross_entropy
+from cnnrun.nn.gradcheck import TOLERANCE, check_all, check_network
+
+CONFIGS = [f"configs/net{i}.yaml" for i in range(1, 5)]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config(name):
+    return load_config(os.path.join(ROOT, name))
+
+
+def one_hot(labels, k=10):
+    return np.eye(k)[labels]
+
+
+def test_fused_softmax_cross_entropy_gradient_matches_finite_differences(rng):
+    logits, y = rng.standard_normal((5, 7)), one_hot(rng.integers(0, 7, 5), 7)
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert loss == pytest.approx(-np.mean(np.log(p[y == 1])), rel=1e-12)
+    h = 1e-6
+    for i, j in [(0, 0), (2, 3), (4, 6)]:
+        up, down = logits.copy(), logits.copy()
+        up[i, j] += h
+        down[i, j] -= h
+        numeric = (softmax_cross_entropy(up, y)[0] - softmax_cross_entropy(down, y)[0]) / (2 * h)
+        assert dlogits[i, j] == pytest.approx(numeric, abs=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_extreme_logits_give_finite_loss_and_gradients(dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], dtype)
+    y = np.array([[0, 1, 0], [1, 0, 0]], dtype)
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    assert np.isfinite(loss) and loss == pytest.approx((2e4 + 2e4 + np.log(2)) / 2, rel=1e-6)
+    assert np.all(np.isfinite(dlogits))
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_shipped_network_passes_gradcheck_end_to_end(path, rng):
+    net = build_network(config(path), dtype=np.float64)
+    x, y = rng.random((2,) + net.input_shape), one_hot(rng.integers(0, 10, 2))
+    rows = check_all(net, x, y, rng, samples=8)
+    assert any(where == "network" and tensor == "input" for where, tensor, _ in rows)
+    worst = max(rows, key=lambda r: r[2])
+    assert worst[2] < TOLERANCE, worst
+
+
+def test_network_gradient_with_strided_padded_layers(rng):
+    specs = [("conv", dict(filters=3, kernel=[3, 2], stride=2, padding=1)), ("instance_norm", {}),
+             ("relu", {}), ("maxpool", dict(kernel=3, stride=2, padding=1)),
+             ("conv", dict(filters=4, kernel=2, bias=False)), ("flatten", {}), ("dense", dict(units=5)),
+             ("relu", {}), ("dense", dict(units=3, init="glorot")), ("softmax", {})]
+    net = Network(specs, (2, 13, 11), seed=3, dtype=np.float64)
+    rows = check_network(net, rng.random((3, 2, 13, 11)), one_hot(rng.integers(0, 3, 3), 3), rng)
+    assert max(e for _, e in rows) < TOLERANCE
+
+
+def test_training_runs_in_float32_end_to_end(rng):
+    net = build_network(config("configs/net2.yaml"))
+    x = rng.random((4, 1, 28, 28))  # float64 in: the network casts to its own dtype
+    loss, logits, dx = net.loss_and_backward(x, one_hot(rng.integers(0, 10, 4)), need_input_grad=True)
+    assert logits.dtype == np.float32 and dx.dtype == np.float32
+    assert all(g.dtype == np.float32 for _, g in net.param_grad_pairs())
+    assert net.forward(x).dtype == np.float32
+
+
+def test_sgd_steps_reduce_the_loss_on_a_fixed_batch(rng):
+    net = build_network(config("configs/net1.yaml"))
+    x, y = rng.random((16, 1, 28, 28)), one_hot(rng.integers(0, 10, 16))
+    sgd = SGD(lr=0.1)
+    first = net.loss_and_backward(x, y)[0]
+    for _ in range(20):
+        net.loss_and_backward(x, y)
+        sgd.step(net.param_grad_pairs())
+    assert net.loss_and_backward(x, y)[0] < 0.5 * first
+
+
+def test_sgd_update_and_exponential_schedule():
+    p, g = np.array([1.0, 2.0]), np.array([0.5, -1.0])
+    SGD(lr=0.1).step([(p, g)])
+    np.testing.assert_allclose(p, [0.95, 2.1])
+    assert exponential_lr(0.01, 0.9, 0) == 0.01
+    assert exponential_lr(0.01, 0.9, 3) == pytest.approx(0.01 * 0.729)
+
+
+def test_same_seed_same_weights_and_outputs(rng):
+    a, b = (build_network(config("configs/net3.yaml")) for _ in range(2))
+    c = build_network(config("configs/net3.yaml"), seed=1)
+    x = rng.random((3, 1, 28, 28))
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    assert not np.array_equal(a.named_parameters()["0.conv.W"], c.named_parameters()["0.conv.W"])
+
+
+def test_parameters_have_qualified_names():
+    net = build_network(config("configs/net2.yaml"))
+    names = list(net.named_parameters())
+    assert names[:4] == ["0.conv.W", "0.conv.b", "1.instance_norm.gamma", "1.instance_norm.beta"]
+    assert names[-2:] == ["9.dense.W", "9.dense.b"]
+
+
+def test_save_load_round_trip_restores_every_parameter(tmp_path, rng):
+    a = build_network(config("configs/net2.yaml"), seed=1)
+    b = build_network(config("configs/net2.yaml"), seed=2)
+    path = tmp_path / "weights.npz"
+    a.save(path)
+    assert os.listdir(tmp_path) == ["weights.npz"]  # no temporary file left behind
+    b.load(path)
+    x = rng.random((2, 1, 28, 28))
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == sorted(a.named_parameters())
+
+
+def test_load_names_every_parameter_that_does_not_fit(tmp_path):
+    build_network(config("configs/net2.yaml")).save(tmp_path / "w.npz")
+    with pytest.raises(CnnrunError) as e:
+        build_network(config("configs/net3.yaml")).load(tmp_path / "w.npz")
+    message = str(e.value)
+    assert "4.conv.W is (16, 8, 3, 3), the config needs (32, 16, 3, 3)" in message
+    assert "11.dense.W missing" in message
+
+
+def test_load_of_missing_or_corrupt_file_is_a_clear_error(tmp_path):
+    net = build_network(config("configs/net1.yaml"))
+    with pytest.raises(CnnrunError, match="no such weights file"):
+        net.load(tmp_path / "nothing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip file")
+    with pytest.raises(CnnrunError, match="not a readable .npz"):
+        net.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("specs,shape,message", [
+    ([("conv", dict(filters=4, kernel=7)), ("softmax", {})], (1, 5, 5),
+     r"layer 0 \(conv\): input shape \(1, 5, 5\): kernel 7x7 is larger than the padded input 5x5"),
+    ([("conv", dict(filters=4, kernel=3)), ("dense", dict(units=10)), ("softmax", {})], (1, 8, 8),
+     r"layer 1 \(dense\): input shape \(4, 6, 6\): expects flat vectors .*add a flatten"),
+    ([("conv", dict(filters=4, kernel=3)), ("pool", {}), ("softmax", {})], (1, 8, 8),
+     r"layer 1 \(pool\): unknown layer"),
+    ([("conv", dict(filters=4, kernel=3, dilation=2)), ("softmax", {})], (1, 8, 8),
+     r"layer 0 \(conv\): .*unexpected keyword argument 'dilation'"),
+    ([("maxpool", dict(kernel=2)), ("maxpool", dict(kernel=2)), ("maxpool", dict(kernel=2))], (1, 4, 4),
+     r"layer 2 \(maxpool\): input shape \(1, 1, 1\): kernel 2x2 is larger"),
+    ([("flatten", {}), ("dense", dict(units=3))], (1, 4, 4), r"last layer must be softmax"),
+])
+def test_build_errors_name_the_layer_and_shapes(specs, shape, message):
+    with pytest.raises(CnnrunError, match=message):
+        Network(specs, shape)
