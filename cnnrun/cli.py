@@ -100,3 +100,82 @@ def gradcheck(config, batch_size, samples, seed):
                f"(tolerance {TOLERANCE:g})")
     if failed:
         sys.exit(1)
+
+
+def runs_dir_option(f):
+    return click.option("--runs-dir", type=click.Path(file_okay=False), default="runs", show_default=True,
+                        help="Folder holding the run folders.")(f)
+
+
+def data_dir_option(f):
+    return click.option("--data-dir", type=click.Path(file_okay=False),
+                        help="MNIST folder (default: $CNNRUN_DATA_DIR, the config's data.dir, "
+                             "then ~/.cache/cnnrun/mnist; downloaded there if missing).")(f)
+
+
+def load_data(cfg, data_dir, quiet=False):
+    from cnnrun.data import mnist
+
+    directory = mnist.resolve_data_dir(data_dir, cfg["data"]["dir"])
+    return mnist.load(directory, cfg["data"]["dataset"], cfg["data"]["train_limit"], cfg["data"]["test_limit"],
+                      progress=not quiet)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
+@click.option("--seed", type=click.IntRange(min=0), help="Override the config's seed.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set train.lr=0.05 (repeatable; YAML values).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in this folder from its checkpoint (instead of CONFIG).")
+@data_dir_option
+@runs_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-epoch lines.")
+def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet):
+    """Train CONFIG's network on MNIST in a new run folder under --runs-dir.
+
+    Evaluates on the test set every train.eval_every epochs and after the last;
+    writes config.yaml, metrics.csv, checkpoint.npz, weights.npz, summary.json and
+    curves.png. Ctrl-C stops after saving; --resume RUN_DIR continues exactly.
+    """
+    from cnnrun import runs
+    from cnnrun.config import apply_override
+    from cnnrun.runner import Stopped, train_run
+
+    if (config is None) == (resume_dir is None):
+        raise CnnrunError("give either CONFIG (a new run) or --resume RUN_DIR, not both or neither")
+    if resume_dir:
+        if overrides or seed is not None:
+            raise CnnrunError("--resume continues a run as configured; only --epochs may change")
+        run_dir = runs.resolve_run(resume_dir, runs_dir)
+        cfg = runs.load_run_config(run_dir)
+    else:
+        cfg = load_config(config)
+    for assignment in overrides:
+        cfg = apply_override(cfg, assignment)
+    if epochs is not None:
+        cfg = apply_override(cfg, f"train.epochs={epochs}", "--epochs")
+    if seed is not None:
+        cfg = apply_override(cfg, f"seed={seed}", "--seed")
+    build_network(cfg)  # a config that does not build fails before any data is read
+    data = load_data(cfg, data_dir, quiet)
+    if resume_dir:
+        runs.save_config(run_dir, cfg)  # --epochs may have grown
+    else:
+        run_dir = runs.new_run_dir(runs_dir, cfg["name"])
+    show = not quiet
+    progress = show and sys.stderr.isatty()
+    if show:
+        click.echo(f"{'resuming' if resume_dir else 'training'} {cfg['name']} in {run_dir} "
+                   f"({len(data['train'][0])} training, {len(data['test'][0])} test images)")
+    try:
+        summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=progress,
+                            log=click.echo if show else (lambda _: None), command=" ".join(sys.argv))
+    except Stopped as e:
+        click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
+    acc = summary["final_test_acc"]
+    click.echo(f"done: {cfg['name']} test accuracy {acc:.4f} (best {summary['best_test_acc']:.4f} at epoch "
+               f"{summary['best_epoch']}), {summary['wall_time_s']:.0f}s, "
+               f"{summary['train_samples_per_s']:,.0f} samples/s -> {run_dir}")

@@ -1,11 +1,11 @@
 """A network: a plain sequence of layers, built for one input shape."""
 
-import os
-import tempfile
+import io
 
 import numpy as np
 
 from cnnrun.errors import CnnrunError
+from cnnrun.fileio import write_atomic
 from cnnrun.nn.layers import Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, ReLU, Reshape, Softmax
 from cnnrun.nn.losses import softmax_cross_entropy
 
@@ -98,16 +98,9 @@ class Network:
         (temporary file + rename): a kill never leaves a broken file."""
         arrays = dict(self.named_parameters())
         arrays.update(extra or {})
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(path, buffer.getvalue())
 
     def load(self, path):
         """Read parameters saved by `save`; every name and shape must match this network."""

@@ -1,0 +1,155 @@
+"""MNIST (or any data set in MNIST's IDX format): find, download, verify, load.
+
+Where the files live, first match wins: `--data-dir`, `$CNNRUN_DATA_DIR`, the
+config's `data.dir`, then `$XDG_CACHE_HOME/cnnrun/mnist` (else `~/.cache/cnnrun/mnist`).
+"""
+
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+
+import numpy as np
+
+from cnnrun.errors import CnnrunError
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+# MD5 of each file's uncompressed content, as published with MNIST.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+]
+IDX_UBYTE = 0x08  # IDX element type code for unsigned bytes
+
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cnnrun", "mnist")
+
+
+def resolve_data_dir(cli_dir=None, config_dir=None):
+    """The data directory, by precedence: CLI option, environment, config, user cache."""
+    return cli_dir or os.environ.get("CNNRUN_DATA_DIR") or config_dir or default_cache_dir()
+
+
+def find_file(directory, name):
+    """Path of `name` or `name.gz` in `directory`, or None."""
+    for candidate in (name, name + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_bytes(path):
+    """A file's uncompressed content (gunzipped if it ends in .gz)."""
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise CnnrunError(f"{path}: cannot read ({e}); delete it and download again") from None
+
+
+def parse_idx(content, path, dims):
+    """IDX bytes -> uint8 array with `dims` dimensions, checking the header against the size."""
+    if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] != IDX_UBYTE:
+        raise CnnrunError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    if content[3] != dims:
+        raise CnnrunError(f"{path}: expected {dims} dimensions, the header says {content[3]}")
+    header = 4 + 4 * dims
+    if len(content) < header:
+        raise CnnrunError(f"{path}: truncated header")
+    shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    expected = header + int(np.prod(shape))
+    if len(content) != expected:
+        raise CnnrunError(f"{path}: {len(content)} bytes, the header {shape} needs {expected} "
+                          f"(truncated or corrupt file)")
+    return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
+
+
+def verify(content, name, path, checksums):
+    """Check uncompressed content against its published MD5, if there is one."""
+    want = (checksums or {}).get(name)
+    if want and hashlib.md5(content).hexdigest() != want:
+        raise CnnrunError(f"{path}: content does not match the published MD5 of {name} "
+                          f"(corrupt or different file); delete it and download again")
+
+
+def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=True):
+    """Download `name.gz` for each name from the first mirror that works, verify it and
+    move it into `directory` atomically. A failure leaves no partial file behind."""
+    from tqdm import tqdm
+
+    os.makedirs(directory, exist_ok=True)
+    for name in names:
+        errors = []
+        for mirror in mirrors:
+            url = mirror.rstrip("/") + "/" + name + ".gz"
+            fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".gz", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+                    total = int(response.headers.get("Content-Length") or 0) or None
+                    with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress,
+                              leave=False) as bar:
+                        while chunk := response.read(1 << 16):
+                            out.write(chunk)
+                            bar.update(len(chunk))
+                verify(read_bytes(tmp), name, url, checksums)
+                os.replace(tmp, os.path.join(directory, name + ".gz"))
+                break
+            except (OSError, CnnrunError, ValueError) as e:
+                errors.append(f"{url}: {e}")
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            raise CnnrunError(
+                f"could not download {name} ({'; '.join(errors)}). Put the four MNIST files "
+                f"({', '.join(FILES.values())}, .gz or not) in {directory}, or pass --data-dir DIR")
+
+
+def load(directory, dataset="mnist", train_limit=None, test_limit=None, num_classes=10,
+         allow_download=True, progress=True, mirrors=MIRRORS):
+    """Load the four IDX files from `directory` (downloading MNIST if missing).
+
+    Returns `{"train": (x, labels), "test": (x, labels)}` with x float32
+    `(N, 1, H, W)` in [0, 1] and labels int64 `(N,)`.
+    """
+    checksums = MNIST_MD5 if dataset == "mnist" else None
+    missing = [name for name in FILES.values() if find_file(directory, name) is None]
+    if missing:
+        if not allow_download or dataset != "mnist":
+            raise CnnrunError(f"{directory}: missing {', '.join(missing)} (.gz or not); "
+                              f"put the files there or pass --data-dir DIR")
+        download(directory, missing, mirrors=mirrors, checksums=checksums, progress=progress)
+    arrays = {}
+    for key, name in FILES.items():
+        path = find_file(directory, name)
+        content = read_bytes(path)
+        verify(content, name, path, checksums)
+        arrays[key] = parse_idx(content, path, 3 if key.endswith("images") else 1)
+    data = {}
+    for split, limit in (("train", train_limit), ("test", test_limit)):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise CnnrunError(f"{directory}: {split} has {len(images)} images but {len(labels)} labels")
+        if labels.size and labels.max() >= num_classes:
+            raise CnnrunError(f"{find_file(directory, FILES[split + '_labels'])}: "
+                              f"label {labels.max()} is outside 0-{num_classes - 1}")
+        images, labels = images[:limit], labels[:limit]
+        data[split] = ((images.astype(np.float32) / 255.0)[:, None], labels.astype(np.int64))
+    return data

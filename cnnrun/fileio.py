@@ -1,0 +1,22 @@
+"""Atomic file writes: a temporary file in the same folder, then a rename."""
+
+import os
+import tempfile
+
+
+def write_atomic(path, data):
+    """Write `data` (str or bytes) to `path` so that a reader (or a kill) never sees half a file."""
+    data = data.encode() if isinstance(data, str) else data
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

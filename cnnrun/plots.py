@@ -1,0 +1,86 @@
+"""Pictures: training curves, comparisons, confusion matrices, image grids, filters (PNG)."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cnnrun.fileio import write_atomic  # noqa: E402
+
+
+def save(fig, path):
+    """Write a figure as PNG atomically and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
+def _curves(axes, rows, label=None):
+    tested = [r for r in rows if r.get("test_acc") is not None]
+    axes[0].plot([r["epoch"] for r in tested], [r["test_acc"] for r in tested], marker="o", ms=3, label=label)
+    axes[1].plot([r["epoch"] for r in rows], [1 - r["train_acc"] for r in rows], label=label)
+
+
+def _decorate(axes, title):
+    axes[0].set(xlabel="epoch", ylabel="test accuracy", title="Test accuracy")
+    axes[1].set(xlabel="epoch", ylabel="training error (1 - accuracy)", title="Training error", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].figure.suptitle(title)
+
+
+def training_curves(rows, path, title):
+    """Test accuracy (evaluation epochs) and training error against epoch, for one run."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    _curves(axes, rows)
+    _decorate(axes, title)
+    save(fig, path)
+
+
+def comparison(runs, path, title="Comparison"):
+    """`runs`: list of `(label, metric rows)`; one line per run on both panels."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for label, rows in runs:
+        _curves(axes, rows, label)
+    _decorate(axes, title)
+    axes[0].legend()
+    save(fig, path)
+
+
+def confusion_matrix(matrix, path, title):
+    """`matrix[true, predicted]` counts as a heat map with the counts written in."""
+    k = len(matrix)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(matrix, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax)
+    save(fig, path)
+
+
+def image_grid(images, captions, path, title, columns=8, cmap="gray", vmin=0, vmax=1):
+    """Images `(N, H, W)` in a grid, each with its caption."""
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def filters(W, path, title):
+    """First-layer kernels `(F, C, kh, kw)`: channel 0 of each, on a shared colour scale."""
+    limit = float(np.abs(W).max()) or 1.0
+    image_grid(W[:, 0], [f"filter {i}" for i in range(len(W))], path, title,
+               columns=min(8, len(W)), cmap="RdBu_r", vmin=-limit, vmax=limit)

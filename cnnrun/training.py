@@ -1,0 +1,60 @@
+"""The training loop's numeric parts: one epoch of SGD, and evaluation. No file I/O."""
+
+import numpy as np
+
+from cnnrun.nn import accuracy, softmax_cross_entropy
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, batch, loss):
+        super().__init__(f"batch {batch}: loss {loss}")
+        self.batch, self.loss = batch, loss
+
+
+def epoch_rng(seed, epoch, stream=0):
+    """The random generator of one epoch (from 0): a function of seed and epoch only,
+    so a run resumed at any epoch draws exactly what an uninterrupted run draws."""
+    return np.random.default_rng([seed, epoch, stream])
+
+
+def one_hot(labels, k, dtype=np.float32):
+    """Integer labels `(N,)` -> one-hot rows `(N, k)`."""
+    return np.eye(k, dtype=dtype)[labels]
+
+
+def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None):
+    """One pass of SGD over `(x, labels)` in an order shuffled by `rng`.
+
+    `on_batch(loss, acc)` is called after every batch with running means.
+    Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss.
+    """
+    order = rng.permutation(len(x))
+    k = net.output_shape[0]
+    total_loss = total_correct = seen = 0
+    for batch, start in enumerate(range(0, len(x), batch_size)):
+        idx = order[start:start + batch_size]
+        loss, logits, _ = net.loss_and_backward(x[idx], one_hot(labels[idx], k, net.dtype))
+        if not np.isfinite(loss):
+            raise Diverged(batch, loss)
+        sgd.step(net.param_grad_pairs())
+        total_loss += loss * len(idx)
+        total_correct += int(np.sum(logits.argmax(axis=1) == labels[idx]))
+        seen += len(idx)
+        if on_batch:
+            on_batch(total_loss / seen, total_correct / seen)
+    return total_loss / seen, total_correct / seen
+
+
+def evaluate(net, x, labels, batch_size=500):
+    """`(mean cross-entropy, accuracy, probabilities (N, K))` on a labelled set."""
+    k = net.output_shape[0]
+    losses, logits = [], []
+    for i in range(0, len(x), batch_size):
+        z = net.logits(x[i:i + batch_size])
+        losses.append(softmax_cross_entropy(z, one_hot(labels[i:i + batch_size], k, z.dtype))[0] * len(z))
+        logits.append(z)
+    logits = np.concatenate(logits)
+    probs = net.layers[-1].forward(logits)  # the final softmax
+    return float(np.sum(losses) / len(x)), accuracy(logits, labels), probs
