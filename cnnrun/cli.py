@@ -179,3 +179,188 @@ def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet
     click.echo(f"done: {cfg['name']} test accuracy {acc:.4f} (best {summary['best_test_acc']:.4f} at epoch "
                f"{summary['best_epoch']}), {summary['wall_time_s']:.0f}s, "
                f"{summary['train_samples_per_s']:,.0f} samples/s -> {run_dir}")
+
+
+def load_run(run_dir, runs_dir):
+    """(run folder, config, network with the run's weights) for a run folder or the latest."""
+    from cnnrun import runs
+
+    run_dir = runs.resolve_run(run_dir, runs_dir)
+    cfg = runs.load_run_config(run_dir)
+    net = build_network(cfg)
+    net.load(runs.weights_path(run_dir))
+    return run_dir, cfg, net
+
+
+@main.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False), required=False)
+@data_dir_option
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+def evaluate_cmd(run_dir, data_dir, runs_dir, as_json):
+    """Evaluate a run's weights on the test set (default: the latest run).
+
+    Prints accuracy, loss and per-class accuracy; saves eval.json, confusion.png
+    (confusion matrix) and misclassified.png (a grid of mistakes) in the run folder.
+    """
+    import os
+
+    from cnnrun import plots, runs
+    from cnnrun.training import evaluate
+
+    run_dir, cfg, net = load_run(run_dir, runs_dir)
+    x, labels = load_data(cfg, data_dir, quiet=as_json)["test"]
+    loss, acc, probs = evaluate(net, x, labels)
+    predicted = probs.argmax(axis=1)
+    k = net.output_shape[0]
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(k)]
+    wrong = np.flatnonzero(predicted != labels)
+    result = dict(run=run_dir, accuracy=acc, loss=loss, n=int(len(x)), errors=int(len(wrong)),
+                  per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
+    runs.write_json(os.path.join(run_dir, "eval.json"), result)
+    plots.confusion_matrix(confusion, os.path.join(run_dir, "confusion.png"),
+                           f"{cfg['name']}: test accuracy {acc:.4f}")
+    shown = wrong[:40]
+    plots.image_grid(x[shown, 0], [f"true {labels[i]} pred {predicted[i]}\n({probs[i, predicted[i]]:.2f})"
+                                   for i in shown],
+                     os.path.join(run_dir, "misclassified.png"),
+                     f"{cfg['name']}: {len(shown)} of {len(wrong)} misclassified test images")
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{cfg['name']} ({run_dir}): test accuracy {acc:.4f}, loss {loss:.4f}, "
+               f"{len(wrong)} errors in {len(x)}")
+    click.echo(format_table(["class", "accuracy", "n"],
+                            [(c, f"{per_class[c]:.4f}", confusion[c].sum()) for c in range(k)]))
+    click.echo(f"saved eval.json, confusion.png, misclassified.png in {run_dir}")
+
+
+# The original study's test accuracies (its Table 1), shown beside ours.
+ORIGINAL_ACCURACY = {"net1": 0.9123, "net2": 0.9625, "net3": 0.9768}
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
+@runs_dir_option
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the comparison of several runs [default: RUNS_DIR/comparison].")
+def plot(run_dirs, runs_dir, out):
+    """Redraw a run's plots (default: the latest); with several runs, compare them.
+
+    Per run: curves.png (test accuracy, training error) and filters.png (first conv
+    layer). Several runs: comparison.png with a line per run, and comparison.md /
+    comparison.csv tables (network, epochs, final and best test accuracy).
+    """
+    import csv
+    import io
+    import os
+
+    from cnnrun import plots, runs
+    from cnnrun.fileio import write_atomic
+    from cnnrun.runner import summarise
+
+    dirs = [runs.resolve_run(d, runs_dir) for d in run_dirs] or [runs.resolve_run(None, runs_dir)]
+    table = []
+    for d in dirs:
+        cfg, rows = runs.load_run_config(d), runs.read_metrics(d)
+        if rows:
+            plots.training_curves(rows, os.path.join(d, "curves.png"), cfg["name"])
+        try:
+            _, _, net = load_run(d, runs_dir)
+            convs = [layer for layer in net.layers if layer.kind == "conv"]
+            if convs:
+                plots.filters(convs[0].params["W"], os.path.join(d, "filters.png"),
+                              f"{cfg['name']}: first-layer filters")
+        except CnnrunError:
+            pass  # no weights yet: curves only
+        s = summarise(rows)
+        table.append(dict(network=cfg["name"], run=os.path.basename(d),
+                          epochs=f"{rows[-1]['epoch'] if rows else 0}/{cfg['train']['epochs']}",
+                          final_test_acc=s["final_test_acc"], best_test_acc=s["best_test_acc"],
+                          original=ORIGINAL_ACCURACY.get(cfg["name"]), rows=rows))
+        click.echo(f"redrew {d}")
+    if len(dirs) < 2:
+        return
+    out = out or os.path.join(runs_dir, "comparison")
+    os.makedirs(out, exist_ok=True)
+    plots.comparison([(f"{t['network']} ({t['run']})" if [u['network'] for u in table].count(t['network']) > 1
+                       else t["network"], t["rows"]) for t in table], os.path.join(out, "comparison.png"),
+                     "Test accuracy and training error per network")
+    columns = ["network", "epochs", "final_test_acc", "best_test_acc", "original", "run"]
+
+    def cell(v):
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(t[c]) for c in columns) + " |" for t in table]
+    write_atomic(os.path.join(out, "comparison.md"), "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([[cell(t[c]) for c in columns] for t in table])
+    write_atomic(os.path.join(out, "comparison.csv"), buffer.getvalue())
+    click.echo(format_table(columns, [[cell(t[c]) for c in columns] for t in table]))
+    click.echo(f"saved comparison.png, comparison.md, comparison.csv in {out}")
+
+
+def run_status(summary):
+    """finished / interrupted / diverged / running, or killed if its process is gone."""
+    import os
+
+    status = summary.get("status", "unknown")
+    if status == "running":
+        try:
+            os.kill(int(summary.get("pid", 0)), 0)
+        except (OSError, ValueError):
+            return "killed"
+    return status
+
+
+@main.command(name="runs")
+@runs_dir_option
+def list_runs_cmd(runs_dir):
+    """List the runs in --runs-dir: epochs done, test accuracy, status."""
+    import os
+
+    from cnnrun import runs
+
+    found = runs.list_runs(runs_dir)
+    if not found:
+        click.echo(f"no runs in {runs_dir}")
+        return
+    rows = []
+    for d in found:
+        s = runs.read_json(os.path.join(d, "summary.json"), {})
+        acc = [s.get("final_test_acc"), s.get("best_test_acc")]
+        rows.append((os.path.basename(d), s.get("name", "?"), f"{s.get('epochs_done', 0)}/{s.get('epochs_planned', '?')}",
+                     *("" if a is None else f"{a:.4f}" for a in acc), run_status(s)))
+    click.echo(format_table(["run", "config", "epochs", "final acc", "best acc", "status"], rows))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
+def predict(run_dir, images, runs_dir, as_json):
+    """Classify your own digit images (PNG/JPEG, any size) with a run's weights.
+
+    Each image is made MNIST-like: grayscale, inverted if the digit is dark on
+    light, scaled into 20x20 and centred in 28x28.
+    """
+    from cnnrun.images import read_image, to_mnist
+
+    run_dir, cfg, net = load_run(run_dir, runs_dir)
+    c, h, w = net.input_shape
+    if c != 1:
+        raise CnnrunError(f"{run_dir}: the network takes {c}-channel images; predict handles grayscale only")
+    batch = np.stack([to_mnist(read_image(p), (h, w)) for p in images])[:, None]
+    probs = net.forward(batch)
+    for path, p in zip(images, probs):
+        label = int(p.argmax())
+        if as_json:
+            click.echo(json.dumps(dict(image=path, label=label, probabilities=[round(float(v), 6) for v in p])))
+        else:
+            click.echo(f"{path}: {label} ({p[label]:.3f})   " + " ".join(f"{i}:{v:.2f}" for i, v in enumerate(p)))
