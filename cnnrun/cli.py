@@ -1,6 +1,7 @@
 """The `cnnrun` command line: each verb parses its options, calls the library, prints."""
 
 import json
+import shlex
 import sys
 
 import click
@@ -171,7 +172,7 @@ def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet
                    f"({len(data['train'][0])} training, {len(data['test'][0])} test images)")
     try:
         summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=progress,
-                            log=click.echo if show else (lambda _: None), command=" ".join(sys.argv))
+                            log=click.echo if show else (lambda _: None), command=" ".join(["cnnrun"] + [shlex.quote(a) for a in sys.argv[1:]]))
     except Stopped as e:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)

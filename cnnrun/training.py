@@ -6,7 +6,7 @@ from cnnrun.nn import accuracy, softmax_cross_entropy
 
 
 class Diverged(Exception):
-    """The loss became NaN or infinite."""
+    """The loss or a weight became NaN or infinite."""
 
     def __init__(self, batch, loss):
         super().__init__(f"batch {batch}: loss {loss}")
@@ -28,7 +28,7 @@ def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None):
     """One pass of SGD over `(x, labels)` in an order shuffled by `rng`.
 
     `on_batch(loss, acc)` is called after every batch with running means.
-    Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss.
+    Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss or weight.
     """
     order = rng.permutation(len(x))
     k = net.output_shape[0]
@@ -38,7 +38,10 @@ def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None):
         loss, logits, _ = net.loss_and_backward(x[idx], one_hot(labels[idx], k, net.dtype))
         if not np.isfinite(loss):
             raise Diverged(batch, loss)
-        sgd.step(net.param_grad_pairs())
+        pairs = net.param_grad_pairs()
+        sgd.step(pairs)
+        if not all(np.isfinite(p).all() for p, _ in pairs):
+            raise Diverged(batch, "finite, but a weight overflowed")
         total_loss += loss * len(idx)
         total_correct += int(np.sum(logits.argmax(axis=1) == labels[idx]))
         seen += len(idx)

@@ -1,0 +1,210 @@
+"""Training runs end to end on a small made-up data set: run folders, resume, errors, verbs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnnrun import runner, runs
+from cnnrun.cli import main
+from idx import make_digits, write_config
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = make_digits(tmp_path / "data")
+    config = write_config(tmp_path / "tiny.yaml")
+    return dict(data=str(data), config=config, runs=str(tmp_path / "runs"), tmp=tmp_path)
+
+
+def cli(s, *args):
+    args = [str(a) for a in args] + ["--runs-dir", s["runs"]]
+    return CliRunner().invoke(main, args)
+
+
+def train(s, *extra):
+    return cli(s, "train", s["config"], "--data-dir", s["data"], *extra)
+
+
+def metrics_without_seconds(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.read_metrics(run_dir)]
+
+
+def test_train_writes_a_complete_run_folder(setup):
+    result = train(setup)
+    assert result.exit_code == 0, result.output
+    [run_dir] = runs.list_runs(setup["runs"])
+    assert os.path.basename(run_dir).endswith("-tiny")
+    for name in ("config.yaml", "metrics.csv", "checkpoint.npz", "weights.npz", "summary.json", "curves.png"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    rows = runs.read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["test_acc"] is not None for r in rows] == [False, True, False, True]
+    assert rows[1]["lr"] == pytest.approx(0.1 * 0.9)
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["status"] == "finished" and summary["epochs_done"] == 4
+    assert summary["final_test_acc"] == rows[-1]["test_acc"] > 0.5  # the toy set is learnable
+    assert summary["numpy"] == np.__version__ and summary["command"].startswith("cnnrun ")
+    assert runs.load_run_config(run_dir)["train"]["epochs"] == 4
+    assert "epoch 4/4" in result.output and "done: tiny test accuracy" in result.output
+
+
+def test_same_config_and_seed_give_the_same_numbers(setup):
+    assert train(setup, "--quiet").exit_code == 0
+    assert train(setup, "--quiet").exit_code == 0
+    a, b = runs.list_runs(setup["runs"])
+    assert a != b  # two runs in the same second get separate folders
+    assert metrics_without_seconds(a) == metrics_without_seconds(b)
+
+
+def test_overrides_and_seed_are_recorded_in_the_run_config(setup):
+    result = train(setup, "--quiet", "--epochs", 1, "--seed", 7, "--set", "train.lr=0.05")
+    assert result.exit_code == 0, result.output
+    cfg = runs.load_run_config(runs.list_runs(setup["runs"])[0])
+    assert (cfg["train"]["epochs"], cfg["seed"], cfg["train"]["lr"]) == (1, 7, 0.05)
+
+
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(setup, monkeypatch):
+    assert train(setup, "--quiet").exit_code == 0
+    [full] = runs.list_runs(setup["runs"])
+
+    real, calls = runner.train_epoch, []
+
+    def interrupt_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_epoch", interrupt_third_epoch)
+    result = train(setup, "--quiet")
+    assert result.exit_code == 130
+    part = [d for d in runs.list_runs(setup["runs"]) if d != full][0]
+    assert f"Resume with: cnnrun train --resume {part}" in result.output
+    assert runs.read_json(os.path.join(part, "summary.json"))["status"] == "interrupted"
+    assert not os.path.exists(os.path.join(part, "weights.npz"))
+    assert [r["epoch"] for r in runs.read_metrics(part)] == [1, 2]
+
+    monkeypatch.setattr(runner, "train_epoch", real)
+    result = cli(setup, "train", "--resume", part, "--data-dir", setup["data"], "--quiet")
+    assert result.exit_code == 0, result.output
+    assert metrics_without_seconds(part) == metrics_without_seconds(full)
+    with np.load(os.path.join(full, "weights.npz")) as a, np.load(os.path.join(part, "weights.npz")) as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert runs.read_json(os.path.join(part, "summary.json"))["status"] == "finished"
+
+
+def test_resume_can_extend_a_finished_run(setup):
+    assert train(setup, "--quiet", "--epochs", 2).exit_code == 0
+    [run_dir] = runs.list_runs(setup["runs"])
+    again = cli(setup, "train", "--resume", run_dir, "--data-dir", setup["data"], "--quiet")
+    assert again.exit_code == 1 and "already trained 2 of 2 epochs" in again.output
+    more = cli(setup, "train", "--resume", run_dir, "--epochs", 3, "--data-dir", setup["data"], "--quiet")
+    assert more.exit_code == 0, more.output
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
+
+
+def test_divergence_stops_with_the_epoch_and_batch_and_keeps_the_checkpoint(setup, monkeypatch):
+    real, calls = runner.train_epoch, []
+
+    def nan_image_in_second_epoch(net, sgd, x, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            x = x.copy()
+            x[7] = np.nan  # a NaN input makes the loss of its batch NaN
+        return real(net, sgd, x, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_epoch", nan_image_in_second_epoch)
+    result = train(setup, "--quiet")
+    assert result.exit_code == 1
+    assert "training diverged at epoch 2, batch" in result.output
+    assert "the last good checkpoint (epoch 1) is kept" in result.output
+    [run_dir] = runs.list_runs(setup["runs"])
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 2
+    with np.load(os.path.join(run_dir, "checkpoint.npz")) as checkpoint:
+        assert int(checkpoint["epoch"]) == 1 and np.isfinite(checkpoint["0.conv.W"]).all()
+    assert "Traceback" not in result.output
+
+
+def test_eval_plot_and_runs_verbs(setup):
+    assert train(setup, "--quiet").exit_code == 0
+    assert train(setup, "--quiet", "--epochs", 2).exit_code == 0
+    first, second = runs.list_runs(setup["runs"])
+
+    result = cli(setup, "eval", first, "--data-dir", setup["data"], "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n"] == 64 and 0.5 < report["accuracy"] <= 1 and report["loss"] > 0
+    assert np.sum(report["confusion_matrix"]) == 64 and len(report["per_class_accuracy"]) == 10
+    assert report["accuracy"] == runs.read_json(os.path.join(first, "summary.json"))["final_test_acc"]
+    for name in ("eval.json", "confusion.png", "misclassified.png"):
+        assert os.path.isfile(os.path.join(first, name))
+
+    result = cli(setup, "eval", "--data-dir", setup["data"])  # the latest run by default
+    assert result.exit_code == 0 and second in result.output
+
+    result = cli(setup, "plot", first, second, "--out", setup["tmp"] / "cmp")
+    assert result.exit_code == 0, result.output
+    assert os.path.isfile(os.path.join(first, "filters.png"))
+    with open(setup["tmp"] / "cmp" / "comparison.csv") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "network,epochs,final_test_acc,best_test_acc,original,run"
+    assert lines[1].startswith("tiny,4/4,") and lines[2].startswith("tiny,2/2,")
+    assert (setup["tmp"] / "cmp" / "comparison.png").stat().st_size > 10000
+    assert "| network |" in (setup["tmp"] / "cmp" / "comparison.md").read_text()
+
+    result = cli(setup, "runs")
+    assert result.exit_code == 0
+    assert os.path.basename(first) in result.output and "finished" in result.output
+
+
+def test_predict_classifies_image_files(setup, tmp_path):
+    import matplotlib.image
+
+    assert train(setup, "--quiet", "--epochs", 1).exit_code == 0
+    digit = np.ones((60, 40))
+    digit[10:50, 18:22] = 0.0  # a dark "1" on white paper
+    matplotlib.image.imsave(tmp_path / "one.png", digit, cmap="gray", vmin=0, vmax=1)
+    [run_dir] = runs.list_runs(setup["runs"])
+    result = cli(setup, "predict", run_dir, tmp_path / "one.png", "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4) and 0 <= answer["label"] <= 9
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", "/no/such/run"], "/no/such/run: no such run folder"),
+    (["eval"], "no runs yet"),
+    (["plot", "/no/such/run"], "no such run folder"),
+    (["train"], "give either CONFIG"),
+    (["train", "/no/such.yaml"], "/no/such.yaml: no such config file"),
+])
+def test_user_errors_are_one_line(setup, args, message):
+    result = cli(setup, *args)
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and message in result.output
+
+
+def test_run_without_weights_or_with_mismatched_weights_is_a_clear_error(setup):
+    assert train(setup, "--quiet", "--epochs", 1).exit_code == 0
+    [run_dir] = runs.list_runs(setup["runs"])
+    for name in ("weights.npz", "checkpoint.npz"):
+        os.rename(os.path.join(run_dir, name), os.path.join(setup["tmp"], name))
+    result = cli(setup, "eval", run_dir, "--data-dir", setup["data"])
+    assert result.exit_code == 1 and "holds no weights" in result.output
+    cfg = runs.load_run_config(run_dir)
+    cfg["model"]["layers"][0]["conv"]["filters"] = 5
+    runs.save_config(run_dir, cfg)
+    os.rename(os.path.join(setup["tmp"], "weights.npz"), os.path.join(run_dir, "weights.npz"))
+    result = cli(setup, "eval", run_dir, "--data-dir", setup["data"])
+    assert result.exit_code == 1 and "weights do not fit the config: 0.conv.W" in result.output
+
+
+def test_predict_rejects_an_unreadable_image(setup, tmp_path):
+    assert train(setup, "--quiet", "--epochs", 1).exit_code == 0
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    result = cli(setup, "predict", runs.list_runs(setup["runs"])[0], tmp_path / "bad.png")
+    assert result.exit_code == 1 and "bad.png: not a readable image" in result.output
