@@ -365,3 +365,130 @@ def predict(run_dir, images, runs_dir, as_json):
             click.echo(json.dumps(dict(image=path, label=label, probabilities=[round(float(v), 6) for v in p])))
         else:
             click.echo(f"{path}: {label} ({p[label]:.3f})   " + " ".join(f"{i}:{v:.2f}" for i, v in enumerate(p)))
+
+
+def parse_eps(values):
+    """`--eps 0.1 --eps 0.2,0.3` -> [0.1, 0.2, 0.3], each in [0, 1]."""
+    out = []
+    for value in values:
+        for part in str(value).split(","):
+            try:
+                eps = float(part)
+            except ValueError:
+                raise CnnrunError(f"--eps {part!r}: expected a number in [0, 1]") from None
+            if not 0 <= eps <= 1:
+                raise CnnrunError(f"--eps {eps:g}: must be in [0, 1] (pixel units of images scaled to [0, 1])")
+            out.append(eps)
+    return sorted(set(out))
+
+
+@main.command(name="attack")
+@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--eps", "eps_values", multiple=True, default=["0.1"], show_default=True,
+              help="Perturbation size in pixel units; repeatable or a comma list (0.05,0.1,0.2,0.3).")
+@click.option("--method", "methods", multiple=True, default=["fgsm"], show_default=True,
+              help="fgsm, bim (iterative FGSM) or pgd (BIM from random starts); repeatable or a comma list.")
+@click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="Steps of bim and pgd.")
+@click.option("--step-size", type=click.FloatRange(min=0, min_open=True),
+              help="Step of bim and pgd [default: 2.5 * eps / steps].")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Random starts of pgd.")
+@click.option("--limit", type=click.IntRange(min=1), help="Attack only the first N test images [default: all].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of pgd's random starts.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the comparison of several runs [default: RUNS_DIR/attack-comparison].")
+@data_dir_option
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit, seed, out, data_dir, runs_dir,
+               as_json):
+    """Attack a run's network with adversarial examples (default: the latest run).
+
+    Reports, per method and eps, the accuracy on the attacked test images and the
+    attack's success rate among the images classified right when clean. Saves
+    results (JSON, CSV), accuracy-vs-eps plot and example grids in a new folder
+    RUN_DIR/attacks/...; with several runs, also a comparison plot and table.
+    """
+    import csv
+    import io
+    import os
+
+    from tqdm import tqdm
+
+    from cnnrun import plots, runs
+    from cnnrun.attacks import METHODS, evaluate_attack, robustness
+    from cnnrun.fileio import write_atomic
+
+    eps_list = parse_eps(eps_values)
+    methods = [m for value in methods for m in value.split(",")]
+    for m in methods:
+        if m not in METHODS:
+            raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
+    dirs = [runs.resolve_run(d, runs_dir) for d in run_dirs] or [runs.resolve_run(None, runs_dir)]
+    loaded = [load_run(d, runs_dir) for d in dirs]
+    x, labels = load_data(loaded[0][1], data_dir, quiet=as_json)["test"]
+    x, labels = x[:limit], labels[:limit]
+    progress = not as_json and sys.stderr.isatty()
+    reports = []
+    for run_dir, cfg, net in loaded:
+        before = {k: v.copy() for k, v in net.named_parameters().items()}
+        results, examples = [], {}
+        clean_pred = None
+        for method in methods:
+            for eps in eps_list:
+                with tqdm(total=len(x), desc=f"{cfg['name']} {method} eps {eps:g}", unit="img", leave=False,
+                          disable=not progress) as bar:
+                    x_adv, clean_pred, adv_pred, clean_p, adv_p = evaluate_attack(
+                        net, x, labels, method, eps, steps=steps, step_size=step_size, restarts=restarts,
+                        rng=np.random.default_rng(seed), on_batch=bar.update)
+                accuracy, success = robustness(labels, clean_pred, adv_pred)
+                results.append(dict(method=method, eps=eps, accuracy=accuracy, success_rate=success,
+                                    n=int(len(x)), steps=steps if method != "fgsm" else None,
+                                    restarts=restarts if method == "pgd" else None))
+                shown = np.arange(min(10, len(x)))
+                examples[(method, eps)] = (shown, x_adv[shown], clean_pred[shown], clean_p[shown].max(1),
+                                           adv_pred[shown], adv_p[shown].max(1))
+        assert all(np.array_equal(before[k], v) for k, v in net.named_parameters().items())
+        clean_accuracy = float(np.mean(clean_pred == labels))
+        folder = runs.new_run_dir(os.path.join(run_dir, "attacks"), "-".join(methods))
+        report = dict(run=run_dir, network=cfg["name"], clean_accuracy=clean_accuracy, n=int(len(x)),
+                      results=results)
+        runs.write_json(os.path.join(folder, "results.json"), report)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts"],
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(results)
+        write_atomic(os.path.join(folder, "results.csv"), buffer.getvalue())
+        plots.accuracy_vs_eps([(m, [r["eps"] for r in results if r["method"] == m],
+                                [r["accuracy"] for r in results if r["method"] == m]) for m in methods],
+                              os.path.join(folder, "accuracy_vs_eps.png"), f"{cfg['name']}: accuracy under attack")
+        for (method, eps), (shown, adv, cp, cc, ap, ac) in examples.items():
+            plots.adversarial_examples(x[shown, 0], adv[:, 0], labels[shown], cp, cc, ap, ac, eps,
+                                       os.path.join(folder, f"examples-{method}-eps{eps:g}.png"),
+                                       f"{cfg['name']}: {method.upper()} at eps {eps:g}")
+        report["folder"] = folder
+        reports.append(report)
+    if len(reports) > 1:
+        out = out or os.path.join(runs_dir, "attack-comparison")
+        os.makedirs(out, exist_ok=True)
+        lines = [(f"{r['network']} {m}", [q["eps"] for q in r["results"] if q["method"] == m],
+                  [q["accuracy"] for q in r["results"] if q["method"] == m]) for r in reports for m in methods]
+        plots.accuracy_vs_eps(lines, os.path.join(out, "comparison.png"), "Accuracy under attack per network")
+        header = ["network", "method"] + [f"eps {e:g}" for e in eps_list]
+        table = [[r["network"], m] + [f"{q['accuracy']:.4f}" for q in r["results"] if q["method"] == m]
+                 for r in reports for m in methods]
+        write_atomic(os.path.join(out, "comparison.md"), "\n".join(
+            ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+            ["| " + " | ".join(row) + " |" for row in table]) + "\n")
+    if as_json:
+        click.echo(json.dumps(reports[0] if len(reports) == 1 else reports))
+        return
+    for r in reports:
+        click.echo(f"{r['network']} ({r['run']}): clean accuracy {r['clean_accuracy']:.4f} on {r['n']} images")
+        click.echo(format_table(["method", "eps", "accuracy", "success rate"],
+                                [(q["method"], f"{q['eps']:g}", f"{q['accuracy']:.4f}", f"{q['success_rate']:.4f}")
+                                 for q in r["results"]]))
+        click.echo(f"saved in {r['folder']}\n")
+    if len(reports) > 1:
+        click.echo(format_table(header, table))
+        click.echo(f"saved comparison.png and comparison.md in {out}")

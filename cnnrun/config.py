@@ -87,7 +87,18 @@ SECTIONS = {
         "lr_decay": (DECAY, 1.0),
         "eval_every": (POSITIVE_INT, 5),
         "loss": (_choice("categorical_crossentropy"), "categorical_crossentropy"),
+        "adversarial": ((("a mapping or null", lambda v: v is None or isinstance(v, dict))), None),
     },
+}
+# train.adversarial: adversarial training on a share `ratio` of every batch.
+UNIT = ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1)
+ADVERSARIAL = {
+    "method": (_choice("fgsm", "pgd"), "fgsm"),
+    "eps": (UNIT, REQUIRED),
+    "ratio": (("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1), 0.5),
+    "random_start": (BOOL, False),
+    "step_size": (_optional(POSITIVE_NUMBER), None),
+    "steps": (POSITIVE_INT, 10),
 }
 TOP_LEVEL = {"name": (STRING, REQUIRED), "seed": (NON_NEGATIVE_INT, 0)}
 
@@ -152,6 +163,9 @@ def validate(raw, source="config"):
     config = _fields(raw, all_rules, "", source)
     for section, rules in SECTIONS.items():
         config[section] = _fields(config[section], rules, section, source)
+    if config["train"]["adversarial"] is not None:
+        config["train"]["adversarial"] = _fields(config["train"]["adversarial"], ADVERSARIAL,
+                                                 "train.adversarial", source)
     config["model"]["layers"] = [_layer(entry, f"model.layers[{i}]", source)
                                  for i, entry in enumerate(config["model"]["layers"])]
     return config

@@ -84,3 +84,34 @@ def filters(W, path, title):
     limit = float(np.abs(W).max()) or 1.0
     image_grid(W[:, 0], [f"filter {i}" for i in range(len(W))], path, title,
                columns=min(8, len(W)), cmap="RdBu_r", vmin=-limit, vmax=limit)
+
+
+def accuracy_vs_eps(lines, path, title):
+    """`lines`: list of `(label, eps list, accuracy list)`; accuracy against eps, one line each."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, eps, acc in lines:
+        ax.plot(eps, acc, marker="o", label=label)
+    ax.set(xlabel="eps (pixel units, images in [0, 1])", ylabel="accuracy on adversarial images",
+           ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, path)
+
+
+def adversarial_examples(clean, adversarial, labels, clean_pred, clean_conf, adv_pred, adv_conf, eps, path, title):
+    """Columns of (clean image, perturbation, adversarial image), captioned with the
+    true label and the clean and adversarial predictions with their confidence."""
+    n = len(clean)
+    fig, axes = plt.subplots(3, n, figsize=(n * 1.35, 4.6), squeeze=False)
+    for i in range(n):
+        delta = adversarial[i] - clean[i]
+        panels = [(clean[i], "gray", 0, 1, f"true {labels[i]}\npred {clean_pred[i]} ({clean_conf[i]:.2f})"),
+                  (delta, "RdBu_r", -max(eps, 1e-8), max(eps, 1e-8), "perturbation"),
+                  (adversarial[i], "gray", 0, 1, f"adv {adv_pred[i]} ({adv_conf[i]:.2f})")]
+        for ax, (image, cmap, lo, hi, caption) in zip(axes[:, i], panels):
+            ax.imshow(image, cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_title(caption, fontsize=7, color="red" if caption.startswith("adv") and
+                         adv_pred[i] != labels[i] else "black")
+            ax.axis("off")
+    fig.suptitle(title)
+    save(fig, path)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from cnnrun import plots, runs
+from cnnrun import attacks, plots, runs
 from cnnrun.config import build_network
 from cnnrun.errors import CnnrunError
 from cnnrun.nn import SGD, exponential_lr
@@ -94,7 +94,7 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
         train_samples_per_s=previous.get("train_samples_per_s"), command=command,
         python=platform.python_version(), numpy=np.__version__, git_commit=git_commit(),
         started=previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")), pid=os.getpid(),
-        train_samples=len(x_train), test_samples=len(x_test),
+        train_samples=len(x_train), test_samples=len(x_test), adversarial=train_cfg["adversarial"],
     )
     runs.write_json(summary_path, summary)
     sgd = SGD(train_cfg["lr"])
@@ -111,8 +111,9 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
                     bar.update()
                 try:
+                    adversary = attacks.adversary(train_cfg["adversarial"], epoch_rng(seed, epoch, stream=1))
                     train_loss, train_acc = train_epoch(net, sgd, x_train, y_train, train_cfg["batch_size"],
-                                                        epoch_rng(seed, epoch), on_batch)
+                                                        epoch_rng(seed, epoch), on_batch, adversary)
                 except Diverged as e:
                     summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=e.batch))
                     runs.write_json(summary_path, summary)

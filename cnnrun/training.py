@@ -24,10 +24,12 @@ def one_hot(labels, k, dtype=np.float32):
     return np.eye(k, dtype=dtype)[labels]
 
 
-def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None):
+def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None, adversary=None):
     """One pass of SGD over `(x, labels)` in an order shuffled by `rng`.
 
-    `on_batch(loss, acc)` is called after every batch with running means.
+    `adversary(net, x, y) -> x`, if given, replaces part of each batch by
+    adversarial examples (adversarial training); loss and accuracy are then on
+    the mixed batch. `on_batch(loss, acc)` is called after every batch with running means.
     Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss or weight.
     """
     order = rng.permutation(len(x))
@@ -35,7 +37,10 @@ def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None):
     total_loss = total_correct = seen = 0
     for batch, start in enumerate(range(0, len(x), batch_size)):
         idx = order[start:start + batch_size]
-        loss, logits, _ = net.loss_and_backward(x[idx], one_hot(labels[idx], k, net.dtype))
+        xb, yb = x[idx], one_hot(labels[idx], k, net.dtype)
+        if adversary:
+            xb = adversary(net, xb, yb)
+        loss, logits, _ = net.loss_and_backward(xb, yb)
         if not np.isfinite(loss):
             raise Diverged(batch, loss)
         pairs = net.param_grad_pairs()

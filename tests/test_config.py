@@ -22,7 +22,7 @@ def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
     c = load_config(os.path.join(ROOT, f"configs/net{i}.yaml"))
     assert c["name"] == f"net{i}" and len(c["model"]["layers"]) == layers
     assert c["train"] == dict(epochs=epochs, batch_size=128, lr=0.01, lr_decay=decay,
-                              eval_every=5, loss="categorical_crossentropy")
+                              eval_every=5, loss="categorical_crossentropy", adversarial=None)
     assert layer_specs(c)[-1] == ("softmax", {})
 
 
@@ -60,6 +60,10 @@ def with_change(change):
     (lambda c: c["model"]["layers"][0]["conv"].update(dilation=2),
      r"model.layers\[0\].conv.dilation: unknown key; expected one of filters, kernel"),
     (lambda c: c["model"]["layers"][0]["conv"].pop("filters"), r"model.layers\[0\].conv.filters: missing"),
+    (lambda c: c["train"].update(adversarial={"eps": 2}), r"train.adversarial.eps: expected a number in \[0, 1\]"),
+    (lambda c: c["train"].update(adversarial={"eps": 0.3, "method": "cw"}),
+     r"train.adversarial.method: expected 'fgsm' or 'pgd', got 'cw'"),
+    (lambda c: c["train"].update(adversarial={"method": "fgsm"}), r"train.adversarial.eps: missing"),
     (lambda c: c["model"]["layers"].__setitem__(1, {"instance_norm": {"affine": "yes"}}),
      r"model.layers\[1\].instance_norm.affine: expected true or false"),
 ])

@@ -46,7 +46,7 @@ def test_extreme_logits_give_finite_loss_and_gradients(dtype):
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-def test_every_shipped_network_passes_gradcheck_end_to_end(path, rng):
+def test_every_shipped_network_and_its_input_gradient_pass_gradcheck(path, rng):
     net = build_network(config(path), dtype=np.float64)
     x, y = rng.random((2,) + net.input_shape), one_hot(rng.integers(0, 10, 2))
     rows = check_all(net, x, y, rng, samples=8)
