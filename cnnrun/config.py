@@ -106,7 +106,8 @@ TOP_LEVEL = {"name": (STRING, REQUIRED), "seed": (NON_NEGATIVE_INT, 0)}
 LAYER_ARGS = {
     "filters": POSITIVE_INT, "units": POSITIVE_INT, "kernel": SIZE,
     "stride": SIZE, "padding": PADDING, "bias": BOOL, "affine": BOOL,
-    "eps": POSITIVE_NUMBER, "init": _choice("he", "glorot"), "shape": SHAPE,
+    "eps": POSITIVE_NUMBER, "init": _choice("he", "glorot"), "init_gain": POSITIVE_NUMBER, "shape": SHAPE,
+    "mean": ("a number", _is_number), "std": POSITIVE_NUMBER,
 }
 
 

@@ -21,7 +21,7 @@ def test_bench_json_reports_throughput_and_every_layer():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["train_samples_per_s"] > 0 and data["eval_samples_per_s"] > 0
-    assert [layer["kind"] for layer in data["layers"]] == ["conv", "relu", "maxpool", "flatten",
+    assert [layer["kind"] for layer in data["layers"]] == ["normalize", "conv", "relu", "maxpool", "flatten",
                                                            "dense", "softmax"]
 
 

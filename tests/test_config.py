@@ -16,7 +16,7 @@ def net2():
         return yaml.safe_load(f)
 
 
-@pytest.mark.parametrize("i,epochs,decay,layers", [(1, 50, 0.985, 6), (2, 100, 0.992, 11),
+@pytest.mark.parametrize("i,epochs,decay,layers", [(1, 50, 0.985, 7), (2, 100, 0.992, 11),
                                                    (3, 150, 0.995, 13), (4, 200, 0.997, 19)])
 def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
     c = load_config(os.path.join(ROOT, f"configs/net{i}.yaml"))
@@ -29,7 +29,7 @@ def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
 def test_layer_defaults_are_filled_in():
     c = validate(net2())
     assert c["model"]["layers"][0] == {"conv": dict(filters=8, kernel=3, stride=1, padding=1,
-                                                    bias=True, init="he")}
+                                                    bias=True, init="he", init_gain=0.05)}
     assert c["model"]["layers"][1] == {"instance_norm": dict(eps=1e-5, affine=True)}
     assert c["model"]["layers"][3] == {"maxpool": dict(kernel=2, stride=None, padding=0)}
     assert c["model"]["layers"][2] == {"relu": {}}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cnnrun.nn import Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, ReLU, Reshape, Softmax
+from cnnrun.nn import Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, Normalize, ReLU, Reshape, Softmax
 from cnnrun.nn.gradcheck import TOLERANCE, check_layer
 
 
@@ -150,3 +150,17 @@ def test_flatten_and_reshape_gradients(rng):
 
 def test_softmax_layer_gradients(rng):
     assert_gradients_match(built(Softmax(), (10,), rng), (10,), rng)
+
+
+def test_normalize_gradients_and_values(rng):
+    layer = built(Normalize(mean=0.1307, std=0.3081), (1, 5, 4), rng)
+    assert_gradients_match(layer, (1, 5, 4), rng)
+    np.testing.assert_allclose(layer.forward(np.full((1, 1, 5, 4), 0.1307 + 0.3081)), 1.0)
+
+
+def test_init_gain_scales_the_initial_weights(rng):
+    a = Conv2D(filters=4, kernel=3)
+    b = Conv2D(filters=4, kernel=3, init_gain=0.25)
+    a.build((2, 6, 6), np.random.default_rng(0), np.float64)
+    b.build((2, 6, 6), np.random.default_rng(0), np.float64)
+    np.testing.assert_allclose(b.params["W"], 0.25 * a.params["W"])

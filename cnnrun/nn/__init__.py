@@ -1,14 +1,14 @@
 """The numeric core: layers, loss, optimizer and network. No file or terminal I/O here."""
 
 from cnnrun.nn.layers import (
-    Conv2D, Dense, Flatten, InstanceNorm, Layer, MaxPool2D, ReLU, Reshape, Softmax,
+    Conv2D, Dense, Flatten, InstanceNorm, Layer, MaxPool2D, Normalize, ReLU, Reshape, Softmax,
 )
 from cnnrun.nn.losses import accuracy, softmax_cross_entropy
 from cnnrun.nn.network import LAYERS, Network
 from cnnrun.nn.optim import SGD, exponential_lr
 
 __all__ = [
-    "Conv2D", "Dense", "Flatten", "InstanceNorm", "Layer", "MaxPool2D", "ReLU",
+    "Conv2D", "Dense", "Flatten", "InstanceNorm", "Layer", "MaxPool2D", "Normalize", "ReLU",
     "Reshape", "Softmax", "accuracy", "softmax_cross_entropy", "LAYERS", "Network",
     "SGD", "exponential_lr",
 ]

@@ -50,6 +50,15 @@ def shifted_window(a, start, size):
     return out
 
 
+def init_weights(rng, shape, fan_in, fan_out, scheme):
+    """Random weights of `shape`: "he" (normal, variance 2 / fan_in: keeps the activation
+    variance through ReLUs, He et al. 2015) or "glorot" (uniform, variance 2 / (fan_in + fan_out))."""
+    if scheme == "he":
+        return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape)
+
+
 class Layer:
     """Base class: a layer with no parameters that passes shapes through."""
 
@@ -69,30 +78,40 @@ class Layer:
     def backward(self, dy, need_dx=True):
         raise NotImplementedError
 
-    def describe(self):
-        """Constructor arguments, as a config would write them."""
-        return {}
-
     def _fail(self, in_shape, why):
         raise CnnrunError(f"input shape {tuple(in_shape)}: {why}")
+
+
+class Normalize(Layer):
+    """Fixed standardisation (x - mean) / std, no parameters: inputs stay in pixel units
+    for users and attacks while the first layer sees zero-mean, unit-variance values."""
+
+    kind = "normalize"
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def backward(self, dy, need_dx=True):
+        return dy / self.std if need_dx else None
 
 
 class Conv2D(Layer):
     """2-D convolution (cross-correlation): `(N, C, H, W)` -> `(N, F, Ho, Wo)`.
 
-    Weights `W` are `(F, C, kh, kw)`, bias `b` is `(F,)`.
+    Weights `W` are `(F, C, kh, kw)`, bias `b` is `(F,)`; the initial weights are
+    `init_gain` times the `init` scheme's.
     """
 
     kind = "conv"
 
-    def __init__(self, filters, kernel, stride=1, padding=0, bias=True, init="he"):
+    def __init__(self, filters, kernel, stride=1, padding=0, bias=True, init="he", init_gain=1.0):
         super().__init__()
-        self.filters, self.bias, self.init = filters, bias, init
+        self.filters, self.bias, self.init, self.init_gain = filters, bias, init, init_gain
         self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
-
-    def describe(self):
-        return dict(filters=self.filters, kernel=list(self.kernel), stride=list(self.stride),
-                    padding=list(self.padding), bias=self.bias, init=self.init)
 
     def build(self, in_shape, rng, dtype):
         if len(in_shape) != 3:
@@ -102,13 +121,8 @@ class Conv2D(Layer):
         if kh > h + 2 * ph or kw > w + 2 * pw:
             self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
                                  f"{h + 2 * ph}x{w + 2 * pw}")
-        fan_in, fan_out = c * kh * kw, self.filters * kh * kw
-        if self.init == "he":  # He et al. 2015: keeps activation variance through ReLUs
-            W = rng.standard_normal((self.filters, c, kh, kw)) * np.sqrt(2.0 / fan_in)
-        else:  # Glorot & Bengio 2010, uniform
-            limit = np.sqrt(6.0 / (fan_in + fan_out))
-            W = rng.uniform(-limit, limit, (self.filters, c, kh, kw))
-        self.params["W"] = W.astype(dtype)
+        W = init_weights(rng, (self.filters, c, kh, kw), c * kh * kw, self.filters * kh * kw, self.init)
+        self.params["W"] = (self.init_gain * W).astype(dtype)
         if self.bias:
             self.params["b"] = np.zeros(self.filters, dtype)
         self.in_shape = tuple(in_shape)
@@ -167,9 +181,6 @@ class MaxPool2D(Layer):
         self.kernel = _pair(kernel)
         self.stride = self.kernel if stride is None else _pair(stride)
         self.padding = _pair(padding)
-
-    def describe(self):
-        return dict(kernel=list(self.kernel), stride=list(self.stride), padding=list(self.padding))
 
     def build(self, in_shape, rng, dtype):
         if len(in_shape) != 3:
@@ -230,9 +241,6 @@ class InstanceNorm(Layer):
         super().__init__()
         self.eps, self.affine = eps, affine
 
-    def describe(self):
-        return dict(eps=self.eps, affine=self.affine)
-
     def build(self, in_shape, rng, dtype):
         if len(in_shape) != 3:
             self._fail(in_shape, "expects images (C, H, W)")
@@ -292,9 +300,6 @@ class Reshape(Layer):
         super().__init__()
         self.shape = tuple(shape)
 
-    def describe(self):
-        return dict(shape=list(self.shape))
-
     def build(self, in_shape, rng, dtype):
         if int(np.prod(in_shape)) != int(np.prod(self.shape)):
             self._fail(in_shape, f"cannot reshape {int(np.prod(in_shape))} values to {self.shape}")
@@ -313,23 +318,16 @@ class Dense(Layer):
 
     kind = "dense"
 
-    def __init__(self, units, bias=True, init="he"):
+    def __init__(self, units, bias=True, init="he", init_gain=1.0):
         super().__init__()
-        self.units, self.bias, self.init = units, bias, init
-
-    def describe(self):
-        return dict(units=self.units, bias=self.bias, init=self.init)
+        self.units, self.bias, self.init, self.init_gain = units, bias, init, init_gain
 
     def build(self, in_shape, rng, dtype):
         if len(in_shape) != 1:
             self._fail(in_shape, "expects flat vectors (D,): add a flatten layer before it")
         d = in_shape[0]
-        if self.init == "he":
-            W = rng.standard_normal((d, self.units)) * np.sqrt(2.0 / d)
-        else:
-            limit = np.sqrt(6.0 / (d + self.units))
-            W = rng.uniform(-limit, limit, (d, self.units))
-        self.params["W"] = W.astype(dtype)
+        W = init_weights(rng, (d, self.units), d, self.units, self.init)
+        self.params["W"] = (self.init_gain * W).astype(dtype)
         if self.bias:
             self.params["b"] = np.zeros(self.units, dtype)
         return (self.units,)

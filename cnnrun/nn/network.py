@@ -6,11 +6,14 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic
-from cnnrun.nn.layers import Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, ReLU, Reshape, Softmax
+from cnnrun.nn.layers import (
+    Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, Normalize, ReLU, Reshape, Softmax,
+)
 from cnnrun.nn.losses import softmax_cross_entropy
 
 # Config name -> layer class. A config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
-LAYERS = {cls.kind: cls for cls in (Conv2D, MaxPool2D, InstanceNorm, Flatten, Reshape, Dense, ReLU, Softmax)}
+LAYERS = {cls.kind: cls for cls in (
+    Normalize, Conv2D, MaxPool2D, InstanceNorm, Flatten, Reshape, Dense, ReLU, Softmax)}
 
 
 class Network:
