@@ -204,42 +204,20 @@ def evaluate_cmd(run_dir, data_dir, runs_dir, as_json):
     Prints accuracy, loss and per-class accuracy; saves eval.json, confusion.png
     (confusion matrix) and misclassified.png (a grid of mistakes) in the run folder.
     """
-    import os
-
-    from cnnrun import plots, runs
-    from cnnrun.training import evaluate
+    from cnnrun.reports import evaluate_run
 
     run_dir, cfg, net = load_run(run_dir, runs_dir)
     x, labels = load_data(cfg, data_dir, quiet=as_json)["test"]
-    loss, acc, probs = evaluate(net, x, labels)
-    predicted = probs.argmax(axis=1)
-    k = net.output_shape[0]
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (labels, predicted), 1)
-    per_class = [float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(k)]
-    wrong = np.flatnonzero(predicted != labels)
-    result = dict(run=run_dir, accuracy=acc, loss=loss, n=int(len(x)), errors=int(len(wrong)),
-                  per_class_accuracy=per_class, confusion_matrix=confusion.tolist())
-    runs.write_json(os.path.join(run_dir, "eval.json"), result)
-    plots.confusion_matrix(confusion, os.path.join(run_dir, "confusion.png"),
-                           f"{cfg['name']}: test accuracy {acc:.4f}")
-    shown = wrong[:40]
-    plots.image_grid(x[shown, 0], [f"true {labels[i]} pred {predicted[i]}\n({probs[i, predicted[i]]:.2f})"
-                                   for i in shown],
-                     os.path.join(run_dir, "misclassified.png"),
-                     f"{cfg['name']}: {len(shown)} of {len(wrong)} misclassified test images")
+    result = evaluate_run(run_dir, cfg, net, x, labels)
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{cfg['name']} ({run_dir}): test accuracy {acc:.4f}, loss {loss:.4f}, "
-               f"{len(wrong)} errors in {len(x)}")
-    click.echo(format_table(["class", "accuracy", "n"],
-                            [(c, f"{per_class[c]:.4f}", confusion[c].sum()) for c in range(k)]))
+    click.echo(f"{cfg['name']} ({run_dir}): test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
+               f"{result['errors']} errors in {result['n']}")
+    click.echo(format_table(["class", "accuracy", "n"], [(c, f"{acc:.4f}", n) for c, (acc, n) in
+                                                         enumerate(zip(result["per_class_accuracy"],
+                                                                       result["class_counts"]))]))
     click.echo(f"saved eval.json, confusion.png, misclassified.png in {run_dir}")
-
-
-# The original study's test accuracies (its Table 1), shown beside ours.
-ORIGINAL_ACCURACY = {"net1": 0.9123, "net2": 0.9625, "net3": 0.9768}
 
 
 @main.command()
@@ -254,56 +232,24 @@ def plot(run_dirs, runs_dir, out):
     layer). Several runs: comparison.png with a line per run, and comparison.md /
     comparison.csv tables (network, epochs, final and best test accuracy).
     """
-    import csv
-    import io
     import os
 
-    from cnnrun import plots, runs
-    from cnnrun.fileio import write_atomic
-    from cnnrun.runner import summarise
+    from cnnrun import runs
+    from cnnrun.reports import COMPARISON_COLUMNS, compare_runs, redraw_run
 
     dirs = [runs.resolve_run(d, runs_dir) for d in run_dirs] or [runs.resolve_run(None, runs_dir)]
     table = []
     for d in dirs:
-        cfg, rows = runs.load_run_config(d), runs.read_metrics(d)
-        if rows:
-            plots.training_curves(rows, os.path.join(d, "curves.png"), cfg["name"])
         try:
-            _, _, net = load_run(d, runs_dir)
-            convs = [layer for layer in net.layers if layer.kind == "conv"]
-            if convs:
-                plots.filters(convs[0].params["W"], os.path.join(d, "filters.png"),
-                              f"{cfg['name']}: first-layer filters")
-        except CnnrunError:
-            pass  # no weights yet: curves only
-        s = summarise(rows)
-        table.append(dict(network=cfg["name"], run=os.path.basename(d),
-                          epochs=f"{rows[-1]['epoch'] if rows else 0}/{cfg['train']['epochs']}",
-                          final_test_acc=s["final_test_acc"], best_test_acc=s["best_test_acc"],
-                          original=ORIGINAL_ACCURACY.get(cfg["name"]), rows=rows))
+            _, cfg, net = load_run(d, runs_dir)
+        except CnnrunError:  # no weights yet: curves only
+            cfg, net = runs.load_run_config(d), None
+        table.append(redraw_run(d, cfg, net))
         click.echo(f"redrew {d}")
-    if len(dirs) < 2:
-        return
-    out = out or os.path.join(runs_dir, "comparison")
-    os.makedirs(out, exist_ok=True)
-    plots.comparison([(f"{t['network']} ({t['run']})" if [u['network'] for u in table].count(t['network']) > 1
-                       else t["network"], t["rows"]) for t in table], os.path.join(out, "comparison.png"),
-                     "Test accuracy and training error per network")
-    columns = ["network", "epochs", "final_test_acc", "best_test_acc", "original", "run"]
-
-    def cell(v):
-        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(t[c]) for c in columns) + " |" for t in table]
-    write_atomic(os.path.join(out, "comparison.md"), "\n".join(lines) + "\n")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([[cell(t[c]) for c in columns] for t in table])
-    write_atomic(os.path.join(out, "comparison.csv"), buffer.getvalue())
-    click.echo(format_table(columns, [[cell(t[c]) for c in columns] for t in table]))
-    click.echo(f"saved comparison.png, comparison.md, comparison.csv in {out}")
+    if len(dirs) > 1:
+        out = out or os.path.join(runs_dir, "comparison")
+        click.echo(format_table(COMPARISON_COLUMNS, compare_runs(table, out)))
+        click.echo(f"saved comparison.png, comparison.md, comparison.csv in {out}")
 
 
 def run_status(summary):
@@ -408,78 +354,22 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
     results (JSON, CSV), accuracy-vs-eps plot and example grids in a new folder
     RUN_DIR/attacks/...; with several runs, also a comparison plot and table.
     """
-    import csv
-    import io
     import os
 
-    from tqdm import tqdm
-
-    from cnnrun import plots, runs
-    from cnnrun.attacks import METHODS, evaluate_attack, robustness
-    from cnnrun.fileio import write_atomic
+    from cnnrun.attacks import METHODS
+    from cnnrun.reports import attack_run, compare_attacks
 
     eps_list = parse_eps(eps_values)
     methods = [m for value in methods for m in value.split(",")]
     for m in methods:
         if m not in METHODS:
             raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
-    dirs = [runs.resolve_run(d, runs_dir) for d in run_dirs] or [runs.resolve_run(None, runs_dir)]
-    loaded = [load_run(d, runs_dir) for d in dirs]
+    loaded = [load_run(d, runs_dir) for d in (run_dirs or [None])]
     x, labels = load_data(loaded[0][1], data_dir, quiet=as_json)["test"]
     x, labels = x[:limit], labels[:limit]
     progress = not as_json and sys.stderr.isatty()
-    reports = []
-    for run_dir, cfg, net in loaded:
-        before = {k: v.copy() for k, v in net.named_parameters().items()}
-        results, examples = [], {}
-        clean_pred = None
-        for method in methods:
-            for eps in eps_list:
-                with tqdm(total=len(x), desc=f"{cfg['name']} {method} eps {eps:g}", unit="img", leave=False,
-                          disable=not progress) as bar:
-                    x_adv, clean_pred, adv_pred, clean_p, adv_p = evaluate_attack(
-                        net, x, labels, method, eps, steps=steps, step_size=step_size, restarts=restarts,
-                        rng=np.random.default_rng(seed), on_batch=bar.update)
-                accuracy, success = robustness(labels, clean_pred, adv_pred)
-                results.append(dict(method=method, eps=eps, accuracy=accuracy, success_rate=success,
-                                    n=int(len(x)), steps=steps if method != "fgsm" else None,
-                                    restarts=restarts if method == "pgd" else None))
-                shown = np.arange(min(10, len(x)))
-                examples[(method, eps)] = (shown, x_adv[shown], clean_pred[shown], clean_p[shown].max(1),
-                                           adv_pred[shown], adv_p[shown].max(1))
-        assert all(np.array_equal(before[k], v) for k, v in net.named_parameters().items())
-        clean_accuracy = float(np.mean(clean_pred == labels))
-        folder = runs.new_run_dir(os.path.join(run_dir, "attacks"), "-".join(methods))
-        report = dict(run=run_dir, network=cfg["name"], clean_accuracy=clean_accuracy, n=int(len(x)),
-                      results=results)
-        runs.write_json(os.path.join(folder, "results.json"), report)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts"],
-                                lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(results)
-        write_atomic(os.path.join(folder, "results.csv"), buffer.getvalue())
-        plots.accuracy_vs_eps([(m, [r["eps"] for r in results if r["method"] == m],
-                                [r["accuracy"] for r in results if r["method"] == m]) for m in methods],
-                              os.path.join(folder, "accuracy_vs_eps.png"), f"{cfg['name']}: accuracy under attack")
-        for (method, eps), (shown, adv, cp, cc, ap, ac) in examples.items():
-            plots.adversarial_examples(x[shown, 0], adv[:, 0], labels[shown], cp, cc, ap, ac, eps,
-                                       os.path.join(folder, f"examples-{method}-eps{eps:g}.png"),
-                                       f"{cfg['name']}: {method.upper()} at eps {eps:g}")
-        report["folder"] = folder
-        reports.append(report)
-    if len(reports) > 1:
-        out = out or os.path.join(runs_dir, "attack-comparison")
-        os.makedirs(out, exist_ok=True)
-        lines = [(f"{r['network']} {m}", [q["eps"] for q in r["results"] if q["method"] == m],
-                  [q["accuracy"] for q in r["results"] if q["method"] == m]) for r in reports for m in methods]
-        plots.accuracy_vs_eps(lines, os.path.join(out, "comparison.png"), "Accuracy under attack per network")
-        header = ["network", "method"] + [f"eps {e:g}" for e in eps_list]
-        table = [[r["network"], m] + [f"{q['accuracy']:.4f}" for q in r["results"] if q["method"] == m]
-                 for r in reports for m in methods]
-        write_atomic(os.path.join(out, "comparison.md"), "\n".join(
-            ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-            ["| " + " | ".join(row) + " |" for row in table]) + "\n")
+    reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed, steps=steps,
+                          step_size=step_size, restarts=restarts) for run_dir, cfg, net in loaded]
     if as_json:
         click.echo(json.dumps(reports[0] if len(reports) == 1 else reports))
         return
@@ -490,5 +380,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
                                  for q in r["results"]]))
         click.echo(f"saved in {r['folder']}\n")
     if len(reports) > 1:
-        click.echo(format_table(header, table))
-        click.echo(f"saved comparison.png and comparison.md in {out}")
+        out = out or os.path.join(runs_dir, "attack-comparison")
+        columns, rows = compare_attacks(reports, methods, eps_list, out)
+        click.echo(format_table(columns, rows))
+        click.echo(f"saved comparison.png, comparison.md and comparison.csv in {out}")

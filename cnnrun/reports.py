@@ -1,0 +1,133 @@
+"""What `eval`, `plot` and `attack` compute and write into run folders (JSON, CSV, PNG)."""
+
+import csv
+import io
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from cnnrun import attacks, plots, runs
+from cnnrun.fileio import write_atomic
+from cnnrun.runner import summarise
+from cnnrun.training import evaluate
+
+# The original study's test accuracies (its Table 1), shown beside ours.
+ORIGINAL_ACCURACY = {"net1": 0.9123, "net2": 0.9625, "net3": 0.9768}
+
+
+def cell(value):
+    """A table cell: 4 decimals for floats, empty for None."""
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_tables(folder, stem, columns, rows):
+    """`stem.md` (a Markdown table) and `stem.csv` with the same rows of cells."""
+    rows = [[cell(v) for v in row] for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    write_atomic(os.path.join(folder, stem + ".md"), "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n")
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([columns] + rows)
+    write_atomic(os.path.join(folder, stem + ".csv"), buffer.getvalue())
+    return rows
+
+
+def evaluate_run(run_dir, cfg, net, x, labels):
+    """Test metrics, confusion matrix and mistakes; writes eval.json, confusion.png, misclassified.png."""
+    loss, acc, probs = evaluate(net, x, labels)
+    predicted = probs.argmax(axis=1)
+    k = net.output_shape[0]
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)  # 10,000 increments: not a hot path
+    wrong = np.flatnonzero(predicted != labels)
+    result = dict(run=run_dir, accuracy=acc, loss=loss, n=int(len(x)), errors=int(len(wrong)),
+                  per_class_accuracy=[float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(k)],
+                  class_counts=confusion.sum(axis=1).tolist(), confusion_matrix=confusion.tolist())
+    runs.write_json(os.path.join(run_dir, "eval.json"), result)
+    plots.confusion_matrix(confusion, os.path.join(run_dir, "confusion.png"), f"{cfg['name']}: test accuracy {acc:.4f}")
+    shown = wrong[:40]
+    plots.image_grid(x[shown, 0], [f"true {labels[i]} pred {predicted[i]}\n({probs[i, predicted[i]]:.2f})"
+                                   for i in shown], os.path.join(run_dir, "misclassified.png"),
+                     f"{cfg['name']}: {len(shown)} of {len(wrong)} misclassified test images")
+    return result
+
+
+def redraw_run(run_dir, cfg, net):
+    """Redraw curves.png and (given weights) filters.png; return the run's comparison row."""
+    rows = runs.read_metrics(run_dir)
+    if rows:
+        plots.training_curves(rows, os.path.join(run_dir, "curves.png"), cfg["name"])
+    convs = [layer for layer in net.layers if layer.kind == "conv"] if net else []
+    if convs:
+        plots.filters(convs[0].params["W"], os.path.join(run_dir, "filters.png"), f"{cfg['name']}: first-layer filters")
+    s = summarise(rows)
+    return dict(network=cfg["name"], run=os.path.basename(run_dir),
+                epochs=f"{rows[-1]['epoch'] if rows else 0}/{cfg['train']['epochs']}",
+                final_test_acc=s["final_test_acc"], best_test_acc=s["best_test_acc"],
+                original=ORIGINAL_ACCURACY.get(cfg["name"]), rows=rows)
+
+
+COMPARISON_COLUMNS = ["network", "epochs", "final_test_acc", "best_test_acc", "original", "run"]
+
+
+def compare_runs(table, out):
+    """comparison.png (a line per run) and comparison.md/.csv in `out`; returns the table's cells."""
+    os.makedirs(out, exist_ok=True)
+    names = [t["network"] for t in table]
+    plots.comparison([(f"{t['network']} ({t['run']})" if names.count(t["network"]) > 1 else t["network"], t["rows"])
+                      for t in table], os.path.join(out, "comparison.png"), "Test accuracy and training error per network")
+    return write_tables(out, "comparison", COMPARISON_COLUMNS, [[t[c] for c in COMPARISON_COLUMNS] for t in table])
+
+
+def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, seed=0, **options):
+    """Attack `x` with every method and eps; write results.json/.csv, accuracy_vs_eps.png and
+    example grids into a new folder `run_dir/attacks/TIMESTAMP-METHODS/`. Returns the report."""
+    results, examples, clean_pred = [], {}, None
+    shown = np.arange(min(10, len(x)))
+    for method in methods:
+        for eps in eps_list:
+            with tqdm(total=len(x), desc=f"{cfg['name']} {method} eps {eps:g}", unit="img", leave=False,
+                      disable=not progress) as bar:
+                x_adv, clean_pred, adv_pred, clean_p, adv_p = attacks.evaluate_attack(
+                    net, x, labels, method, eps, rng=np.random.default_rng(seed), on_batch=bar.update, **options)
+            accuracy, success = attacks.robustness(labels, clean_pred, adv_pred)
+            results.append(dict(method=method, eps=eps, accuracy=accuracy, success_rate=success, n=int(len(x)),
+                                steps=options.get("steps") if method != "fgsm" else None,
+                                restarts=options.get("restarts") if method == "pgd" else None))
+            examples[(method, eps)] = (x_adv[shown, 0], clean_pred[shown], clean_p[shown].max(1),
+                                       adv_pred[shown], adv_p[shown].max(1))
+    folder = runs.new_run_dir(os.path.join(run_dir, "attacks"), "-".join(methods))
+    report = dict(run=run_dir, network=cfg["name"], clean_accuracy=float(np.mean(clean_pred == labels)),
+                  n=int(len(x)), results=results, folder=folder)
+    runs.write_json(os.path.join(folder, "results.json"), report)
+    columns = ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results)
+    write_atomic(os.path.join(folder, "results.csv"), buffer.getvalue())
+    plots.accuracy_vs_eps(accuracy_lines(report, methods), os.path.join(folder, "accuracy_vs_eps.png"),
+                          f"{cfg['name']}: accuracy under attack")
+    for (method, eps), (adv, cp, cc, ap, ac) in examples.items():
+        plots.adversarial_examples(x[shown, 0], adv, labels[shown], cp, cc, ap, ac, eps,
+                                   os.path.join(folder, f"examples-{method}-eps{eps:g}.png"),
+                                   f"{cfg['name']}: {method.upper()} at eps {eps:g}")
+    return report
+
+
+def accuracy_lines(report, methods, prefix=""):
+    """`[(label, eps list, accuracy list)]`, one per method, for `plots.accuracy_vs_eps`."""
+    return [(prefix + m, [r["eps"] for r in report["results"] if r["method"] == m],
+             [r["accuracy"] for r in report["results"] if r["method"] == m]) for m in methods]
+
+
+def compare_attacks(reports, methods, eps_list, out):
+    """One plot of accuracy against eps (a line per network and method) and a table, in `out`.
+    Returns `(columns, rows)` of the table."""
+    os.makedirs(out, exist_ok=True)
+    lines = [line for r in reports for line in accuracy_lines(r, methods, prefix=f"{r['network']} ")]
+    plots.accuracy_vs_eps(lines, os.path.join(out, "comparison.png"), "Accuracy under attack per network")
+    columns = ["network", "method"] + [f"eps {e:g}" for e in eps_list]
+    rows = [[r["network"], m] + [q["accuracy"] for q in r["results"] if q["method"] == m]
+            for r in reports for m in methods]
+    return columns, write_tables(out, "comparison", columns, rows)
