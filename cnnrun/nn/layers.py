@@ -23,18 +23,23 @@ def _out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(xp, kernel, stride):
+def im2col(xp, kernel, stride, out=None):
     """Unfold windows: `(N, C, Hp, Wp)` -> columns `(C*kh*kw, N*Ho*Wo)`.
 
     Column `(n, a, b)` holds the window whose top-left corner is at
     `(a*sh, b*sw)`, flattened in `(c, i, j)` order to match a `(F, C, kh, kw)`
-    weight tensor reshaped to `(F, C*kh*kw)`.
+    weight tensor reshaped to `(F, C*kh*kw)`. `out`, if given, is reused as
+    the result (fresh pages of a large new array cost as much as the copy).
     """
     (kh, kw), (sh, sw) = kernel, stride
     windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
     n, c, ho, wo = windows.shape[:4]
+    shape = (c * kh * kw, n * ho * wo)
+    if out is None or out.shape != shape or out.dtype != xp.dtype:
+        out = np.empty(shape, xp.dtype)
     # (N, C, Ho, Wo, kh, kw) -> (C, kh, kw, N, Ho, Wo): one copy, then one big matmul.
-    return windows.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * ho * wo)
+    np.copyto(out.reshape(c, kh, kw, n, ho, wo), windows.transpose(1, 4, 5, 0, 2, 3))
+    return out
 
 
 def shifted_window(a, start, size):
@@ -131,7 +136,7 @@ class Conv2D(Layer):
     def forward(self, x):
         (ph, pw) = self.padding
         xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        self.cols = im2col(xp, self.kernel, self.stride)             # (C*kh*kw, N*Ho*Wo)
+        self.cols = im2col(xp, self.kernel, self.stride, getattr(self, "cols", None))  # (C*kh*kw, N*Ho*Wo)
         W = self.params["W"]
         out = W.reshape(W.shape[0], -1) @ self.cols                  # (F, N*Ho*Wo)
         if self.bias:
@@ -161,9 +166,9 @@ class Conv2D(Layer):
             dilated = np.zeros((n, f, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dy.dtype)
             dilated[:, :, ::sh, ::sw] = dy
         window = shifted_window(dilated, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
-        cols = im2col(window, (kh, kw), (1, 1))                      # (F*kh*kw, N*H*W)
+        self.dy_cols = im2col(window, (kh, kw), (1, 1), getattr(self, "dy_cols", None))  # (F*kh*kw, N*H*W)
         W_flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)
-        dx = W_flipped @ cols                                        # (C, N*H*W)
+        dx = W_flipped @ self.dy_cols                                # (C, N*H*W)
         return np.ascontiguousarray(dx.reshape(c, n, h, w).transpose(1, 0, 2, 3))
 
 
