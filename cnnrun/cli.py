@@ -42,7 +42,7 @@ def main():
     """
 
 
-@main.command()
+@main.command(short_help="Training and evaluation samples/s, per-layer times.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the config's batch size.")
 @click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True,
@@ -73,7 +73,7 @@ def bench(config, batch_size, repeats, warmup, as_json):
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
 
 
-@main.command()
+@main.command(short_help="Backward pass vs finite differences (float64).")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True,
               help="Random samples in the checked batch.")
@@ -122,7 +122,7 @@ def load_data(cfg, data_dir, quiet=False):
                       progress=not quiet)
 
 
-@main.command()
+@main.command(short_help="Train a config on MNIST in a new run folder (or --resume).")
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
 @click.option("--seed", type=click.IntRange(min=0), help="Override the config's seed.")
@@ -193,7 +193,7 @@ def load_run(run_dir, runs_dir):
     return run_dir, cfg, net
 
 
-@main.command(name="eval")
+@main.command(name="eval", short_help="Test accuracy, per class, confusion matrix, mistakes.")
 @click.argument("run_dir", type=click.Path(file_okay=False), required=False)
 @data_dir_option
 @runs_dir_option
@@ -220,7 +220,7 @@ def evaluate_cmd(run_dir, data_dir, runs_dir, as_json):
     click.echo(f"saved eval.json, confusion.png, misclassified.png in {run_dir}")
 
 
-@main.command()
+@main.command(short_help="Redraw a run's plots; compare several runs.")
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
 @runs_dir_option
 @click.option("--out", type=click.Path(file_okay=False),
@@ -265,7 +265,7 @@ def run_status(summary):
     return status
 
 
-@main.command(name="runs")
+@main.command(name="runs", short_help="List runs: epochs, accuracy, status.")
 @runs_dir_option
 def list_runs_cmd(runs_dir):
     """List the runs in --runs-dir: epochs done, test accuracy, status."""
@@ -286,7 +286,7 @@ def list_runs_cmd(runs_dir):
     click.echo(format_table(["run", "config", "epochs", "final acc", "best acc", "status"], rows))
 
 
-@main.command()
+@main.command(short_help="Classify your own digit images.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @runs_dir_option
@@ -328,7 +328,7 @@ def parse_eps(values):
     return sorted(set(out))
 
 
-@main.command(name="attack")
+@main.command(name="attack", short_help="FGSM / BIM / PGD adversarial accuracy per eps.")
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--eps", "eps_values", multiple=True, default=["0.1"], show_default=True,
               help="Perturbation size in pixel units; repeatable or a comma list (0.05,0.1,0.2,0.3).")
