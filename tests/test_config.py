@@ -102,3 +102,17 @@ def test_config_shape_errors_surface_at_build_time():
     raw = with_change(lambda c: c["model"].update(input_shape=[1, 2, 2]))
     with pytest.raises(CnnrunError, match=r"layer 7 \(maxpool\): input shape \(16, 1, 1\)"):
         build_network(validate(raw))
+
+
+def test_every_shipped_config_loads_and_builds():
+    names = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
+    assert {"net1.yaml", "net2.yaml", "net3.yaml", "net4.yaml", "net3-adv.yaml"} <= set(names)
+    for name in names:
+        config = load_config(os.path.join(ROOT, "configs", name))
+        assert build_network(config).output_shape == (10,)
+
+
+def test_adversarial_config_is_resolved_with_defaults():
+    c = load_config(os.path.join(ROOT, "configs/net3-adv.yaml"))
+    assert c["train"]["adversarial"] == dict(method="pgd", eps=0.3, ratio=0.5, random_start=False,
+                                             step_size=0.1, steps=7)
