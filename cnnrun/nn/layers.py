@@ -117,6 +117,7 @@ class Conv2D(Layer):
         super().__init__()
         self.filters, self.bias, self.init, self.init_gain = filters, bias, init, init_gain
         self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
+        self.cols = self.dy_cols = None  # im2col buffers, reused from batch to batch
 
     def build(self, in_shape, rng, dtype):
         if len(in_shape) != 3:
@@ -134,15 +135,14 @@ class Conv2D(Layer):
         return (self.filters, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
 
     def forward(self, x):
-        (ph, pw) = self.padding
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        n, _, h, w = x.shape
         xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        self.cols = im2col(xp, self.kernel, self.stride, getattr(self, "cols", None))  # (C*kh*kw, N*Ho*Wo)
+        self.cols = im2col(xp, self.kernel, self.stride, self.cols)     # (C*kh*kw, N*Ho*Wo)
         W = self.params["W"]
         out = W.reshape(W.shape[0], -1) @ self.cols                  # (F, N*Ho*Wo)
         if self.bias:
             out += self.params["b"][:, None]
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        n, _, h, w = x.shape
         ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         return np.ascontiguousarray(out.reshape(-1, n, ho, wo).transpose(1, 0, 2, 3))
 
@@ -166,7 +166,7 @@ class Conv2D(Layer):
             dilated = np.zeros((n, f, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dy.dtype)
             dilated[:, :, ::sh, ::sw] = dy
         window = shifted_window(dilated, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
-        self.dy_cols = im2col(window, (kh, kw), (1, 1), getattr(self, "dy_cols", None))  # (F*kh*kw, N*H*W)
+        self.dy_cols = im2col(window, (kh, kw), (1, 1), self.dy_cols)   # (F*kh*kw, N*H*W)
         W_flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)
         dx = W_flipped @ self.dy_cols                                # (C, N*H*W)
         return np.ascontiguousarray(dx.reshape(c, n, h, w).transpose(1, 0, 2, 3))
