@@ -208,3 +208,16 @@ def test_predict_rejects_an_unreadable_image(setup, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     result = cli(setup, "predict", runs.list_runs(setup["runs"])[0], tmp_path / "bad.png")
     assert result.exit_code == 1 and "bad.png: not a readable image" in result.output
+
+
+def test_net2_learns_real_mnist_quickly(tmp_path):
+    from test_data import real_mnist_dir
+
+    data_dir = real_mnist_dir()
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "net2.yaml")
+    result = CliRunner().invoke(main, ["train", config, "--data-dir", data_dir, "--runs-dir", str(tmp_path),
+                                       "--epochs", 1, "--set", "data.train_limit=20000",
+                                       "--set", "data.test_limit=2000", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = runs.read_json(os.path.join(runs.list_runs(str(tmp_path))[0], "summary.json"))
+    assert summary["test_samples"] == 2000 and summary["final_test_acc"] > 0.88
