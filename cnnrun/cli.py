@@ -170,9 +170,10 @@ def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet
     if show:
         click.echo(f"{'resuming' if resume_dir else 'training'} {cfg['name']} in {run_dir} "
                    f"({len(data['train'][0])} training, {len(data['test'][0])} test images)")
+    command = " ".join(["cnnrun"] + [shlex.quote(a) for a in sys.argv[1:]])
     try:
         summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=progress,
-                            log=click.echo if show else (lambda _: None), command=" ".join(["cnnrun"] + [shlex.quote(a) for a in sys.argv[1:]]))
+                            log=click.echo if show else (lambda _: None), command=command)
     except Stopped as e:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
