@@ -91,7 +91,8 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
     summary = dict(
         name=config["name"], status="running", epochs_done=start_epoch, epochs_planned=epochs,
         **summarise(rows), wall_time_s=previous.get("wall_time_s", 0.0),
-        train_samples_per_s=previous.get("train_samples_per_s"), command=command,
+        train_samples_per_s=previous.get("train_samples_per_s"), command=previous.get("command", command),
+        resumed_with=previous.get("resumed_with", []) + ([command] if resume else []),
         python=platform.python_version(), numpy=np.__version__, git_commit=git_commit(),
         started=previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")), pid=os.getpid(),
         train_samples=len(x_train), test_samples=len(x_test), adversarial=train_cfg["adversarial"],
