@@ -255,29 +255,37 @@ class InstanceNorm(Layer):
         return tuple(in_shape)
 
     def forward(self, x):
-        mean = x.mean(axis=(2, 3), keepdims=True)
-        centred = x - mean
-        var = np.mean(centred * centred, axis=(2, 3), keepdims=True)
-        self.inv_std = 1.0 / np.sqrt(var + self.eps)
-        self.xhat = centred * self.inv_std
+        n, c, h, w = x.shape
+        flat = x.reshape(n, c, h * w)
+        average = np.full(h * w, 1.0 / (h * w), x.dtype)             # means as matrix-vector products
+        centred = flat - (flat @ average)[..., None]
+        self.inv_std = (1.0 / np.sqrt((centred * centred) @ average + self.eps))[..., None]  # (N, C, 1)
+        self.xhat = centred * self.inv_std                            # (N, C, H*W)
         if not self.affine:
-            return self.xhat
-        return self.xhat * self.params["gamma"][:, None, None] + self.params["beta"][:, None, None]
+            return self.xhat.reshape(x.shape)
+        y = self.xhat * self.params["gamma"][:, None]
+        y += self.params["beta"][:, None]
+        return y.reshape(x.shape)
 
     def backward(self, dy, need_dx=True):
-        xhat = self.xhat
+        n, c, h, w = dy.shape
+        dy = dy.reshape(n, c, h * w)
+        xhat, average = self.xhat, np.full(h * w, 1.0 / (h * w), dy.dtype)
+        mean_dy = dy @ average                                        # (N, C)
+        mean_dy_xhat = (dy * xhat) @ average
+        gamma = self.params["gamma"][:, None] if self.affine else 1.0
         if self.affine:
-            self.grads["gamma"] = np.sum(dy * xhat, axis=(0, 2, 3))
-            self.grads["beta"] = dy.sum(axis=(0, 2, 3))
-            dxhat = dy * self.params["gamma"][:, None, None]
-        else:
-            dxhat = dy
+            self.grads["gamma"] = mean_dy_xhat.sum(axis=0) * (h * w)
+            self.grads["beta"] = mean_dy.sum(axis=0) * (h * w)
         if not need_dx:
             return None
-        # Through the mean and variance: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std
-        mean_d = dxhat.mean(axis=(2, 3), keepdims=True)
-        mean_dx = np.mean(dxhat * xhat, axis=(2, 3), keepdims=True)
-        return (dxhat - mean_d - xhat * mean_dx) * self.inv_std
+        # With dxhat = gamma * dy, through the mean and the variance:
+        # dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std
+        dx = xhat * mean_dy_xhat[..., None]
+        np.subtract(dy, dx, out=dx)
+        dx -= mean_dy[..., None]
+        dx *= gamma * self.inv_std
+        return dx.reshape(n, c, h, w)
 
 
 class Flatten(Layer):
