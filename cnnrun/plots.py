@@ -75,7 +75,7 @@ def image_grid(images, captions, path, title, columns=8, cmap="gray", vmin=0, vm
     for ax, image, caption in zip(axes.flat, images, captions):
         ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_title(caption, fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.0 + 0.1 / rows)  # above the first row's captions
     save(fig, path)
 
 
