@@ -66,20 +66,17 @@ def attack(net, x, y, method, eps, steps=40, step_size=None, restarts=1, rng=Non
 
 
 def evaluate_attack(net, x, labels, method, eps, batch_size=500, on_batch=None, **options):
-    """Attack every image; return `(x_adv, clean predictions, adversarial predictions,
-    clean probabilities, adversarial probabilities)`."""
+    """Attack every image in batches; return `(x_adv, adversarial probabilities (N, K))`."""
     k = net.output_shape[0]
-    adv, clean_p, adv_p = [], [], []
+    adv, adv_p = [], []
     for i in range(0, len(x), batch_size):
         xb, lb = x[i:i + batch_size].astype(net.dtype), labels[i:i + batch_size]
         x_adv = attack(net, xb, one_hot(lb, k, net.dtype), method, eps, **options) if eps > 0 else xb
         adv.append(x_adv)
-        clean_p.append(net.forward(xb))
         adv_p.append(net.forward(x_adv))
         if on_batch:
             on_batch(len(xb))
-    clean_p, adv_p = np.concatenate(clean_p), np.concatenate(adv_p)
-    return np.concatenate(adv), clean_p.argmax(1), adv_p.argmax(1), clean_p, adv_p
+    return np.concatenate(adv), np.concatenate(adv_p)
 
 
 def robustness(labels, clean_pred, adv_pred):

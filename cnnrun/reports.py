@@ -82,14 +82,17 @@ def compare_runs(table, out):
 def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, seed=0, **options):
     """Attack `x` with every method and eps; write results.json/.csv, accuracy_vs_eps.png and
     example grids into a new folder `run_dir/attacks/TIMESTAMP-METHODS/`. Returns the report."""
-    results, examples, clean_pred = [], {}, None
+    results, examples = [], {}
     shown = np.arange(min(10, len(x)))
+    clean_p = evaluate(net, x, labels)[2]
+    clean_pred = clean_p.argmax(axis=1)
     for method in methods:
         for eps in eps_list:
             with tqdm(total=len(x), desc=f"{cfg['name']} {method} eps {eps:g}", unit="img", leave=False,
                       disable=not progress) as bar:
-                x_adv, clean_pred, adv_pred, clean_p, adv_p = attacks.evaluate_attack(
-                    net, x, labels, method, eps, rng=np.random.default_rng(seed), on_batch=bar.update, **options)
+                x_adv, adv_p = attacks.evaluate_attack(net, x, labels, method, eps, rng=np.random.default_rng(seed),
+                                                       on_batch=bar.update, **options)
+            adv_pred = adv_p.argmax(axis=1)
             accuracy, success = attacks.robustness(labels, clean_pred, adv_pred)
             results.append(dict(method=method, eps=eps, accuracy=accuracy, success_rate=success, n=int(len(x)),
                                 steps=options.get("steps") if method != "fgsm" else None,
