@@ -56,6 +56,6 @@ def benchmark(net, batch_size, repeats=7, warmup=2, seed=0):
                    forward_ms=float(np.median(forward_ms[i])),
                    backward_ms=float(np.median(backward_ms[i])) if backward_ms[i] else None)
               for i, layer in enumerate(net.layers)]
-    return dict(batch_size=batch_size, repeats=repeats,
+    return dict(batch_size=batch_size, repeats=repeats, parameters=int(net.num_parameters()),
                 train_samples_per_s=batch_size / train_s, eval_samples_per_s=batch_size / eval_s,
                 train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3, layers=layers)

@@ -68,7 +68,8 @@ def bench(config, batch_size, repeats, warmup, as_json):
     rows = [(l["index"], l["kind"], "x".join(map(str, l["output_shape"])), f"{l['forward_ms']:.2f}",
              "fused" if l["backward_ms"] is None else f"{l['backward_ms']:.2f}") for l in result["layers"]]
     click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms"], rows))
-    click.echo(f"\n{cfg['name']}: batch {result['batch_size']}, median of {repeats}")
+    click.echo(f"\n{cfg['name']}: {result['parameters']:,} parameters, batch {result['batch_size']}, "
+               f"median of {repeats}")
     click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step)")
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
 
