@@ -37,27 +37,28 @@ def pgd(net, x, y, eps, steps, step_size, restarts, rng):
     (else the last one)."""
     labels = y.argmax(axis=1)
     best, fooled = None, np.zeros(len(x), bool)
-    for _ in range(restarts):
+    for restart in range(restarts):
         start = np.clip(x + rng.uniform(-eps, eps, x.shape), 0, 1).astype(x.dtype)
         x_adv = bim(net, x, y, eps, steps, step_size, start)
         if best is None:
             best = x_adv
         else:
             best[~fooled] = x_adv[~fooled]  # images already fooled keep their example
-        fooled |= net.logits(best).argmax(axis=1) != labels
+        if restart < restarts - 1:
+            fooled |= net.logits(best).argmax(axis=1) != labels
     return best
 
 
-def default_step_size(method, eps, steps):
+def default_step_size(eps, steps):
     """2.5 * eps / steps for the iterative attacks (Madry et al.'s rule of thumb)."""
-    return eps if method == "fgsm" else 2.5 * eps / steps
+    return 2.5 * eps / steps
 
 
 def attack(net, x, y, method, eps, steps=40, step_size=None, restarts=1, rng=None):
     """Adversarial versions of `x` by `method` ("fgsm", "bim" or "pgd")."""
     if method == "fgsm":
         return fgsm(net, x, y, eps)
-    step_size = default_step_size(method, eps, steps) if step_size is None else step_size
+    step_size = default_step_size(eps, steps) if step_size is None else step_size
     if method == "bim":
         return bim(net, x, y, eps, steps, step_size)
     if method == "pgd":
@@ -108,7 +109,7 @@ def adversary(settings, rng):
             x_adv = fgsm(net, xa, ya, eps)
         else:
             steps = settings["steps"]
-            x_adv = pgd(net, xa, ya, eps, steps, settings["step_size"] or default_step_size("pgd", eps, steps),
+            x_adv = pgd(net, xa, ya, eps, steps, settings["step_size"] or default_step_size(eps, steps),
                         1, rng)
         out = x.copy()
         out[:n] = x_adv
