@@ -115,12 +115,12 @@ def data_dir_option(f):
                              "then ~/.cache/cnnrun/mnist; downloaded there if missing).")(f)
 
 
-def load_data(cfg, data_dir, quiet=False):
+def load_data(cfg, data_dir, quiet=False, splits=("train", "test")):
     from cnnrun.data import mnist
 
     directory = mnist.resolve_data_dir(data_dir, cfg["data"]["dir"])
     return mnist.load(directory, cfg["data"]["dataset"], cfg["data"]["train_limit"], cfg["data"]["test_limit"],
-                      progress=not quiet)
+                      progress=not quiet, splits=splits)
 
 
 @main.command(short_help="Train a config on MNIST in a new run folder (or --resume).")
@@ -209,7 +209,7 @@ def evaluate_cmd(run_dir, data_dir, runs_dir, as_json):
     from cnnrun.reports import evaluate_run
 
     run_dir, cfg, net = load_run(run_dir, runs_dir)
-    x, labels = load_data(cfg, data_dir, quiet=as_json)["test"]
+    x, labels = load_data(cfg, data_dir, quiet=as_json, splits=("test",))["test"]
     result = evaluate_run(run_dir, cfg, net, x, labels)
     if as_json:
         click.echo(json.dumps(result))
@@ -367,7 +367,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
         if m not in METHODS:
             raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
     loaded = [load_run(d, runs_dir) for d in (run_dirs or [None])]
-    x, labels = load_data(loaded[0][1], data_dir, quiet=as_json)["test"]
+    x, labels = load_data(loaded[0][1], data_dir, quiet=as_json, splits=("test",))["test"]
     x, labels = x[:limit], labels[:limit]
     progress = not as_json and sys.stderr.isatty()
     reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed, steps=steps,

@@ -123,27 +123,30 @@ def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=Tr
 
 
 def load(directory, dataset="mnist", train_limit=None, test_limit=None, num_classes=10,
-         allow_download=True, progress=True, mirrors=MIRRORS):
-    """Load the four IDX files from `directory` (downloading MNIST if missing).
+         allow_download=True, progress=True, mirrors=MIRRORS, splits=("train", "test")):
+    """Load the IDX files of `splits` from `directory` (downloading MNIST if missing).
 
-    Returns `{"train": (x, labels), "test": (x, labels)}` with x float32
-    `(N, 1, H, W)` in [0, 1] and labels int64 `(N,)`.
+    Returns `{"train": (x, labels), "test": (x, labels)}` (the splits asked for)
+    with x float32 `(N, 1, H, W)` in [0, 1] and labels int64 `(N,)`.
     """
     checksums = MNIST_MD5 if dataset == "mnist" else None
-    missing = [name for name in FILES.values() if find_file(directory, name) is None]
+    wanted = {key: name for key, name in FILES.items() if key.split("_")[0] in splits}
+    missing = [name for name in wanted.values() if find_file(directory, name) is None]
     if missing:
         if not allow_download or dataset != "mnist":
             raise CnnrunError(f"{directory}: missing {', '.join(missing)} (.gz or not); "
                               f"put the files there or pass --data-dir DIR")
         download(directory, missing, mirrors=mirrors, checksums=checksums, progress=progress)
     arrays = {}
-    for key, name in FILES.items():
+    for key, name in wanted.items():
         path = find_file(directory, name)
         content = read_bytes(path)
         verify(content, name, path, checksums)
         arrays[key] = parse_idx(content, path, 3 if key.endswith("images") else 1)
     data = {}
     for split, limit in (("train", train_limit), ("test", test_limit)):
+        if split not in splits:
+            continue
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
             raise CnnrunError(f"{directory}: {split} has {len(images)} images but {len(labels)} labels")
