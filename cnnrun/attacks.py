@@ -13,7 +13,7 @@ METHODS = ("fgsm", "bim", "pgd")
 
 def input_gradient(net, x, y):
     """d loss / d x `(N, C, H, W)` of the cross-entropy loss (mean over the batch)."""
-    return net.loss_and_backward(x, y, need_input_grad=True)[2]
+    return net.loss_and_backward(x, y, need_input_grad=True, need_param_grads=False)[2]
 
 
 def fgsm(net, x, y, eps):

@@ -79,7 +79,8 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
     if resume:
         if not os.path.isfile(checkpoint):
             raise CnnrunError(f"{run_dir}: no checkpoint.npz to resume from")
-        start_epoch = int(net.load(checkpoint)["epoch"])
+        state = net.load(checkpoint)
+        start_epoch = int(state["epoch"])
         rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
         previous = runs.read_json(summary_path, {})
         if start_epoch >= epochs:
@@ -98,7 +99,9 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
         train_samples=len(x_train), test_samples=len(x_test), adversarial=train_cfg["adversarial"],
     )
     runs.write_json(summary_path, summary)
-    sgd = SGD(train_cfg["lr"])
+    sgd = SGD(train_cfg["lr"], train_cfg["momentum"])
+    if resume and sgd.momentum:  # the checkpoint holds one velocity per parameter
+        sgd.velocity = [state[f"velocity.{name}"] for name in net.named_parameters()]
     batches = -(-len(x_train) // train_cfg["batch_size"])
     train_seconds = 0.0
     epoch = start_epoch
@@ -132,7 +135,8 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
             rows.append(row)
             # Metrics first, then the checkpoint: on resume, rows past the checkpoint are dropped.
             runs.write_metrics(run_dir, rows)
-            net.save(checkpoint, extra={"epoch": np.array(epoch + 1)})
+            velocity = {f"velocity.{name}": v for name, v in zip(net.named_parameters(), sgd.velocity)}
+            net.save(checkpoint, extra={"epoch": np.array(epoch + 1), **velocity})
             summary.update(epochs_done=epoch + 1, **summarise(rows),
                            wall_time_s=round(summary["wall_time_s"] + row["seconds"], 3),
                            train_samples_per_s=round(len(x_train) * (epoch + 1 - start_epoch) / train_seconds, 1))

@@ -22,7 +22,7 @@ def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
     c = load_config(os.path.join(ROOT, f"configs/net{i}.yaml"))
     assert c["name"] == f"net{i}" and len(c["model"]["layers"]) == layers
     assert c["train"] == dict(epochs=epochs, batch_size=128, lr=0.01, lr_decay=decay,
-                              eval_every=5, loss="categorical_crossentropy", adversarial=None)
+                              momentum=0.0, eval_every=5, loss="categorical_crossentropy", adversarial=None)
     assert layer_specs(c)[-1] == ("softmax", {})
 
 
@@ -44,7 +44,8 @@ def with_change(change):
 
 @pytest.mark.parametrize("change,message", [
     (lambda c: c.update(colour="blue"), r"config: colour: unknown key"),
-    (lambda c: c["train"].update(momentum=0.9), r"config: train.momentum: unknown key"),
+    (lambda c: c["train"].update(nesterov=True), r"config: train.nesterov: unknown key"),
+    (lambda c: c["train"].update(momentum=1), r"train.momentum: expected a number in \[0, 1\), got 1"),
     (lambda c: c["train"].update(lr="fast"), r"config: train.lr: expected a positive number, got 'fast'"),
     (lambda c: c["train"].update(batch_size=0), r"train.batch_size: expected a positive integer, got 0"),
     (lambda c: c["train"].update(epochs=2.5), r"train.epochs: expected a positive integer, got 2.5"),

@@ -93,6 +93,28 @@ def test_sgd_update_and_exponential_schedule():
     assert exponential_lr(0.01, 0.9, 3) == pytest.approx(0.01 * 0.729)
 
 
+def test_sgd_momentum_accumulates_a_velocity_per_parameter():
+    p, g = np.array([1.0, 2.0]), np.array([0.5, -1.0])
+    sgd = SGD(lr=0.1, momentum=0.9)
+    sgd.step([(p, g)])  # v = g
+    sgd.step([(p, g)])  # v = 0.9 g + g
+    np.testing.assert_allclose(p, [1.0, 2.0] - 0.1 * (1 + 1.9) * g)
+    np.testing.assert_allclose(sgd.velocity[0], 1.9 * g)
+
+
+def test_input_gradient_without_parameter_gradients_is_the_same_and_leaves_grads_alone(rng):
+    net = build_network(config("configs/net3.yaml"), dtype=np.float64)
+    x, y = rng.random((3, 1, 28, 28)), one_hot(rng.integers(0, 10, 3))
+    _, _, dx = net.loss_and_backward(x, y, need_input_grad=True)
+    before = {name: g.copy() for name, (_, g) in zip(net.named_parameters(), net.param_grad_pairs())}
+    _, _, dx_only = net.loss_and_backward(x + 0.1, y, need_input_grad=True, need_param_grads=False)
+    _, _, dx_again = net.loss_and_backward(x, y, need_input_grad=True, need_param_grads=False)
+    np.testing.assert_array_equal(dx_again, dx)
+    assert not np.allclose(dx_only, dx)
+    for name, (_, g) in zip(net.named_parameters(), net.param_grad_pairs()):
+        np.testing.assert_array_equal(g, before[name])
+
+
 def test_same_seed_same_weights_and_outputs(rng):
     a, b = (build_network(config("configs/net3.yaml")) for _ in range(2))
     c = build_network(config("configs/net3.yaml"), seed=1)

@@ -80,7 +80,9 @@ class Layer:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
+        """dL/dy -> dL/dx (None unless `need_dx`); fills `grads` if `need_grads`
+        (attacks need only dL/dx, and skip the parameter gradients)."""
         raise NotImplementedError
 
     def _fail(self, in_shape, why):
@@ -100,7 +102,7 @@ class Normalize(Layer):
     def forward(self, x):
         return (x - self.mean) / self.std
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         return dy / self.std if need_dx else None
 
 
@@ -146,13 +148,14 @@ class Conv2D(Layer):
         ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         return np.ascontiguousarray(out.reshape(-1, n, ho, wo).transpose(1, 0, 2, 3))
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         W = self.params["W"]
         f, c, kh, kw = W.shape
-        dy_rows = dy.transpose(1, 0, 2, 3).reshape(f, -1)            # (F, N*Ho*Wo)
-        self.grads["W"] = (dy_rows @ self.cols.T).reshape(W.shape)
-        if self.bias:
-            self.grads["b"] = dy_rows.sum(axis=1)
+        if need_grads:
+            dy_rows = dy.transpose(1, 0, 2, 3).reshape(f, -1)        # (F, N*Ho*Wo)
+            self.grads["W"] = (dy_rows @ self.cols.T).reshape(W.shape)
+            if self.bias:
+                self.grads["b"] = dy_rows.sum(axis=1)
         if not need_dx:
             return None
         # dx is the correlation of dy (dilated by the stride, zero-padded) with the
@@ -223,7 +226,7 @@ class MaxPool2D(Layer):
         self.argmax, self.padded_shape, self.in_shape = argmax, xp.shape, x.shape
         return out
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         if not need_dx:
             return None
         dxp = np.zeros(self.padded_shape, dy.dtype)
@@ -267,14 +270,14 @@ class InstanceNorm(Layer):
         y += self.params["beta"][:, None]
         return y.reshape(x.shape)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         n, c, h, w = dy.shape
         dy = dy.reshape(n, c, h * w)
         xhat, average = self.xhat, np.full(h * w, 1.0 / (h * w), dy.dtype)
         mean_dy = dy @ average                                        # (N, C)
         mean_dy_xhat = (dy * xhat) @ average
         gamma = self.params["gamma"][:, None] if self.affine else 1.0
-        if self.affine:
+        if self.affine and need_grads:
             self.grads["gamma"] = mean_dy_xhat.sum(axis=0) * (h * w)
             self.grads["beta"] = mean_dy.sum(axis=0) * (h * w)
         if not need_dx:
@@ -300,7 +303,7 @@ class Flatten(Layer):
     def forward(self, x):
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         return dy.reshape((dy.shape[0],) + self.in_shape)
 
 
@@ -322,7 +325,7 @@ class Reshape(Layer):
     def forward(self, x):
         return x.reshape((x.shape[0],) + self.shape)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         return dy.reshape((dy.shape[0],) + self.in_shape)
 
 
@@ -352,10 +355,11 @@ class Dense(Layer):
             out += self.params["b"]
         return out
 
-    def backward(self, dy, need_dx=True):
-        self.grads["W"] = self.x.T @ dy
-        if self.bias:
-            self.grads["b"] = dy.sum(axis=0)
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if need_grads:
+            self.grads["W"] = self.x.T @ dy
+            if self.bias:
+                self.grads["b"] = dy.sum(axis=0)
         return dy @ self.params["W"].T if need_dx else None
 
 
@@ -368,7 +372,7 @@ class ReLU(Layer):
         self.y = np.maximum(x, 0)
         return self.y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         return dy * (self.y > 0) if need_dx else None
 
 
@@ -391,7 +395,7 @@ class Softmax(Layer):
         self.p = e / e.sum(axis=1, keepdims=True)
         return self.p
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_dx=True, need_grads=True):
         # Jacobian-vector product: dx_i = p_i * (dy_i - sum_j dy_j p_j)
         p = self.p
         return p * (dy - np.sum(dy * p, axis=1, keepdims=True)) if need_dx else None

@@ -76,23 +76,24 @@ class Network:
         """Class probabilities `(N, K)`."""
         return self.layers[-1].forward(self.logits(x))
 
-    def backward(self, dlogits, need_input_grad=True):
+    def backward(self, dlogits, need_input_grad=True, need_param_grads=True):
         """Back-propagate the loss gradient on the logits through every layer but
-        the softmax (fused into the loss); fills each layer's `grads`.
+        the softmax (fused into the loss); fills each layer's `grads` if `need_param_grads`.
         Returns the gradient on the input `(N, *input_shape)`, or None if not needed."""
         grad = dlogits
         for index in range(len(self.layers) - 2, -1, -1):
-            grad = self.layers[index].backward(grad, need_dx=need_input_grad or index > 0)
+            grad = self.layers[index].backward(grad, need_dx=need_input_grad or index > 0,
+                                               need_grads=need_param_grads)
         return grad
 
-    def loss_and_backward(self, x, y, need_input_grad=False):
+    def loss_and_backward(self, x, y, need_input_grad=False, need_param_grads=True):
         """Forward, loss against one-hot `y` `(N, K)`, backward.
 
         Returns `(loss, logits, input_grad)`; `input_grad` is None unless asked for.
         """
         logits = self.logits(x)
         loss, dlogits = softmax_cross_entropy(logits, np.asarray(y, self.dtype))
-        return loss, logits, self.backward(dlogits, need_input_grad)
+        return loss, logits, self.backward(dlogits, need_input_grad, need_param_grads)
 
     # --- weights on disk --------------------------------------------------
 
