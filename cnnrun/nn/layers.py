@@ -218,11 +218,12 @@ class MaxPool2D(Layer):
         out = windows[0].copy()
         for v in windows[1:]:
             np.maximum(out, v, out=out)
-        # Index of the first maximum: scan offsets backwards so the earliest match is written last.
-        index_type = np.min_scalar_type(len(windows))
-        argmax = np.zeros(out.shape, index_type)
-        for k in range(len(windows) - 1, -1, -1):
-            argmax = np.where(windows[k] == out, index_type.type(k), argmax)
+        # Index of the first maximum = how many offsets come before any maximum is found.
+        argmax = np.zeros(out.shape, np.min_scalar_type(len(windows)))
+        found = windows[0] == out
+        for v in windows[1:]:
+            argmax += ~found
+            found |= v == out
         self.argmax, self.padded_shape, self.in_shape = argmax, xp.shape, x.shape
         return out
 
