@@ -41,7 +41,7 @@ def test_gradcheck_passes_for_shipped_configs(i):
 def test_gradcheck_fails_loudly_on_a_broken_backward(monkeypatch):
     from cnnrun.nn import layers
     real = layers.ReLU.backward
-    monkeypatch.setattr(layers.ReLU, "backward", lambda self, dy, need_dx=True: 1.01 * real(self, dy, need_dx))
+    monkeypatch.setattr(layers.ReLU, "backward", lambda self, dy, **kw: 1.01 * real(self, dy, **kw))
     result = run("gradcheck", NET1, "--samples", 5)
     assert result.exit_code == 1
     assert "FAIL" in result.output
