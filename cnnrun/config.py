@@ -85,7 +85,8 @@ SECTIONS = {
         "batch_size": (POSITIVE_INT, 128),
         "lr": (POSITIVE_NUMBER, REQUIRED),
         "lr_decay": (DECAY, 1.0),
-        "momentum": (("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1), 0.0),
+        "optimizer": (_choice("sgd", "adam"), "sgd"),
+        "momentum": (("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1), 0.0),  # sgd only
         "eval_every": (POSITIVE_INT, 5),
         "loss": (_choice("categorical_crossentropy"), "categorical_crossentropy"),
         "adversarial": ((("a mapping or null", lambda v: v is None or isinstance(v, dict))), None),

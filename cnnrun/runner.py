@@ -12,7 +12,7 @@ from tqdm import tqdm
 from cnnrun import attacks, plots, runs
 from cnnrun.config import build_network
 from cnnrun.errors import CnnrunError
-from cnnrun.nn import SGD, exponential_lr
+from cnnrun.nn import exponential_lr, make_optimizer
 from cnnrun.training import Diverged, epoch_rng, evaluate, train_epoch
 
 
@@ -99,15 +99,16 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
         train_samples=len(x_train), test_samples=len(x_test), adversarial=train_cfg["adversarial"],
     )
     runs.write_json(summary_path, summary)
-    sgd = SGD(train_cfg["lr"], train_cfg["momentum"])
-    if resume and sgd.momentum:  # the checkpoint holds one velocity per parameter
-        sgd.velocity = [state[f"velocity.{name}"] for name in net.named_parameters()]
+    optimizer = make_optimizer(train_cfg)
+    names = list(net.named_parameters())
+    if resume:  # the checkpoint holds the optimizer's state too
+        optimizer.load_state(state, names)
     batches = -(-len(x_train) // train_cfg["batch_size"])
     train_seconds = 0.0
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, epochs):
-            sgd.lr = exponential_lr(train_cfg["lr"], train_cfg["lr_decay"], epoch)
+            optimizer.lr = exponential_lr(train_cfg["lr"], train_cfg["lr_decay"], epoch)
             started = time.perf_counter()
             with tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
                       unit="batch", file=sys.stderr) as bar:
@@ -116,7 +117,7 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
                     bar.update()
                 try:
                     adversary = attacks.adversary(train_cfg["adversarial"], epoch_rng(seed, epoch, stream=1))
-                    train_loss, train_acc = train_epoch(net, sgd, x_train, y_train, train_cfg["batch_size"],
+                    train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
                                                         epoch_rng(seed, epoch), on_batch, adversary)
                 except Diverged as e:
                     summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=e.batch))
@@ -126,7 +127,7 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
                                   f"Try a smaller train.lr.", 1) from None
             train_time = time.perf_counter() - started
             train_seconds += train_time
-            row = dict(epoch=epoch + 1, lr=sgd.lr, train_loss=train_loss, train_acc=train_acc,
+            row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
                        test_loss=None, test_acc=None)
             evaluating = (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == epochs
             if evaluating:
@@ -135,8 +136,7 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
             rows.append(row)
             # Metrics first, then the checkpoint: on resume, rows past the checkpoint are dropped.
             runs.write_metrics(run_dir, rows)
-            velocity = {f"velocity.{name}": v for name, v in zip(net.named_parameters(), sgd.velocity)}
-            net.save(checkpoint, extra={"epoch": np.array(epoch + 1), **velocity})
+            net.save(checkpoint, extra={"epoch": np.array(epoch + 1), **optimizer.state(names)})
             summary.update(epochs_done=epoch + 1, **summarise(rows),
                            wall_time_s=round(summary["wall_time_s"] + row["seconds"], 3),
                            train_samples_per_s=round(len(x_train) * (epoch + 1 - start_epoch) / train_seconds, 1))

@@ -1,4 +1,4 @@
-"""The training loop's numeric parts: one epoch of SGD, and evaluation. No file I/O."""
+"""The training loop's numeric parts: one epoch of training, and evaluation. No file I/O."""
 
 import numpy as np
 
@@ -24,8 +24,8 @@ def one_hot(labels, k, dtype=np.float32):
     return np.eye(k, dtype=dtype)[labels]
 
 
-def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None, adversary=None):
-    """One pass of SGD over `(x, labels)` in an order shuffled by `rng`.
+def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None):
+    """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`.
 
     `adversary(net, x, y) -> x`, if given, replaces part of each batch by
     adversarial examples (adversarial training); loss and accuracy are then on
@@ -44,7 +44,7 @@ def train_epoch(net, sgd, x, labels, batch_size, rng, on_batch=None, adversary=N
         if not np.isfinite(loss):
             raise Diverged(batch, loss)
         pairs = net.param_grad_pairs()
-        sgd.step(pairs)
+        optimizer.step(pairs)
         if not all(np.isfinite(p).all() for p, _ in pairs):
             raise Diverged(batch, "finite, but a weight overflowed")
         total_loss += loss * len(idx)

@@ -22,7 +22,7 @@ def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
     c = load_config(os.path.join(ROOT, f"configs/net{i}.yaml"))
     assert c["name"] == f"net{i}" and len(c["model"]["layers"]) == layers
     assert c["train"] == dict(epochs=epochs, batch_size=128, lr=0.01, lr_decay=decay,
-                              momentum=0.0, eval_every=5, loss="categorical_crossentropy", adversarial=None)
+                              optimizer="sgd", momentum=0.0, eval_every=5, loss="categorical_crossentropy", adversarial=None)
     assert layer_specs(c)[-1] == ("softmax", {})
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from cnnrun.config import build_network, load_config
 from cnnrun.errors import CnnrunError
-from cnnrun.nn import SGD, Network, exponential_lr, softmax_cross_entropy
+from cnnrun.nn import SGD, Adam, Network, exponential_lr, softmax_cross_entropy
 from cnnrun.nn.gradcheck import TOLERANCE, check_all, check_network
 
 CONFIGS = [f"configs/net{i}.yaml" for i in range(1, 5)]
@@ -100,6 +100,18 @@ def test_sgd_momentum_accumulates_a_velocity_per_parameter():
     sgd.step([(p, g)])  # v = 0.9 g + g
     np.testing.assert_allclose(p, [1.0, 2.0] - 0.1 * (1 + 1.9) * g)
     np.testing.assert_allclose(sgd.velocity[0], 1.9 * g)
+
+
+def test_adam_steps_match_the_formula_with_bias_correction():
+    p, g1, g2 = np.array([1.0, -1.0]), np.array([0.5, -2.0]), np.array([1.0, 1.0])
+    adam = Adam(lr=0.1)
+    adam.step([(p, g1)])
+    np.testing.assert_allclose(p, [1.0 - 0.1, -1.0 + 0.1], rtol=1e-6)  # first step: lr * sign(g)
+    adam.step([(p, g2)])
+    m = 0.9 * 0.1 * g1 + 0.1 * g2
+    v = 0.999 * 0.001 * g1 ** 2 + 0.001 * g2 ** 2
+    expected = np.array([0.9, -0.9]) - 0.1 * (m / 0.19) / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
+    np.testing.assert_allclose(p, expected, rtol=1e-6)
 
 
 def test_input_gradient_without_parameter_gradients_is_the_same_and_leaves_grads_alone(rng):

@@ -66,10 +66,11 @@ def test_overrides_and_seed_are_recorded_in_the_run_config(setup):
     assert (cfg["train"]["epochs"], cfg["seed"], cfg["train"]["lr"]) == (1, 7, 0.05)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])  # with momentum, the velocities are resumed too
-def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(setup, monkeypatch, momentum):
-    momentum_set = ("--set", f"train.momentum={momentum}")
-    assert train(setup, "--quiet", *momentum_set).exit_code == 0
+# With momentum or Adam, the optimizer's state is resumed too.
+@pytest.mark.parametrize("optimizer", [(), ("--set", "train.momentum=0.9"),
+                                       ("--set", "train.optimizer=adam", "--set", "train.lr=0.01")])
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(setup, monkeypatch, optimizer):
+    assert train(setup, "--quiet", *optimizer).exit_code == 0
     [full] = runs.list_runs(setup["runs"])
 
     real, calls = runner.train_epoch, []
@@ -81,7 +82,7 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(setup, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "train_epoch", interrupt_third_epoch)
-    result = train(setup, "--quiet", *momentum_set)
+    result = train(setup, "--quiet", *optimizer)
     assert result.exit_code == 130
     part = [d for d in runs.list_runs(setup["runs"]) if d != full][0]
     assert f"Resume with: cnnrun train --resume {part}" in result.output

@@ -5,10 +5,10 @@ from cnnrun.nn.layers import (
 )
 from cnnrun.nn.losses import accuracy, softmax_cross_entropy
 from cnnrun.nn.network import LAYERS, Network
-from cnnrun.nn.optim import SGD, exponential_lr
+from cnnrun.nn.optim import SGD, Adam, exponential_lr, make_optimizer
 
 __all__ = [
     "Conv2D", "Dense", "Flatten", "InstanceNorm", "Layer", "MaxPool2D", "Normalize", "ReLU",
     "Reshape", "Softmax", "accuracy", "softmax_cross_entropy", "LAYERS", "Network",
-    "SGD", "exponential_lr",
+    "SGD", "Adam", "exponential_lr", "make_optimizer",
 ]
