@@ -88,13 +88,18 @@ def robustness(labels, clean_pred, adv_pred):
     return accuracy, success
 
 
-def adversary(settings, rng):
+def adversary(settings, rng, epoch=0):
     """The batch transformation of adversarial training, from `train.adversarial`:
     replaces the first `ratio` share of each batch by adversarial versions made from
-    the current weights. Returns `f(net, x, y) -> x` or None if not configured."""
+    the current weights. With `warmup: W`, eps (and the step sizes with it) grows
+    linearly over the first W epochs: eps * (epoch + 1) / W at `epoch` (from 0).
+    Returns `f(net, x, y) -> x` or None if not configured."""
     if not settings:
         return None
-    method, eps, ratio = settings["method"], settings["eps"], settings["ratio"]
+    method, ratio, steps = settings["method"], settings["ratio"], settings["steps"]
+    scale = min(1.0, (epoch + 1) / settings["warmup"]) if settings["warmup"] else 1.0
+    eps = scale * settings["eps"]
+    step_size = scale * settings["step_size"] if settings["step_size"] else None
 
     def transform(net, x, y):
         n = int(round(ratio * len(x)))
@@ -103,14 +108,11 @@ def adversary(settings, rng):
         xa, ya = x[:n], y[:n]
         if method == "fgsm" and settings["random_start"]:  # Wong et al. 2020, "fast" FGSM training
             start = np.clip(xa + rng.uniform(-eps, eps, xa.shape), 0, 1).astype(x.dtype)
-            step = settings["step_size"] or 1.25 * eps
-            x_adv = bim(net, xa, ya, eps, 1, step, start)
+            x_adv = bim(net, xa, ya, eps, 1, step_size or 1.25 * eps, start)
         elif method == "fgsm":
             x_adv = fgsm(net, xa, ya, eps)
         else:
-            steps = settings["steps"]
-            x_adv = pgd(net, xa, ya, eps, steps, settings["step_size"] or default_step_size(eps, steps),
-                        1, rng)
+            x_adv = pgd(net, xa, ya, eps, steps, step_size or default_step_size(eps, steps), 1, rng)
         out = x.copy()
         out[:n] = x_adv
         return out

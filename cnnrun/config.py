@@ -101,6 +101,7 @@ ADVERSARIAL = {
     "random_start": (BOOL, False),
     "step_size": (_optional(POSITIVE_NUMBER), None),
     "steps": (POSITIVE_INT, 10),
+    "warmup": (NON_NEGATIVE_INT, 0),
 }
 TOP_LEVEL = {"name": (STRING, REQUIRED), "seed": (NON_NEGATIVE_INT, 0)}
 

@@ -116,7 +116,7 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
                     bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
                     bar.update()
                 try:
-                    adversary = attacks.adversary(train_cfg["adversarial"], epoch_rng(seed, epoch, stream=1))
+                    adversary = attacks.adversary(train_cfg["adversarial"], epoch_rng(seed, epoch, stream=1), epoch)
                     train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
                                                         epoch_rng(seed, epoch), on_batch, adversary)
                 except Diverged as e:

@@ -135,13 +135,22 @@ def test_attack_option_errors_are_one_line(tiny_run, args, message):
 def test_adversary_replaces_the_configured_share_of_each_batch(tiny_run):
     net, x, labels = trained(tiny_run)
     x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
-    settings = dict(method="fgsm", eps=0.2, ratio=0.3, random_start=False, step_size=None, steps=10)
+    settings = dict(method="fgsm", eps=0.2, ratio=0.3, random_start=False, step_size=None, steps=10, warmup=0)
     out = attacks.adversary(settings, np.random.default_rng(0))(net, x, y)
     np.testing.assert_array_equal(out[:3], attacks.fgsm(net, x[:3], y[:3], 0.2))
     np.testing.assert_array_equal(out[3:], x[3:])
     for changes in (dict(random_start=True, step_size=0.25), dict(method="pgd", steps=3, step_size=0.05)):
         out = attacks.adversary({**settings, **changes}, np.random.default_rng(0))(net, x, y)
         assert np.abs(out - x).max() <= 0.2 + 1e-6 and not np.array_equal(out[:3], x[:3])
+
+
+def test_adversarial_warmup_grows_eps_linearly_over_the_first_epochs(tiny_run):
+    net, x, labels = trained(tiny_run)
+    x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
+    settings = dict(method="fgsm", eps=0.2, ratio=1.0, random_start=False, step_size=None, steps=10, warmup=4)
+    for epoch, eps in ((0, 0.05), (1, 0.1), (3, 0.2), (9, 0.2)):
+        out = attacks.adversary(settings, np.random.default_rng(0), epoch)(net, x, y)
+        np.testing.assert_array_equal(out, attacks.fgsm(net, x, y, eps))
 
 
 def test_adversarial_training_runs_and_is_recorded(tiny_run):
@@ -153,5 +162,5 @@ def test_adversarial_training_runs_and_is_recorded(tiny_run):
     run = runs.list_runs(tiny_run["runs"])[-1]
     summary = runs.read_json(os.path.join(run, "summary.json"))
     assert summary["adversarial"] == dict(method="fgsm", eps=0.3, ratio=0.5, random_start=True, step_size=None,
-                                          steps=10)
+                                          steps=10, warmup=0)
     assert runs.load_run_config(run)["train"]["adversarial"]["eps"] == 0.3

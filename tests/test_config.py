@@ -114,6 +114,8 @@ def test_every_shipped_config_loads_and_builds():
 
 
 def test_adversarial_config_is_resolved_with_defaults():
-    c = load_config(os.path.join(ROOT, "configs/net3-adv.yaml"))
-    assert c["train"]["adversarial"] == dict(method="pgd", eps=0.3, ratio=0.5, random_start=False,
-                                             step_size=0.1, steps=7)
+    raw = net2()
+    raw["train"]["adversarial"] = {"method": "pgd", "eps": 0.3}
+    assert validate(raw)["train"]["adversarial"] == dict(method="pgd", eps=0.3, ratio=0.5, random_start=False,
+                                                         step_size=None, steps=10, warmup=0)
+    assert load_config(os.path.join(ROOT, "configs/net3-adv.yaml"))["train"]["adversarial"]["method"] == "pgd"
