@@ -10,8 +10,8 @@ from cnnrun.errors import CnnrunError
 from cnnrun.nn import SGD, Adam, Network, exponential_lr, softmax_cross_entropy
 from cnnrun.nn.gradcheck import TOLERANCE, check_all, check_network
 
-CONFIGS = [f"configs/net{i}.yaml" for i in range(1, 5)]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(f"configs/{name}" for name in os.listdir(os.path.join(ROOT, "configs")) if name.endswith(".yaml"))
 
 
 def config(name):
