@@ -81,9 +81,6 @@ class Adam:
         self.v = [arrays[f"adam.v.{name}"] for name in names]
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
-
-
 def make_optimizer(train_cfg):
     """The optimizer of a config's `train` section."""
     if train_cfg["optimizer"] == "adam":
