@@ -6,7 +6,7 @@ adversarial image is clipped to [0, 1]. `y` is one-hot `(N, K)`.
 
 import numpy as np
 
-from cnnrun.training import one_hot
+from cnnrun.nn import one_hot
 
 METHODS = ("fgsm", "bim", "pgd")
 
@@ -55,14 +55,15 @@ def default_step_size(eps, steps):
 
 
 def attack(net, x, y, method, eps, steps=40, step_size=None, restarts=1, rng=None):
-    """Adversarial versions of `x` by `method` ("fgsm", "bim" or "pgd")."""
+    """Adversarial versions of `x` by `method` ("fgsm", "bim" or "pgd"); pgd's random
+    starts come from `rng` (default: a generator seeded with 0)."""
     if method == "fgsm":
         return fgsm(net, x, y, eps)
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     if method == "bim":
         return bim(net, x, y, eps, steps, step_size)
     if method == "pgd":
-        return pgd(net, x, y, eps, steps, step_size, restarts, rng)
+        return pgd(net, x, y, eps, steps, step_size, restarts, np.random.default_rng(0) if rng is None else rng)
     raise ValueError(f"unknown attack {method!r}")
 
 

@@ -4,7 +4,8 @@ import time
 
 import numpy as np
 
-from cnnrun.nn import SGD
+from cnnrun import attacks
+from cnnrun.nn import make_optimizer, one_hot
 
 
 def _median_seconds(fn, repeats, warmup):
@@ -18,24 +19,37 @@ def _median_seconds(fn, repeats, warmup):
     return float(np.median(times))
 
 
-def benchmark(net, batch_size, repeats=7, warmup=2, seed=0):
-    """Time a training step (forward, loss, backward, SGD update) and an evaluation
-    forward pass on a random batch `(batch_size, *input_shape)` in the network's dtype.
+def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
+    """Time a training step (forward, loss, backward, the config's optimizer update) and
+    an evaluation forward pass on a random batch `(batch_size, *input_shape)`.
 
+    With adversarial training configured (`train_cfg["adversarial"]`), the making of
+    the adversarial part of a batch is timed on its own, and the training figures
+    with it included are reported beside the plain step.
     Returns a dict with samples/s and a per-layer list of median forward/backward ms.
     """
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size,) + net.input_shape, dtype=np.float32).astype(net.dtype)
     k = net.output_shape[0]
-    y = np.eye(k, dtype=net.dtype)[rng.integers(0, k, batch_size)]
-    sgd = SGD(lr=1e-3)
+    y = one_hot(rng.integers(0, k, batch_size), k, net.dtype)
+    optimizer = make_optimizer(train_cfg)
+    optimizer.lr = 1e-6  # the update's cost is what is timed, not where it leads
 
     def train_step():
         net.loss_and_backward(x, y)
-        sgd.step(net.param_grad_pairs())
+        optimizer.step(net.param_grad_pairs())
 
     train_s = _median_seconds(train_step, repeats, warmup)
     eval_s = _median_seconds(lambda: net.forward(x), repeats, warmup)
+    result = dict(batch_size=batch_size, repeats=repeats, parameters=int(net.num_parameters()),
+                  optimizer=train_cfg["optimizer"],
+                  train_samples_per_s=batch_size / train_s, eval_samples_per_s=batch_size / eval_s,
+                  train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3)
+    adversary = attacks.adversary(train_cfg["adversarial"], np.random.default_rng(seed))
+    if adversary:
+        adv_s = _median_seconds(lambda: adversary(net, x, y), repeats, warmup)
+        result.update(adversarial_batch_ms=adv_s * 1e3,
+                      adversarial_train_samples_per_s=batch_size / (train_s + adv_s))
 
     # Per layer: the same passes, each layer timed on its own (the softmax backward
     # is fused into the loss, and the first layer needs no input gradient in training).
@@ -47,15 +61,12 @@ def benchmark(net, batch_size, repeats=7, warmup=2, seed=0):
             start = time.perf_counter()
             h = layer.forward(h)
             forward_ms[i].append((time.perf_counter() - start) * 1e3)
-        grad = (h - y) / batch_size
-        for i in range(len(net.layers) - 2, -1, -1):
-            start = time.perf_counter()
-            grad = net.layers[i].backward(grad, need_dx=i > 0)
+        start = time.perf_counter()
+        for i, _ in net.backward_steps((h - y) / batch_size, need_input_grad=False):
             backward_ms[i].append((time.perf_counter() - start) * 1e3)
-    layers = [dict(index=i, kind=layer.kind, output_shape=list(net.shapes[i + 1]),
-                   forward_ms=float(np.median(forward_ms[i])),
-                   backward_ms=float(np.median(backward_ms[i])) if backward_ms[i] else None)
-              for i, layer in enumerate(net.layers)]
-    return dict(batch_size=batch_size, repeats=repeats, parameters=int(net.num_parameters()),
-                train_samples_per_s=batch_size / train_s, eval_samples_per_s=batch_size / eval_s,
-                train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3, layers=layers)
+            start = time.perf_counter()
+    result["layers"] = [dict(index=i, kind=layer.kind, output_shape=list(net.shapes[i + 1]),
+                             forward_ms=float(np.median(forward_ms[i])),
+                             backward_ms=float(np.median(backward_ms[i])) if backward_ms[i] else None)
+                        for i, layer in enumerate(net.layers)]
+    return result

@@ -13,14 +13,27 @@ from cnnrun.errors import CnnrunError
 
 
 class Group(click.Group):
-    """A click group that turns a `CnnrunError` into one line on stderr and exit code 1."""
+    """A click group that turns a `CnnrunError`, an operating-system error (a folder that
+    cannot be written, a full disk) or running out of memory into one line on stderr
+    and exit code 1, and Ctrl-C into exit code 130."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CnnrunError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
+            fail(str(e))
+        except OSError as e:
+            fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        except MemoryError:
+            fail("out of memory; try a smaller train.batch_size or a smaller network")
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def fail(message):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 def format_table(headers, rows):
@@ -42,7 +55,7 @@ def main():
     """
 
 
-@main.command(short_help="Training and evaluation samples/s, per-layer times.")
+@main.command(name="bench", short_help="Training and evaluation samples/s, per-layer times.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the config's batch size.")
 @click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True,
@@ -50,17 +63,20 @@ def main():
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
               help="Untimed repeats first.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def bench(config, batch_size, repeats, warmup, as_json):
+def bench_cmd(config, batch_size, repeats, warmup, as_json):
     """Measure training and evaluation throughput of CONFIG's network (samples/s).
 
     Uses random float32 inputs of the config's shape, so no data is needed, and
-    shows a per-layer table of forward and backward time.
+    shows a per-layer table of forward and backward time. The training step uses
+    the config's optimizer; with adversarial training configured, making the
+    adversarial examples is timed too and reported beside the plain step.
     """
     from cnnrun.bench import benchmark
 
     cfg = load_config(config)
-    net = build_network(cfg)
-    result = benchmark(net, batch_size or cfg["train"]["batch_size"], repeats, warmup)
+    batch_size = batch_size or cfg["train"]["batch_size"]
+    net = build_network(cfg, batch_size=batch_size)
+    result = benchmark(net, cfg["train"], batch_size, repeats, warmup)
     result["config"] = cfg["name"]
     if as_json:
         click.echo(json.dumps(result))
@@ -70,30 +86,36 @@ def bench(config, batch_size, repeats, warmup, as_json):
     click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms"], rows))
     click.echo(f"\n{cfg['name']}: {result['parameters']:,} parameters, batch {result['batch_size']}, "
                f"median of {repeats}")
-    click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step)")
+    click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step, "
+               f"{result['optimizer']})")
+    if "adversarial_batch_ms" in result:
+        click.echo(f"adversarial training: {result['adversarial_train_samples_per_s']:,.0f} samples/s "
+                   f"(+{result['adversarial_batch_ms']:.1f} ms/step making the adversarial examples)")
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
 
 
-@main.command(short_help="Backward pass vs finite differences (float64).")
+@main.command(name="gradcheck", short_help="Backward pass vs finite differences (float64).")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True,
               help="Random samples in the checked batch.")
 @click.option("--samples", type=click.IntRange(min=1), default=20, show_default=True,
               help="Entries checked per tensor.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def gradcheck(config, batch_size, samples, seed):
+def gradcheck_cmd(config, batch_size, samples, seed):
     """Check CONFIG's backward pass against finite differences (float64).
 
     Each layer on its own, then the whole network on the cross-entropy loss:
     every parameter tensor and the input gradient. Exits 1 if any check fails.
     """
+    from cnnrun.nn import one_hot
     from cnnrun.nn.gradcheck import TOLERANCE, check_all
 
     cfg = load_config(config)
-    net = build_network(cfg, dtype=np.float64, seed=seed)
+    net = build_network(cfg, dtype=np.float64, seed=seed, batch_size=batch_size)
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size,) + net.input_shape)
-    y = np.eye(net.output_shape[0])[rng.integers(0, net.output_shape[0], batch_size)]
+    k = net.output_shape[0]
+    y = one_hot(rng.integers(0, k, batch_size), k, np.float64)
     rows = check_all(net, x, y, rng, samples)
     failed = [r for r in rows if not r[2] <= TOLERANCE]
     click.echo(format_table(["layer", "tensor", "max rel error", "result"],
@@ -115,26 +137,20 @@ def data_dir_option(f):
                              "then ~/.cache/cnnrun/mnist; downloaded there if missing).")(f)
 
 
-def load_data(cfg, data_dir, quiet=False, splits=("train", "test")):
-    from cnnrun.data import mnist
-
-    directory = mnist.resolve_data_dir(data_dir, cfg["data"]["dir"])
-    return mnist.load(directory, cfg["data"]["dataset"], cfg["data"]["train_limit"], cfg["data"]["test_limit"],
-                      progress=not quiet, splits=splits)
-
-
-@main.command(short_help="Train a config on MNIST in a new run folder (or --resume).")
+@main.command(name="train", short_help="Train a config on MNIST in a new run folder (or --resume).")
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
-@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs (with --resume: train on to N).")
 @click.option("--seed", type=click.IntRange(min=0), help="Override the config's seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override any config key, e.g. --set train.lr=0.05 (repeatable; YAML values).")
+              help="Override a config value (repeatable; the value is YAML): a key such as train.lr=0.05, "
+                   "or a layer's argument by its index, e.g. model.layers[0].conv.filters=4.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this folder from its checkpoint (instead of CONFIG).")
+              help="Continue the run in this folder (instead of CONFIG): from its checkpoint, from the "
+                   "start if it has none, or just its final weights; a finished run is left as it is.")
 @data_dir_option
 @runs_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-epoch lines.")
-def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet):
+def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet):
     """Train CONFIG's network on MNIST in a new run folder under --runs-dir.
 
     Evaluates on the test set every train.eval_every epochs and after the last;
@@ -143,7 +159,8 @@ def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet
     """
     from cnnrun import runs
     from cnnrun.config import apply_override
-    from cnnrun.runner import Stopped, train_run
+    from cnnrun.data import load_data
+    from cnnrun.runner import Stopped, resume_action, train_run
 
     if (config is None) == (resume_dir is None):
         raise CnnrunError("give either CONFIG (a new run) or --resume RUN_DIR, not both or neither")
@@ -152,28 +169,32 @@ def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet
             raise CnnrunError("--resume continues a run as configured; only --epochs may change")
         run_dir = runs.resolve_run(resume_dir, runs_dir)
         cfg = runs.load_run_config(run_dir)
+        if epochs is not None:
+            cfg = apply_override(cfg, f"train.epochs={epochs}", "--epochs")
+        if resume_action(run_dir, cfg["train"]["epochs"]) == "nothing":  # refuses a shrink, changing nothing
+            click.echo(f"{run_dir}: already finished ({cfg['train']['epochs']} epochs); nothing to do")
+            return
     else:
         cfg = load_config(config)
-    for assignment in overrides:
-        cfg = apply_override(cfg, assignment)
-    if epochs is not None:
-        cfg = apply_override(cfg, f"train.epochs={epochs}", "--epochs")
-    if seed is not None:
-        cfg = apply_override(cfg, f"seed={seed}", "--seed")
-    build_network(cfg)  # a config that does not build fails before any data is read
-    data = load_data(cfg, data_dir, quiet)
+        for assignment in overrides:
+            cfg = apply_override(cfg, assignment)
+        if epochs is not None:
+            cfg = apply_override(cfg, f"train.epochs={epochs}", "--epochs")
+        if seed is not None:
+            cfg = apply_override(cfg, f"seed={seed}", "--seed")
+    build_network(cfg)  # a config that does not build, or would not fit in memory, fails before any data is read
+    data = load_data(cfg, data_dir, progress=not quiet)
     if resume_dir:
         runs.save_config(run_dir, cfg)  # --epochs may have grown
     else:
-        run_dir = runs.new_run_dir(runs_dir, cfg["name"])
+        run_dir = runs.new_run_dir(runs_dir, cfg["name"], cfg)
     show = not quiet
-    progress = show and sys.stderr.isatty()
     if show:
         click.echo(f"{'resuming' if resume_dir else 'training'} {cfg['name']} in {run_dir} "
                    f"({len(data['train'][0])} training, {len(data['test'][0])} test images)")
     command = " ".join(["cnnrun"] + [shlex.quote(a) for a in sys.argv[1:]])
     try:
-        summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=progress,
+        summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=show and sys.stderr.isatty(),
                             log=click.echo if show else (lambda _: None), command=command)
     except Stopped as e:
         click.echo(str(e), err=True)
@@ -181,18 +202,7 @@ def train(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet
     acc = summary["final_test_acc"]
     click.echo(f"done: {cfg['name']} test accuracy {acc:.4f} (best {summary['best_test_acc']:.4f} at epoch "
                f"{summary['best_epoch']}), {summary['wall_time_s']:.0f}s, "
-               f"{summary['train_samples_per_s']:,.0f} samples/s -> {run_dir}")
-
-
-def load_run(run_dir, runs_dir):
-    """(run folder, config, network with the run's weights) for a run folder or the latest."""
-    from cnnrun import runs
-
-    run_dir = runs.resolve_run(run_dir, runs_dir)
-    cfg = runs.load_run_config(run_dir)
-    net = build_network(cfg)
-    net.load(runs.weights_path(run_dir))
-    return run_dir, cfg, net
+               f"{summary['train_samples_per_s'] or 0:,.0f} samples/s -> {run_dir}")
 
 
 @main.command(name="eval", short_help="Test accuracy, per class, confusion matrix, mistakes.")
@@ -200,16 +210,18 @@ def load_run(run_dir, runs_dir):
 @data_dir_option
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-def evaluate_cmd(run_dir, data_dir, runs_dir, as_json):
+def eval_cmd(run_dir, data_dir, runs_dir, as_json):
     """Evaluate a run's weights on the test set (default: the latest run).
 
     Prints accuracy, loss and per-class accuracy; saves eval.json, confusion.png
     (confusion matrix) and misclassified.png (a grid of mistakes) in the run folder.
     """
+    from cnnrun.data import load_data
     from cnnrun.reports import evaluate_run
+    from cnnrun.runs import load_run
 
     run_dir, cfg, net = load_run(run_dir, runs_dir)
-    x, labels = load_data(cfg, data_dir, quiet=as_json, splits=("test",))["test"]
+    x, labels = load_data(cfg, data_dir, progress=not as_json, splits=("test",))["test"]
     result = evaluate_run(run_dir, cfg, net, x, labels)
     if as_json:
         click.echo(json.dumps(result))
@@ -222,12 +234,12 @@ def evaluate_cmd(run_dir, data_dir, runs_dir, as_json):
     click.echo(f"saved eval.json, confusion.png, misclassified.png in {run_dir}")
 
 
-@main.command(short_help="Redraw a run's plots; compare several runs.")
+@main.command(name="plot", short_help="Redraw a run's plots; compare several runs.")
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
 @runs_dir_option
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for the comparison of several runs [default: RUNS_DIR/comparison].")
-def plot(run_dirs, runs_dir, out):
+def plot_cmd(run_dirs, runs_dir, out):
     """Redraw a run's plots (default: the latest); with several runs, compare them.
 
     Per run: curves.png (test accuracy, training error) and filters.png (first conv
@@ -242,10 +254,7 @@ def plot(run_dirs, runs_dir, out):
     dirs = [runs.resolve_run(d, runs_dir) for d in run_dirs] or [runs.resolve_run(None, runs_dir)]
     table = []
     for d in dirs:
-        try:
-            _, cfg, net = load_run(d, runs_dir)
-        except CnnrunError:  # no weights yet: curves only
-            cfg, net = runs.load_run_config(d), None
+        _, cfg, net = runs.load_run(d, runs_dir, need_weights=False)  # no weights yet: curves only
         table.append(redraw_run(d, cfg, net))
         click.echo(f"redrew {d}")
     if len(dirs) > 1:
@@ -254,22 +263,9 @@ def plot(run_dirs, runs_dir, out):
         click.echo(f"saved comparison.png, comparison.md, comparison.csv in {out}")
 
 
-def run_status(summary):
-    """finished / interrupted / diverged / running, or killed if its process is gone."""
-    import os
-
-    status = summary.get("status", "unknown")
-    if status == "running":
-        try:
-            os.kill(int(summary.get("pid", 0)), 0)
-        except (OSError, ValueError):
-            return "killed"
-    return status
-
-
 @main.command(name="runs", short_help="List runs: epochs, accuracy, status.")
 @runs_dir_option
-def list_runs_cmd(runs_dir):
+def runs_cmd(runs_dir):
     """List the runs in --runs-dir: epochs done, test accuracy, status."""
     import os
 
@@ -284,24 +280,25 @@ def list_runs_cmd(runs_dir):
         s = runs.read_json(os.path.join(d, "summary.json"), {})
         acc = [s.get("final_test_acc"), s.get("best_test_acc")]
         rows.append((os.path.basename(d), s.get("name", "?"), f"{s.get('epochs_done', 0)}/{s.get('epochs_planned', '?')}",
-                     *("" if a is None else f"{a:.4f}" for a in acc), run_status(s)))
+                     *("" if not isinstance(a, (int, float)) else f"{a:.4f}" for a in acc), runs.run_status(s)))
     click.echo(format_table(["run", "config", "epochs", "final acc", "best acc", "status"], rows))
 
 
-@main.command(short_help="Classify your own digit images.")
+@main.command(name="predict", short_help="Classify your own digit images.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
-def predict(run_dir, images, runs_dir, as_json):
+def predict_cmd(run_dir, images, runs_dir, as_json):
     """Classify your own digit images (PNG/JPEG, any size) with a run's weights.
 
     Each image is made MNIST-like: grayscale, inverted if the digit is dark on
     light, scaled into 20x20 and centred in 28x28.
     """
     from cnnrun.images import read_image, to_mnist
+    from cnnrun.runs import load_run
 
-    run_dir, cfg, net = load_run(run_dir, runs_dir)
+    run_dir, cfg, net = load_run(run_dir, runs_dir, batch_size=len(images))
     c, h, w = net.input_shape
     if c != 1:
         raise CnnrunError(f"{run_dir}: the network takes {c}-channel images; predict handles grayscale only")
@@ -359,7 +356,9 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
     import os
 
     from cnnrun.attacks import METHODS
+    from cnnrun.data import load_data
     from cnnrun.reports import attack_run, compare_attacks
+    from cnnrun.runs import load_run
 
     eps_list = parse_eps(eps_values)
     methods = [m for value in methods for m in value.split(",")]
@@ -367,7 +366,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
         if m not in METHODS:
             raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
     loaded = [load_run(d, runs_dir) for d in (run_dirs or [None])]
-    x, labels = load_data(loaded[0][1], data_dir, quiet=as_json, splits=("test",))["test"]
+    x, labels = load_data(loaded[0][1], data_dir, progress=not as_json, splits=("test",))["test"]
     x, labels = x[:limit], labels[:limit]
     progress = not as_json and sys.stderr.isatty()
     reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed, steps=steps,
@@ -386,3 +385,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
         columns, rows = compare_attacks(reports, methods, eps_list, out)
         click.echo(format_table(columns, rows))
         click.echo(f"saved comparison.png, comparison.md and comparison.csv in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,51 +20,25 @@ Any problem is one `CnnrunError` naming the file, the key path and what was expe
 
 import copy
 import inspect
+import os
+import re
 
 import numpy as np
 import yaml
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.network import LAYERS, Network
+from cnnrun.nn.rules import (
+    NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, STRING, BOOL, choice, is_number, optional,
+)
 
-# --- value checks: each returns True when the value is acceptable -------------
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _int_or_pair(minimum):
-    def check(v):
-        if _is_int(v):
-            return v >= minimum
-        return isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= minimum for x in v)
-    return check
-
-
-POSITIVE_INT = ("a positive integer", lambda v: _is_int(v) and v > 0)
-NON_NEGATIVE_INT = ("a non-negative integer", lambda v: _is_int(v) and v >= 0)
-POSITIVE_NUMBER = ("a positive number", lambda v: _is_number(v) and v > 0)
-DECAY = ("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1)
-BOOL = ("true or false", lambda v: isinstance(v, bool))
-STRING = ("a string", lambda v: isinstance(v, str) and v != "")
-SIZE = ("a positive integer or a pair [h, w] of them", _int_or_pair(1))
-PADDING = ("a non-negative integer or a pair [h, w] of them", _int_or_pair(0))
-SHAPE = ("a list of positive integers", lambda v: isinstance(v, list) and len(v) > 0
-         and all(_is_int(x) and x > 0 for x in v))
-
-
-def _optional(rule):
-    what, check = rule
-    return (f"{what} or null", lambda v: v is None or check(v))
-
-
-def _choice(*options):
-    return (" or ".join(repr(o) for o in options), lambda v: v in options)
+NAME = ("one plain file-name component: letters, digits, '-', '_' and '.' (at most 100), not '.' or '..'",
+        lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,100}", v) is not None
+        and v not in (".", ".."))
+PATH = ("a path (a non-empty string)", lambda v: isinstance(v, str) and v != "" and "\0" not in v)
+DECAY = ("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1)
+UNIT = ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1)
+MAPPING_OR_NULL = ("a mapping or null", lambda v: v is None or isinstance(v, dict))
 
 
 # Section -> key -> (rule, default). A default of REQUIRED must be given.
@@ -72,9 +46,9 @@ REQUIRED = object()
 SECTIONS = {
     "data": {
         "dataset": (STRING, "mnist"),
-        "dir": (_optional(STRING), None),
-        "train_limit": (_optional(POSITIVE_INT), None),
-        "test_limit": (_optional(POSITIVE_INT), None),
+        "dir": (optional(PATH), None),
+        "train_limit": (optional(POSITIVE_INT), None),
+        "test_limit": (optional(POSITIVE_INT), None),
     },
     "model": {
         "input_shape": (SHAPE, REQUIRED),
@@ -85,33 +59,24 @@ SECTIONS = {
         "batch_size": (POSITIVE_INT, 128),
         "lr": (POSITIVE_NUMBER, REQUIRED),
         "lr_decay": (DECAY, 1.0),
-        "optimizer": (_choice("sgd", "adam"), "sgd"),
-        "momentum": (("a number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1), 0.0),  # sgd only
+        "optimizer": (choice("sgd", "adam"), "sgd"),
+        "momentum": (("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1), 0.0),  # sgd only
         "eval_every": (POSITIVE_INT, 5),
-        "loss": (_choice("categorical_crossentropy"), "categorical_crossentropy"),
-        "adversarial": ((("a mapping or null", lambda v: v is None or isinstance(v, dict))), None),
+        "loss": (choice("categorical_crossentropy"), "categorical_crossentropy"),
+        "adversarial": (MAPPING_OR_NULL, None),
     },
 }
 # train.adversarial: adversarial training on a share `ratio` of every batch.
-UNIT = ("a number in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1)
 ADVERSARIAL = {
-    "method": (_choice("fgsm", "pgd"), "fgsm"),
+    "method": (choice("fgsm", "pgd"), "fgsm"),
     "eps": (UNIT, REQUIRED),
-    "ratio": (("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1), 0.5),
+    "ratio": (("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1), 0.5),
     "random_start": (BOOL, False),
-    "step_size": (_optional(POSITIVE_NUMBER), None),
+    "step_size": (optional(POSITIVE_NUMBER), None),
     "steps": (POSITIVE_INT, 10),
     "warmup": (NON_NEGATIVE_INT, 0),
 }
-TOP_LEVEL = {"name": (STRING, REQUIRED), "seed": (NON_NEGATIVE_INT, 0)}
-
-# Layer argument name -> rule; the allowed names come from each layer's constructor.
-LAYER_ARGS = {
-    "filters": POSITIVE_INT, "units": POSITIVE_INT, "kernel": SIZE,
-    "stride": SIZE, "padding": PADDING, "bias": BOOL, "affine": BOOL,
-    "eps": POSITIVE_NUMBER, "init": _choice("he", "glorot"), "init_gain": POSITIVE_NUMBER, "shape": SHAPE,
-    "mean": ("a number", _is_number), "std": POSITIVE_NUMBER,
-}
+TOP_LEVEL = {"name": (NAME, REQUIRED), "seed": (NON_NEGATIVE_INT, 0)}
 
 
 def _fields(values, rules, path, source):
@@ -148,13 +113,13 @@ def _layer(entry, path, source):
         raise CnnrunError(f"{source}: {path}: expected a layer name or `name: {{arguments}}`, got {entry!r}")
     if kind not in LAYERS:
         raise CnnrunError(f"{source}: {path}: unknown layer {kind!r}; known: {', '.join(LAYERS)}")
-    signature = inspect.signature(LAYERS[kind].__init__)
+    layer = LAYERS[kind]
     rules = {}
-    for name, p in list(signature.parameters.items())[1:]:
-        what, check = LAYER_ARGS[name]
-        if name == "stride" and p.default is None:  # maxpool: the stride defaults to the kernel
-            what, check = _optional((what, check))
-        rules[name] = ((what, check), REQUIRED if p.default is inspect.Parameter.empty else p.default)
+    for name, p in inspect.signature(layer).parameters.items():  # the rules sit on the layer class
+        if name not in layer.args:
+            raise CnnrunError(f"{source}: {path}.{kind}.{name}: the layer declares no rule for this "
+                              f"argument (a bug in cnnrun: add it to {layer.__name__}.args)")
+        rules[name] = (layer.args[name], REQUIRED if p.default is inspect.Parameter.empty else p.default)
     return {kind: _fields(args, rules, f"{path}.{kind}", source)}
 
 
@@ -167,6 +132,9 @@ def validate(raw, source="config"):
     config = _fields(raw, all_rules, "", source)
     for section, rules in SECTIONS.items():
         config[section] = _fields(config[section], rules, section, source)
+    if config["train"]["optimizer"] != "sgd" and config["train"]["momentum"]:
+        raise CnnrunError(f"{source}: train.momentum: applies to optimizer 'sgd' only "
+                          f"(Adam keeps its own moving averages); remove it or set it to 0")
     if config["train"]["adversarial"] is not None:
         config["train"]["adversarial"] = _fields(config["train"]["adversarial"], ADVERSARIAL,
                                                  "train.adversarial", source)
@@ -191,22 +159,47 @@ def load_config(path):
     return validate(raw, str(path))
 
 
+def _key_path(key):
+    """`"model.layers[0].conv.filters"` -> `["model", "layers", 0, "conv", "filters"]`."""
+    parts = []
+    for part in key.split("."):
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)", part)
+        if not match:
+            return None
+        parts.append(match.group(1))
+        parts += [int(i) for i in re.findall(r"\d+", match.group(2))]
+    return parts
+
+
 def apply_override(config, assignment, source="--set"):
-    """`"train.lr=0.05"` -> a new validated config with that value (parsed as YAML)."""
+    """`"train.lr=0.05"` -> a new validated config with that value (parsed as YAML).
+
+    The key is a dotted path; a layer is reached by its index in the layer list:
+    `model.layers[0].conv.filters=4`, or replaced whole: `model.layers[2]=relu`.
+    """
     key, sep, text = assignment.partition("=")
-    if not sep or not key:
-        raise CnnrunError(f"{source} {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.05")
+    parts = _key_path(key) if sep else None
+    if not parts:
+        raise CnnrunError(f"{source} {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.05 "
+                          f"or model.layers[0].conv.filters=4")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise CnnrunError(f"{source} {assignment!r}: the value is not valid YAML") from None
     raw = copy.deepcopy(config)
-    node, parts = raw, key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            raise CnnrunError(f"{source} {assignment!r}: {key}: no such section")
-        node = node[part]
-    node[parts[-1]] = value
+    node = raw
+    for depth, part in enumerate(parts):
+        where = key if depth == len(parts) - 1 else ".".join(map(str, parts[:depth + 1]))
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                size = f"has {len(node)} entries" if isinstance(node, list) else "is not a list"
+                raise CnnrunError(f"{source} {assignment!r}: {where}: no such entry (the list {size})")
+        elif not isinstance(node, dict) or (depth < len(parts) - 1 and part not in node):
+            raise CnnrunError(f"{source} {assignment!r}: {where}: no such section")
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
     return validate(raw, f"{source} {key}")
 
 
@@ -215,7 +208,29 @@ def layer_specs(config):
     return [next(iter(entry.items())) for entry in config["model"]["layers"]]
 
 
-def build_network(config, dtype=np.float32, seed=None):
-    """The config's network with freshly initialised weights (seeded by the config)."""
+def available_memory():
+    """Bytes of memory available to a new allocation (MemAvailable on Linux, else all RAM)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def build_network(config, dtype=np.float32, seed=None, batch_size=None):
+    """The config's network with freshly initialised weights (seeded by the config).
+
+    Before any parameter is allocated, the memory that training at `batch_size`
+    (default: the config's) would need is estimated; more than the machine has
+    available is a one-line error naming the largest layer.
+    """
     seed = config["seed"] if seed is None else seed
-    return Network(layer_specs(config), config["model"]["input_shape"], seed=seed, dtype=dtype)
+    batch_size = config["train"]["batch_size"] if batch_size is None else batch_size
+    return Network(layer_specs(config), config["model"]["input_shape"], seed=seed, dtype=dtype,
+                   batch_size=batch_size, memory_limit=available_memory())

@@ -1,5 +1,7 @@
 """Atomic file writes: a temporary file in the same folder, then a rename."""
 
+import csv
+import io
 import os
 import tempfile
 
@@ -20,3 +22,15 @@ def write_atomic(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_csv(path, columns, rows):
+    """Rows (dicts keyed by `columns`, or sequences in their order) as a CSV file, atomically.
+    None becomes an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        values = [row.get(c) for c in columns] if isinstance(row, dict) else row
+        writer.writerow(["" if v is None else v for v in values])
+    write_atomic(path, buffer.getvalue())

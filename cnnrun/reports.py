@@ -1,14 +1,12 @@
 """What `eval`, `plot` and `attack` compute and write into run folders (JSON, CSV, PNG)."""
 
-import csv
-import io
 import os
 
 import numpy as np
 from tqdm import tqdm
 
 from cnnrun import attacks, plots, runs
-from cnnrun.fileio import write_atomic
+from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.runner import summarise
 from cnnrun.training import evaluate
 
@@ -26,9 +24,7 @@ def write_tables(folder, stem, columns, rows):
     rows = [[cell(v) for v in row] for row in rows]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     write_atomic(os.path.join(folder, stem + ".md"), "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n")
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([columns] + rows)
-    write_atomic(os.path.join(folder, stem + ".csv"), buffer.getvalue())
+    write_csv(os.path.join(folder, stem + ".csv"), columns, rows)
     return rows
 
 
@@ -102,19 +98,15 @@ def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, 
     folder = runs.new_run_dir(os.path.join(run_dir, "attacks"), "-".join(methods))
     report = dict(run=run_dir, network=cfg["name"], clean_accuracy=float(np.mean(clean_pred == labels)),
                   n=int(len(x)), results=results, folder=folder)
-    runs.write_json(os.path.join(folder, "results.json"), report)
-    columns = ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(results)
-    write_atomic(os.path.join(folder, "results.csv"), buffer.getvalue())
+    write_csv(os.path.join(folder, "results.csv"),
+              ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts"], results)
     plots.accuracy_vs_eps(accuracy_lines(report, methods), os.path.join(folder, "accuracy_vs_eps.png"),
                           f"{cfg['name']}: accuracy under attack")
     for (method, eps), (adv, cp, cc, ap, ac) in examples.items():
         plots.adversarial_examples(x[shown, 0], adv, labels[shown], cp, cc, ap, ac, eps,
                                    os.path.join(folder, f"examples-{method}-eps{eps:g}.png"),
                                    f"{cfg['name']}: {method.upper()} at eps {eps:g}")
+    runs.write_json(os.path.join(folder, "results.json"), report)  # last: its presence marks a complete folder
     return report
 
 

@@ -1,7 +1,22 @@
-"""A training run: the epoch loop with its run folder, progress, checkpoints and plots."""
+"""A training run: the epoch loop in its run folder, with metrics, checkpoint, summary and curves.
+
+After every epoch the run folder holds everything needed to go on: metrics.csv
+first, then checkpoint.npz (weights, optimizer state, the epoch), then
+summary.json. Resuming (`train_run(..., resume=True)`) takes a folder from
+whatever state a stop left it in:
+
+- not started (no checkpoint yet): trains from epoch 0 in the same folder;
+- interrupted or killed part-way: continues from the checkpoint's epoch;
+- killed after the last epoch's checkpoint: writes the final weights and summary;
+- finished: changes nothing.
+
+Shuffling and random starts depend only on (seed, epoch), so a resumed run
+gives exactly the numbers of an uninterrupted one.
+"""
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -60,88 +75,147 @@ def epoch_line(row, epochs):
     return text + f"  {row['seconds']:.1f}s"
 
 
-def train_run(config, run_dir, data, resume=False, progress=True, log=print, command=""):
-    """Train `config`'s network on `data` in `run_dir`, from scratch or from its checkpoint.
+# --- resuming -----------------------------------------------------------------
 
-    Writes metrics, checkpoint and summary after every epoch, curves at every
-    evaluation, the final weights at the end. Returns the summary dict; raises
-    `Stopped` on Ctrl-C or divergence, with the last good checkpoint kept.
-    """
-    train_cfg = config["train"]
-    epochs, seed = train_cfg["epochs"], config["seed"]
-    net = build_network(config)
-    check_data_fits(net, data)
+def resume_action(run_dir, epochs):
+    """What resuming `run_dir` to `epochs` epochs does: "train" (from the checkpoint,
+    or from the start if there is none), "finish" (the checkpoint already holds the
+    last epoch: write the final weights) or "nothing" (finished). Refuses, changing
+    nothing, if the checkpoint is past `epochs`."""
+    done = runs.checkpoint_epoch(run_dir)
+    if done > epochs:
+        raise CnnrunError(f"{run_dir}: already trained {done} epochs; it cannot be cut to {epochs} "
+                          f"(pass a larger --epochs to train on)")
+    if done < epochs:
+        return "train"
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
+    finished = summary.get("status") == "finished" and os.path.isfile(os.path.join(run_dir, "weights.npz"))
+    return "nothing" if finished else "finish"
+
+
+def restore(run_dir, net, optimizer):
+    """Load the run's checkpoint into `net` and `optimizer`; return `(epoch, metric rows 1..epoch)`.
+    A run with no checkpoint yet starts at epoch 0 with no rows."""
+    path = os.path.join(run_dir, "checkpoint.npz")
+    if not os.path.isfile(path):
+        return 0, []
+    state = net.load(path)
+    try:
+        epoch = int(state["epoch"])
+        optimizer.load_state(state, list(net.named_parameters()))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CnnrunError(f"{path}: the checkpoint lacks the epoch or the optimizer's state ({e})") from None
+    rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= epoch]  # rows past it are redone
+    if [r["epoch"] for r in rows] != list(range(1, epoch + 1)):
+        raise CnnrunError(f"{run_dir}: metrics.csv does not hold epochs 1 to {epoch} of the checkpoint")
+    return epoch, rows
+
+
+# --- one epoch and what is saved after it ---------------------------------------
+
+def run_epoch(net, optimizer, config, data, epoch, progress):
+    """Train one epoch (from 0) and evaluate if it is due; return `(metrics row, training seconds)`."""
+    train_cfg, seed = config["train"], config["seed"]
     (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
-    checkpoint = os.path.join(run_dir, "checkpoint.npz")
-    summary_path = os.path.join(run_dir, "summary.json")
+    epochs = train_cfg["epochs"]
+    optimizer.lr = exponential_lr(train_cfg["lr"], train_cfg["lr_decay"], epoch)
+    started = time.perf_counter()
+    batches = -(-len(x_train) // train_cfg["batch_size"])
+    with tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
+              unit="batch", file=sys.stderr) as bar:
+        def on_batch(loss, acc):
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
+            bar.update()
+        adversary = attacks.adversary(train_cfg["adversarial"], epoch_rng(seed, epoch, stream=1), epoch)
+        train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
+                                            epoch_rng(seed, epoch), on_batch, adversary)
+    train_seconds = time.perf_counter() - started
+    row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
+               test_loss=None, test_acc=None)
+    if (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == epochs:
+        row["test_loss"], row["test_acc"], _ = evaluate(net, x_test, y_test)
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    return row, train_seconds
 
-    start_epoch, rows, previous = 0, [], {}
-    if resume:
-        if not os.path.isfile(checkpoint):
-            raise CnnrunError(f"{run_dir}: no checkpoint.npz to resume from")
-        state = net.load(checkpoint)
-        start_epoch = int(state["epoch"])
-        rows = [r for r in runs.read_metrics(run_dir) if r["epoch"] <= start_epoch]
-        previous = runs.read_json(summary_path, {})
-        if start_epoch >= epochs:
-            raise CnnrunError(f"{run_dir}: already trained {start_epoch} of {epochs} epochs; "
-                              f"pass --epochs N with a larger N to train on")
-    else:
-        runs.save_config(run_dir, config)
 
-    summary = dict(
-        name=config["name"], status="running", epochs_done=start_epoch, epochs_planned=epochs,
+def save_epoch(run_dir, net, optimizer, rows):
+    """Metrics first, then the checkpoint: on resume, rows past the checkpoint are dropped."""
+    runs.write_metrics(run_dir, rows)
+    net.save(os.path.join(run_dir, "checkpoint.npz"),
+             extra={"epoch": np.array(rows[-1]["epoch"]), **optimizer.state(list(net.named_parameters()))})
+
+
+def new_summary(config, rows, epoch, previous, data, command, resume):
+    """summary.json at the start of a run (or of its resumption), status "running"."""
+    return dict(
+        name=config["name"], status="running", epochs_done=epoch, epochs_planned=config["train"]["epochs"],
         **summarise(rows), wall_time_s=previous.get("wall_time_s", 0.0),
         train_samples_per_s=previous.get("train_samples_per_s"), command=previous.get("command", command),
         resumed_with=previous.get("resumed_with", []) + ([command] if resume else []),
         python=platform.python_version(), numpy=np.__version__, git_commit=git_commit(),
-        started=previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")), pid=os.getpid(),
-        train_samples=len(x_train), test_samples=len(x_test), adversarial=train_cfg["adversarial"],
+        started=previous.get("started", time.strftime("%Y-%m-%dT%H:%M:%S")),
+        pid=os.getpid(), host=socket.gethostname(),
+        train_samples=len(data["train"][0]), test_samples=len(data["test"][0]),
+        adversarial=config["train"]["adversarial"],
     )
+
+
+def finish(run_dir, net, config, data, rows, summary):
+    """The final weights, curves and a finished summary (evaluating first if the last
+    epoch has no test figures)."""
+    if rows and rows[-1]["test_acc"] is None:
+        rows[-1]["test_loss"], rows[-1]["test_acc"], _ = evaluate(net, *data["test"])
+        runs.write_metrics(run_dir, rows)
+    net.save(os.path.join(run_dir, "weights.npz"))
+    if rows:
+        plots.training_curves(rows, os.path.join(run_dir, "curves.png"), config["name"])
+    summary.update(status="finished", epochs_done=len(rows), **summarise(rows))
+    runs.write_json(os.path.join(run_dir, "summary.json"), summary)
+    return summary
+
+
+# --- the run ----------------------------------------------------------------------
+
+def train_run(config, run_dir, data, resume=False, progress=True, log=print, command=""):
+    """Train `config`'s network on `data` in `run_dir`, from scratch or (`resume`) from
+    whatever the folder holds. Returns the summary dict; raises `Stopped` on Ctrl-C or
+    divergence, with the last good checkpoint kept."""
+    epochs = config["train"]["epochs"]
+    summary_path = os.path.join(run_dir, "summary.json")
+    net = build_network(config)
+    check_data_fits(net, data)
+    optimizer = make_optimizer(config["train"])
+    previous = {}
+    if resume:
+        action = resume_action(run_dir, epochs)
+        previous = runs.read_json(summary_path, {})
+        if action == "nothing":
+            return previous
+    elif not runs.is_run(run_dir):
+        runs.save_config(run_dir, config)
+    start, rows = restore(run_dir, net, optimizer) if resume else (0, [])
+    summary = new_summary(config, rows, start, previous, data, command, resume)
     runs.write_json(summary_path, summary)
-    optimizer = make_optimizer(train_cfg)
-    names = list(net.named_parameters())
-    if resume:  # the checkpoint holds the optimizer's state too
-        optimizer.load_state(state, names)
-    batches = -(-len(x_train) // train_cfg["batch_size"])
-    train_seconds = 0.0
-    epoch = start_epoch
+    samples, seconds = 0, 0.0
+    epoch = start
     try:
-        for epoch in range(start_epoch, epochs):
-            optimizer.lr = exponential_lr(train_cfg["lr"], train_cfg["lr_decay"], epoch)
-            started = time.perf_counter()
-            with tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
-                      unit="batch", file=sys.stderr) as bar:
-                def on_batch(loss, acc):
-                    bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
-                    bar.update()
-                try:
-                    adversary = attacks.adversary(train_cfg["adversarial"], epoch_rng(seed, epoch, stream=1), epoch)
-                    train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
-                                                        epoch_rng(seed, epoch), on_batch, adversary)
-                except Diverged as e:
-                    summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=e.batch))
-                    runs.write_json(summary_path, summary)
-                    raise Stopped(f"training diverged at epoch {epoch + 1}, batch {e.batch + 1} (loss {e.loss}); "
-                                  f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}. "
-                                  f"Try a smaller train.lr.", 1) from None
-            train_time = time.perf_counter() - started
-            train_seconds += train_time
-            row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
-                       test_loss=None, test_acc=None)
-            evaluating = (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == epochs
-            if evaluating:
-                row["test_loss"], row["test_acc"], _ = evaluate(net, x_test, y_test)
-            row["seconds"] = round(time.perf_counter() - started, 3)
+        for epoch in range(start, epochs):
+            try:
+                row, train_seconds = run_epoch(net, optimizer, config, data, epoch, progress)
+            except Diverged as e:
+                summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=e.batch))
+                runs.write_json(summary_path, summary)
+                raise Stopped(f"training diverged at epoch {epoch + 1}, batch {e.batch + 1} (loss {e.loss}); "
+                              f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}. "
+                              f"Try a smaller train.lr.", 1) from None
             rows.append(row)
-            # Metrics first, then the checkpoint: on resume, rows past the checkpoint are dropped.
-            runs.write_metrics(run_dir, rows)
-            net.save(checkpoint, extra={"epoch": np.array(epoch + 1), **optimizer.state(names)})
+            save_epoch(run_dir, net, optimizer, rows)
+            samples, seconds = samples + len(data["train"][0]), seconds + train_seconds
             summary.update(epochs_done=epoch + 1, **summarise(rows),
                            wall_time_s=round(summary["wall_time_s"] + row["seconds"], 3),
-                           train_samples_per_s=round(len(x_train) * (epoch + 1 - start_epoch) / train_seconds, 1))
+                           train_samples_per_s=round(samples / seconds, 1))
             runs.write_json(summary_path, summary)
-            if evaluating:
+            if row["test_acc"] is not None:
                 plots.training_curves(rows, os.path.join(run_dir, "curves.png"), config["name"])
             log(epoch_line(row, epochs))
     except KeyboardInterrupt:
@@ -149,7 +223,4 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
         runs.write_json(summary_path, summary)
         raise Stopped(f"interrupted during epoch {epoch + 1}; the checkpoint holds epoch "
                       f"{summary['epochs_done']}. Resume with: cnnrun train --resume {run_dir}", 130) from None
-    net.save(os.path.join(run_dir, "weights.npz"))
-    summary.update(status="finished")
-    runs.write_json(summary_path, summary)
-    return summary
+    return finish(run_dir, net, config, data, rows, summary)

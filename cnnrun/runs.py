@@ -11,31 +11,41 @@ Every file is written to a temporary name and renamed, so a kill never leaves a 
 """
 
 import csv
-import io
 import json
 import os
+import socket
 import time
 
+import numpy as np
 import yaml
 
-from cnnrun.config import validate
+from cnnrun.config import build_network, validate
 from cnnrun.errors import CnnrunError
-from cnnrun.fileio import write_atomic
+from cnnrun.fileio import write_atomic, write_csv
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
 
 
-def new_run_dir(runs_dir, name):
-    """Create `RUNS_DIR/YYYYmmdd-HHMMSS-NAME` (with -2, -3... if that folder exists)."""
-    os.makedirs(runs_dir, exist_ok=True)
+def new_run_dir(runs_dir, name, config=None):
+    """Create `RUNS_DIR/YYYYmmdd-HHMMSS-NAME` (with -2, -3... if that folder exists) and,
+    given a config, write its config.yaml at once, so the folder is a resumable run
+    from its first moment."""
+    try:
+        os.makedirs(runs_dir, exist_ok=True)
+    except OSError as e:
+        raise CnnrunError(f"{runs_dir}: cannot create the folder ({e.strerror})") from None
     base = os.path.join(runs_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
     for attempt in range(1, 1000):
         path = base if attempt == 1 else f"{base}-{attempt}"
         try:
             os.mkdir(path)  # atomic: two runs started in the same second never share a folder
-            return path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise CnnrunError(f"{runs_dir}: cannot create a run folder there ({e.strerror})") from None
+        if config is not None:
+            save_config(path, config)
+        return path
     raise CnnrunError(f"{runs_dir}: too many runs named {os.path.basename(base)}")
 
 
@@ -54,6 +64,8 @@ def list_runs(runs_dir):
 def resolve_run(run_dir, runs_dir):
     """The run folder given, or the latest in `runs_dir`; a clear error if there is none."""
     if run_dir is None:
+        if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
+            raise CnnrunError(f"{runs_dir}: not a folder (--runs-dir names the folder holding the runs)")
         runs = list_runs(runs_dir)
         if not runs:
             raise CnnrunError(f"{runs_dir}: no runs yet; train one with `cnnrun train CONFIG`")
@@ -74,26 +86,72 @@ def load_run_config(run_dir):
     try:
         with open(path) as f:
             return validate(yaml.safe_load(f), path)
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise CnnrunError(f"{path}: cannot read the run's config ({e})") from None
 
 
-def weights_path(run_dir):
-    """The run's final weights, else its latest checkpoint; an error if it has neither."""
+def load_run(run_dir, runs_dir, need_weights=True, batch_size=500):
+    """`(run folder, config, network)` of a run folder (default: the latest in `runs_dir`)
+    with the run's weights loaded. A run with no weights yet is an error, or, with
+    `need_weights=False`, gives None for the network; weights that do not fit are always an error."""
+    run_dir = resolve_run(run_dir, runs_dir)
+    cfg = load_run_config(run_dir)
+    path = weights_path(run_dir, required=need_weights)
+    if path is None:
+        return run_dir, cfg, None
+    net = build_network(cfg, batch_size=batch_size)
+    net.load(path)
+    return run_dir, cfg, net
+
+
+def weights_path(run_dir, required=True):
+    """The run's final weights, else its latest checkpoint; if it has neither, an error
+    (or None when not `required`)."""
     for name in ("weights.npz", "checkpoint.npz"):
         path = os.path.join(run_dir, name)
         if os.path.isfile(path):
             return path
+    if not required:
+        return None
     raise CnnrunError(f"{run_dir}: holds no weights yet (no weights.npz or checkpoint.npz)")
 
 
+def checkpoint_epoch(run_dir):
+    """The epoch the run's checkpoint holds (0 if it has none yet)."""
+    path = os.path.join(run_dir, "checkpoint.npz")
+    if not os.path.isfile(path):
+        return 0
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return int(data["epoch"])
+    except Exception as e:
+        raise CnnrunError(f"{path}: not a readable checkpoint ({e})") from None
+
+
+def run_status(summary):
+    """finished / interrupted / diverged / running; `killed` if it says running but its
+    process is gone; `unknown` if that cannot be told (no pid recorded)."""
+    status = summary.get("status", "unknown")
+    if status != "running":
+        return status
+    pid = summary.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return "unknown"
+    if summary.get("host", socket.gethostname()) != socket.gethostname():
+        return f"running on {summary['host']}"  # another machine's process cannot be looked up here
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return "killed"
+    except PermissionError:
+        return "running"  # it exists, under another user
+    except OSError:
+        return "unknown"
+    return "running"
+
+
 def write_metrics(run_dir, rows):
-    out = io.StringIO()
-    writer = csv.DictWriter(out, METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in METRIC_COLUMNS})
-    write_atomic(os.path.join(run_dir, "metrics.csv"), out.getvalue())
+    write_csv(os.path.join(run_dir, "metrics.csv"), METRIC_COLUMNS, rows)
 
 
 def read_metrics(run_dir):
@@ -101,10 +159,13 @@ def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.csv")
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    return [{k: (int(v) if k == "epoch" else float(v)) if v not in ("", None) else None
-             for k, v in row.items()} for row in rows]
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return [{k: (int(row[k]) if k == "epoch" else float(row[k])) if row.get(k) not in ("", None) else None
+                 for k in METRIC_COLUMNS} for row in rows]
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
+        raise CnnrunError(f"{path}: not a readable metrics file ({e})") from None
 
 
 def write_json(path, obj):
@@ -112,8 +173,11 @@ def write_json(path, obj):
 
 
 def read_json(path, default=None):
+    """A JSON file's content, or `default` if it is missing, unreadable or not of
+    `default`'s type (a summary that is not a mapping counts as missing)."""
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except (OSError, ValueError):
         return default
+    return value if default is None or isinstance(value, type(default)) else default

@@ -1,8 +1,8 @@
-"""The training loop's numeric parts: one epoch of training, and evaluation. No file I/O."""
+"""The training loop's numeric parts: one epoch of training (any optimizer), and evaluation. No file I/O."""
 
 import numpy as np
 
-from cnnrun.nn import accuracy, softmax_cross_entropy
+from cnnrun.nn import accuracy, one_hot, softmax_cross_entropy
 
 
 class Diverged(Exception):
@@ -17,11 +17,6 @@ def epoch_rng(seed, epoch, stream=0):
     """The random generator of one epoch (from 0): a function of seed and epoch only,
     so a run resumed at any epoch draws exactly what an uninterrupted run draws."""
     return np.random.default_rng([seed, epoch, stream])
-
-
-def one_hot(labels, k, dtype=np.float32):
-    """Integer labels `(N,)` -> one-hot rows `(N, k)`."""
-    return np.eye(k, dtype=dtype)[labels]
 
 
 def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None):

@@ -41,9 +41,8 @@ def tiny_run(tmp_path):
 
 
 def trained(tiny_run):
-    from cnnrun.cli import load_run
     from cnnrun.data import mnist
-    _, _, net = load_run(tiny_run["run"], tiny_run["runs"])
+    _, _, net = runs.load_run(tiny_run["run"], tiny_run["runs"])
     x, labels = mnist.load(tiny_run["data"], dataset="digits")["test"]
     return net, x, labels
 

@@ -8,7 +8,8 @@ from cnnrun.nn.gradcheck import TOLERANCE, check_layer
 
 
 def built(layer, in_shape, rng):
-    layer.build(in_shape, rng, np.float64)
+    layer.build(in_shape)
+    layer.init_params(rng, np.float64)
     for p in layer.params.values():  # non-trivial affine parameters and biases
         p += rng.standard_normal(p.shape) * 0.1
     return layer
@@ -161,6 +162,7 @@ def test_normalize_gradients_and_values(rng):
 def test_init_gain_scales_the_initial_weights(rng):
     a = Conv2D(filters=4, kernel=3)
     b = Conv2D(filters=4, kernel=3, init_gain=0.25)
-    a.build((2, 6, 6), np.random.default_rng(0), np.float64)
-    b.build((2, 6, 6), np.random.default_rng(0), np.float64)
+    for layer in (a, b):
+        layer.build((2, 6, 6))
+        layer.init_params(np.random.default_rng(0), np.float64)
     np.testing.assert_allclose(b.params["W"], 0.25 * a.params["W"])

@@ -71,8 +71,7 @@ def check_network(net, x, y, rng, samples=20):
     """
     x = x.copy()
     _, _, dx = net.loss_and_backward(x, y, need_input_grad=True)
-    grads = {f"{i}.{layer.kind}.{name}": g.copy()
-             for i, layer in enumerate(net.layers) for name, g in layer.grads.items()}
+    grads = {name: g.copy() for name, g in net.named_gradients().items()}
 
     def f():
         return softmax_cross_entropy(net.logits(x), y)[0]

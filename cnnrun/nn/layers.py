@@ -1,16 +1,24 @@
 """Layers with hand-written forward and backward passes.
 
 Every layer works on a batch: images are `(N, C, H, W)`, flat vectors `(N, D)`.
-A layer is built once for its input shape (without N), which creates its
-parameters and returns its output shape. `forward` saves exactly what
-`backward` needs; `backward(dy)` fills `self.grads` (same keys as
-`self.params`) and returns the gradient with respect to the layer's input.
+
+A layer's life:
+- `Layer(**args)`: the arguments a config gives it; `args` on the class says
+  which they are and what values they take (the config validator reads it).
+- `build(in_shape)`: checks that the layer fits its input shape (one sample,
+  no N: `(C, H, W)` or `(D,)`), remembers it as `self.in_shape` and returns
+  the output shape. Nothing is allocated yet.
+- `init_params(rng, dtype)`: creates `self.params` (shapes from `param_shapes()`).
+- `forward(x)` keeps in `self.cache` exactly what `backward` needs;
+  `backward(dy)` fills `self.grads` (same keys as `self.params`) and returns
+  the gradient with respect to the layer's input.
 """
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cnnrun.errors import CnnrunError
+from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
 
 
 def _pair(v):
@@ -60,22 +68,37 @@ def init_weights(rng, shape, fan_in, fan_out, scheme):
     variance through ReLUs, He et al. 2015) or "glorot" (uniform, variance 2 / (fan_in + fan_out))."""
     if scheme == "he":
         return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape)
+    if scheme == "glorot":
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, shape)
+    raise CnnrunError(f"init {scheme!r}: expected 'he' or 'glorot'")
 
 
 class Layer:
     """Base class: a layer with no parameters that passes shapes through."""
 
     kind = "layer"
+    args = {}  # constructor argument -> rule (see rules.py), for the config validator
 
     def __init__(self):
-        self.params = {}
-        self.grads = {}
+        self.params, self.grads, self.cache = {}, {}, None
 
-    def build(self, in_shape, rng, dtype):
-        """Create parameters for input shape `in_shape` (no N); return the output shape."""
-        return tuple(in_shape)
+    def build(self, in_shape):
+        """Check and remember the input shape `in_shape` (no N); return the output shape."""
+        self.in_shape = tuple(in_shape)
+        return self.in_shape
+
+    def param_shapes(self):
+        """`{name: shape}` of the parameters `init_params` will create (after `build`)."""
+        return {}
+
+    def init_params(self, rng, dtype):
+        """Create `self.params` with their initial values (after `build`)."""
+
+    def scratch_per_sample(self):
+        """Values per sample of the work buffers forward and backward use beyond
+        their input and output (for the memory estimate)."""
+        return 0
 
     def forward(self, x):
         raise NotImplementedError
@@ -94,6 +117,7 @@ class Normalize(Layer):
     for users and attacks while the first layer sees zero-mean, unit-variance values."""
 
     kind = "normalize"
+    args = {"mean": NUMBER, "std": POSITIVE_NUMBER}
 
     def __init__(self, mean, std):
         super().__init__()
@@ -114,6 +138,8 @@ class Conv2D(Layer):
     """
 
     kind = "conv"
+    args = {"filters": POSITIVE_INT, "kernel": SIZE, "stride": SIZE, "padding": PADDING, "bias": BOOL,
+            "init": INIT, "init_gain": POSITIVE_NUMBER}
 
     def __init__(self, filters, kernel, stride=1, padding=0, bias=True, init="he", init_gain=1.0):
         super().__init__()
@@ -121,7 +147,7 @@ class Conv2D(Layer):
         self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
         self.cols = self.dy_cols = None  # im2col buffers, reused from batch to batch
 
-    def build(self, in_shape, rng, dtype):
+    def build(self, in_shape):
         if len(in_shape) != 3:
             self._fail(in_shape, "expects images (C, H, W)")
         c, h, w = in_shape
@@ -129,18 +155,34 @@ class Conv2D(Layer):
         if kh > h + 2 * ph or kw > w + 2 * pw:
             self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
                                  f"{h + 2 * ph}x{w + 2 * pw}")
-        W = init_weights(rng, (self.filters, c, kh, kw), c * kh * kw, self.filters * kh * kw, self.init)
-        self.params["W"] = (self.init_gain * W).astype(dtype)
-        if self.bias:
-            self.params["b"] = np.zeros(self.filters, dtype)
         self.in_shape = tuple(in_shape)
         return (self.filters, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
+
+    def param_shapes(self):
+        c, (kh, kw) = self.in_shape[0], self.kernel
+        shapes = {"W": (self.filters, c, kh, kw)}
+        if self.bias:
+            shapes["b"] = (self.filters,)
+        return shapes
+
+    def init_params(self, rng, dtype):
+        f, c, kh, kw = self.param_shapes()["W"]
+        W = init_weights(rng, (f, c, kh, kw), c * kh * kw, f * kh * kw, self.init)
+        self.params["W"] = (self.init_gain * W).astype(dtype)
+        if self.bias:
+            self.params["b"] = np.zeros(f, dtype)
+
+    def scratch_per_sample(self):
+        (c, h, w), (kh, kw), (sh, sw), (ph, pw) = self.in_shape, self.kernel, self.stride, self.padding
+        ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        return c * kh * kw * ho * wo + self.filters * kh * kw * h * w  # forward and backward columns
 
     def forward(self, x):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         n, _, h, w = x.shape
         xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
         self.cols = im2col(xp, self.kernel, self.stride, self.cols)     # (C*kh*kw, N*Ho*Wo)
+        self.cache = self.cols
         W = self.params["W"]
         out = W.reshape(W.shape[0], -1) @ self.cols                  # (F, N*Ho*Wo)
         if self.bias:
@@ -153,7 +195,7 @@ class Conv2D(Layer):
         f, c, kh, kw = W.shape
         if need_grads:
             dy_rows = dy.transpose(1, 0, 2, 3).reshape(f, -1)        # (F, N*Ho*Wo)
-            self.grads["W"] = (dy_rows @ self.cols.T).reshape(W.shape)
+            self.grads["W"] = (dy_rows @ self.cache.T).reshape(W.shape)
             if self.bias:
                 self.grads["b"] = dy_rows.sum(axis=1)
         if not need_dx:
@@ -183,6 +225,7 @@ class MaxPool2D(Layer):
     """
 
     kind = "maxpool"
+    args = {"kernel": SIZE, "stride": optional(SIZE), "padding": PADDING}  # stride null: the kernel
 
     def __init__(self, kernel, stride=None, padding=0):
         super().__init__()
@@ -190,7 +233,7 @@ class MaxPool2D(Layer):
         self.stride = self.kernel if stride is None else _pair(stride)
         self.padding = _pair(padding)
 
-    def build(self, in_shape, rng, dtype):
+    def build(self, in_shape):
         if len(in_shape) != 3:
             self._fail(in_shape, "expects images (C, H, W)")
         c, h, w = in_shape
@@ -200,6 +243,7 @@ class MaxPool2D(Layer):
         if kh > h + 2 * ph or kw > w + 2 * pw:
             self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
                                  f"{h + 2 * ph}x{w + 2 * pw}")
+        self.in_shape = tuple(in_shape)
         return (c, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
 
     def _offsets(self, ho, wo):
@@ -224,17 +268,17 @@ class MaxPool2D(Layer):
         for v in windows[1:]:
             argmax += ~found
             found |= v == out
-        self.argmax, self.padded_shape, self.in_shape = argmax, xp.shape, x.shape
+        self.cache = argmax                                          # (N, C, Ho, Wo)
         return out
 
     def backward(self, dy, need_dx=True, need_grads=True):
         if not need_dx:
             return None
-        dxp = np.zeros(self.padded_shape, dy.dtype)
-        _, _, ho, wo = dy.shape
+        argmax, (ph, pw), (c, h, w) = self.cache, self.padding, self.in_shape
+        n, _, ho, wo = dy.shape
+        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
         for k, rows, cols in self._offsets(ho, wo):
-            dxp[:, :, rows, cols] += (self.argmax == k) * dy
-        (ph, pw), (_, _, h, w) = self.padding, self.in_shape
+            dxp[:, :, rows, cols] += (argmax == k) * dy
         return dxp[:, :, ph:ph + h, pw:pw + w]
 
 
@@ -245,36 +289,43 @@ class InstanceNorm(Layer):
     """
 
     kind = "instance_norm"
+    args = {"eps": POSITIVE_NUMBER, "affine": BOOL}
 
     def __init__(self, eps=1e-5, affine=True):
         super().__init__()
         self.eps, self.affine = eps, affine
 
-    def build(self, in_shape, rng, dtype):
+    def build(self, in_shape):
         if len(in_shape) != 3:
             self._fail(in_shape, "expects images (C, H, W)")
+        return super().build(in_shape)
+
+    def param_shapes(self):
+        return {"gamma": self.in_shape[:1], "beta": self.in_shape[:1]} if self.affine else {}
+
+    def init_params(self, rng, dtype):
         if self.affine:
-            self.params["gamma"] = np.ones(in_shape[0], dtype)
-            self.params["beta"] = np.zeros(in_shape[0], dtype)
-        return tuple(in_shape)
+            self.params["gamma"] = np.ones(self.in_shape[0], dtype)
+            self.params["beta"] = np.zeros(self.in_shape[0], dtype)
 
     def forward(self, x):
         n, c, h, w = x.shape
         flat = x.reshape(n, c, h * w)
         average = np.full(h * w, 1.0 / (h * w), x.dtype)             # means as matrix-vector products
         centred = flat - (flat @ average)[..., None]
-        self.inv_std = (1.0 / np.sqrt((centred * centred) @ average + self.eps))[..., None]  # (N, C, 1)
-        self.xhat = centred * self.inv_std                            # (N, C, H*W)
+        inv_std = (1.0 / np.sqrt((centred * centred) @ average + self.eps))[..., None]  # (N, C, 1)
+        xhat = centred * inv_std                                      # (N, C, H*W)
+        self.cache = xhat, inv_std
         if not self.affine:
-            return self.xhat.reshape(x.shape)
-        y = self.xhat * self.params["gamma"][:, None]
+            return xhat.reshape(x.shape)
+        y = xhat * self.params["gamma"][:, None]
         y += self.params["beta"][:, None]
         return y.reshape(x.shape)
 
     def backward(self, dy, need_dx=True, need_grads=True):
         n, c, h, w = dy.shape
         dy = dy.reshape(n, c, h * w)
-        xhat, average = self.xhat, np.full(h * w, 1.0 / (h * w), dy.dtype)
+        (xhat, inv_std), average = self.cache, np.full(h * w, 1.0 / (h * w), dy.dtype)
         mean_dy = dy @ average                                        # (N, C)
         mean_dy_xhat = (dy * xhat) @ average
         gamma = self.params["gamma"][:, None] if self.affine else 1.0
@@ -288,7 +339,7 @@ class InstanceNorm(Layer):
         dx = xhat * mean_dy_xhat[..., None]
         np.subtract(dy, dx, out=dx)
         dx -= mean_dy[..., None]
-        dx *= gamma * self.inv_std
+        dx *= gamma * inv_std
         return dx.reshape(n, c, h, w)
 
 
@@ -297,7 +348,7 @@ class Flatten(Layer):
 
     kind = "flatten"
 
-    def build(self, in_shape, rng, dtype):
+    def build(self, in_shape):
         self.in_shape = tuple(in_shape)
         return (int(np.prod(in_shape)),)
 
@@ -305,19 +356,20 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        return dy.reshape((dy.shape[0],) + self.in_shape)
+        return dy.reshape((dy.shape[0],) + self.in_shape) if need_dx else None
 
 
 class Reshape(Layer):
     """`(N, *in_shape)` -> `(N, *shape)`, same number of elements."""
 
     kind = "reshape"
+    args = {"shape": SHAPE}
 
     def __init__(self, shape):
         super().__init__()
         self.shape = tuple(shape)
 
-    def build(self, in_shape, rng, dtype):
+    def build(self, in_shape):
         if int(np.prod(in_shape)) != int(np.prod(self.shape)):
             self._fail(in_shape, f"cannot reshape {int(np.prod(in_shape))} values to {self.shape}")
         self.in_shape = tuple(in_shape)
@@ -327,30 +379,40 @@ class Reshape(Layer):
         return x.reshape((x.shape[0],) + self.shape)
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        return dy.reshape((dy.shape[0],) + self.in_shape)
+        return dy.reshape((dy.shape[0],) + self.in_shape) if need_dx else None
 
 
 class Dense(Layer):
     """Fully connected: `(N, D)` -> `(N, units)`; W is `(D, units)`, b is `(units,)`."""
 
     kind = "dense"
+    args = {"units": POSITIVE_INT, "bias": BOOL, "init": INIT, "init_gain": POSITIVE_NUMBER}
 
     def __init__(self, units, bias=True, init="he", init_gain=1.0):
         super().__init__()
         self.units, self.bias, self.init, self.init_gain = units, bias, init, init_gain
 
-    def build(self, in_shape, rng, dtype):
+    def build(self, in_shape):
         if len(in_shape) != 1:
             self._fail(in_shape, "expects flat vectors (D,): add a flatten layer before it")
-        d = in_shape[0]
+        self.in_shape = tuple(in_shape)
+        return (self.units,)
+
+    def param_shapes(self):
+        shapes = {"W": (self.in_shape[0], self.units)}
+        if self.bias:
+            shapes["b"] = (self.units,)
+        return shapes
+
+    def init_params(self, rng, dtype):
+        d = self.in_shape[0]
         W = init_weights(rng, (d, self.units), d, self.units, self.init)
         self.params["W"] = (self.init_gain * W).astype(dtype)
         if self.bias:
             self.params["b"] = np.zeros(self.units, dtype)
-        return (self.units,)
 
     def forward(self, x):
-        self.x = x
+        self.cache = x
         out = x @ self.params["W"]
         if self.bias:
             out += self.params["b"]
@@ -358,7 +420,7 @@ class Dense(Layer):
 
     def backward(self, dy, need_dx=True, need_grads=True):
         if need_grads:
-            self.grads["W"] = self.x.T @ dy
+            self.grads["W"] = self.cache.T @ dy
             if self.bias:
                 self.grads["b"] = dy.sum(axis=0)
         return dy @ self.params["W"].T if need_dx else None
@@ -370,11 +432,12 @@ class ReLU(Layer):
     kind = "relu"
 
     def forward(self, x):
-        self.y = np.maximum(x, 0)
-        return self.y
+        y = np.maximum(x, 0)
+        self.cache = y
+        return y
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        return dy * (self.y > 0) if need_dx else None
+        return dy * (self.cache > 0) if need_dx else None
 
 
 class Softmax(Layer):
@@ -386,17 +449,18 @@ class Softmax(Layer):
 
     kind = "softmax"
 
-    def build(self, in_shape, rng, dtype):
+    def build(self, in_shape):
         if len(in_shape) != 1:
             self._fail(in_shape, "expects flat vectors (K,): add a flatten layer before it")
-        return tuple(in_shape)
+        return super().build(in_shape)
 
     def forward(self, x):
         e = np.exp(x - x.max(axis=1, keepdims=True))
-        self.p = e / e.sum(axis=1, keepdims=True)
-        return self.p
+        p = e / e.sum(axis=1, keepdims=True)
+        self.cache = p
+        return p
 
     def backward(self, dy, need_dx=True, need_grads=True):
         # Jacobian-vector product: dx_i = p_i * (dy_i - sum_j dy_j p_j)
-        p = self.p
+        p = self.cache
         return p * (dy - np.sum(dy * p, axis=1, keepdims=True)) if need_dx else None

@@ -22,3 +22,8 @@ def softmax_cross_entropy(logits, y):
 def accuracy(scores, labels):
     """Share of rows of `scores` `(N, K)` whose argmax equals `labels` `(N,)` (ints)."""
     return float(np.mean(scores.argmax(axis=1) == labels))
+
+
+def one_hot(labels, k, dtype=np.float32):
+    """Integer labels `(N,)` -> one-hot rows `(N, k)`."""
+    return np.eye(k, dtype=dtype)[labels]

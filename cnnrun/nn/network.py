@@ -1,5 +1,6 @@
 """A network: a plain sequence of layers, built for one input shape."""
 
+import inspect
 import io
 
 import numpy as np
@@ -16,6 +17,11 @@ LAYERS = {cls.kind: cls for cls in (
     Normalize, Conv2D, MaxPool2D, InstanceNorm, Flatten, Reshape, Dense, ReLU, Softmax)}
 
 
+def gib(n):
+    """Bytes as a short human figure: '3.2 GiB', '512 MiB'."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 class Network:
     """Layers applied in order to `(N, *input_shape)` batches; ends with softmax.
 
@@ -24,17 +30,20 @@ class Network:
     fit its input fails here with its index, type and the shapes involved.
     """
 
-    def __init__(self, layer_specs, input_shape, seed=0, dtype=np.float32):
+    def __init__(self, layer_specs, input_shape, seed=0, dtype=np.float32, batch_size=1, memory_limit=None):
         self.input_shape, self.dtype = tuple(input_shape), np.dtype(dtype)
-        rng = np.random.default_rng(seed)
         self.layers, self.shapes = [], [self.input_shape]
         for index, (kind, kwargs) in enumerate(layer_specs):
             if kind not in LAYERS:
                 raise CnnrunError(f"layer {index} ({kind}): unknown layer; known: {', '.join(LAYERS)}")
             try:
-                layer = LAYERS[kind](**kwargs)
-                shape = layer.build(self.shapes[-1], rng, self.dtype)
-            except (TypeError, CnnrunError) as e:  # a wrong argument, or shapes that do not fit
+                inspect.signature(LAYERS[kind]).bind(**kwargs)
+            except TypeError as e:  # an argument the layer does not take, or one missing
+                raise CnnrunError(f"layer {index} ({kind}): {e}") from None
+            layer = LAYERS[kind](**kwargs)
+            try:
+                shape = layer.build(self.shapes[-1])
+            except CnnrunError as e:  # shapes that do not fit
                 raise CnnrunError(f"layer {index} ({kind}): {e}") from None
             if min(shape, default=1) < 1:
                 raise CnnrunError(f"layer {index} ({kind}): input shape {self.shapes[-1]} "
@@ -43,6 +52,32 @@ class Network:
             self.shapes.append(tuple(shape))
         if not self.layers or not isinstance(self.layers[-1], Softmax):
             raise CnnrunError("the last layer must be softmax (the loss is categorical cross-entropy)")
+        if memory_limit is not None:
+            self.check_memory(batch_size, memory_limit)
+        rng = np.random.default_rng(seed)
+        for layer in self.layers:  # only now are parameters allocated
+            layer.init_params(rng, self.dtype)
+
+    def memory_bytes(self, batch_size):
+        """Estimated bytes each layer needs in training, before anything is allocated:
+        parameters with their gradients and two optimizer states (4 copies), plus
+        `batch_size` samples of its input, output, cache and work buffers."""
+        itemsize = self.dtype.itemsize
+        needs = []
+        for layer, in_shape, out_shape in zip(self.layers, self.shapes, self.shapes[1:]):
+            params = sum(int(np.prod(shape)) for shape in layer.param_shapes().values())
+            per_sample = 2 * int(np.prod(in_shape)) + 2 * int(np.prod(out_shape)) + layer.scratch_per_sample()
+            needs.append((4 * params + batch_size * per_sample) * itemsize)
+        return needs
+
+    def check_memory(self, batch_size, limit):
+        """Refuse, naming the largest layer, if training at `batch_size` needs more than `limit` bytes."""
+        needs = self.memory_bytes(batch_size)
+        if sum(needs) > limit:
+            index = int(np.argmax(needs))
+            raise CnnrunError(f"layer {index} ({self.layers[index].kind}): needs about {gib(needs[index])} "
+                              f"(parameters, and activations for a batch of {batch_size}); the whole network "
+                              f"about {gib(sum(needs))}, and this machine has {gib(limit)} available")
 
     @property
     def output_shape(self):
@@ -50,15 +85,21 @@ class Network:
 
     # --- parameters -------------------------------------------------------
 
+    def _by_name(self, which):
+        return {f"{i}.{layer.kind}.{name}": getattr(layer, which)[name]
+                for i, layer in enumerate(self.layers) for name in layer.params}
+
     def named_parameters(self):
         """`{"0.conv.W": array, ...}`: every parameter by qualified name (the arrays themselves)."""
-        return {f"{i}.{layer.kind}.{name}": p
-                for i, layer in enumerate(self.layers) for name, p in layer.params.items()}
+        return self._by_name("params")
+
+    def named_gradients(self):
+        """The gradients of the last backward pass, by the same qualified names."""
+        return self._by_name("grads")
 
     def param_grad_pairs(self):
         """`[(param, grad), ...]` after a backward pass, for the optimizer."""
-        return [(layer.params[name], layer.grads[name])
-                for layer in self.layers for name in layer.params]
+        return list(zip(self.named_parameters().values(), self.named_gradients().values()))
 
     def num_parameters(self):
         return sum(p.size for p in self.named_parameters().values())
@@ -76,14 +117,23 @@ class Network:
         """Class probabilities `(N, K)`."""
         return self.layers[-1].forward(self.logits(x))
 
-    def backward(self, dlogits, need_input_grad=True, need_param_grads=True):
-        """Back-propagate the loss gradient on the logits through every layer but
-        the softmax (fused into the loss); fills each layer's `grads` if `need_param_grads`.
-        Returns the gradient on the input `(N, *input_shape)`, or None if not needed."""
+    def backward_steps(self, dlogits, need_input_grad=True, need_param_grads=True):
+        """Back-propagate a loss gradient on the logits `(N, K)` through every layer
+        but the softmax (fused into the loss), one layer per step: yields
+        `(index, gradient on that layer's input)`. Fills `grads` if `need_param_grads`;
+        the first layer's input gradient is None unless `need_input_grad`."""
         grad = dlogits
         for index in range(len(self.layers) - 2, -1, -1):
             grad = self.layers[index].backward(grad, need_dx=need_input_grad or index > 0,
                                                need_grads=need_param_grads)
+            yield index, grad
+
+    def backward(self, dlogits, need_input_grad=True, need_param_grads=True):
+        """All of `backward_steps`: returns the gradient on the input `(N, *input_shape)`
+        (None if not needed). `dlogits` may come from any loss on the logits."""
+        grad = dlogits
+        for _, grad in self.backward_steps(dlogits, need_input_grad, need_param_grads):
+            pass
         return grad
 
     def loss_and_backward(self, x, y, need_input_grad=False, need_param_grads=True):

@@ -60,14 +60,13 @@ class Adam:
             self.v = [np.zeros_like(param) for param, _ in pairs]
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        # Both bias corrections folded into one step size.
-        step_size = self.lr * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
+        correction1, correction2 = 1 - b1 ** self.t, 1 - b2 ** self.t  # bias corrections
         for (param, grad), m, v in zip(pairs, self.m, self.v):
             m *= b1
             m += (1 - b1) * grad
             v *= b2
             v += (1 - b2) * grad * grad
-            param -= step_size * m / (np.sqrt(v) + self.eps)
+            param -= self.lr * (m / correction1) / (np.sqrt(v / correction2) + self.eps)
 
     def state(self, names):
         arrays = {"adam.t": np.array(self.t)}
