@@ -22,6 +22,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except CnnrunError as e:
             fail(str(e))
+        except click.UsageError as e:  # a mistyped option: one line, and where to read more
+            command = f"cnnrun {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "cnnrun"
+            click.echo(f"error: {e.format_message()} (see: {command} --help)", err=True)
+            sys.exit(2)
         except OSError as e:
             fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
         except MemoryError:
@@ -144,7 +148,7 @@ def data_dir_option(f):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value (repeatable; the value is YAML): a key such as train.lr=0.05, "
                    "or a layer's argument by its index, e.g. model.layers[0].conv.filters=4.")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+@click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue the run in this folder (instead of CONFIG): from its checkpoint, from the "
                    "start if it has none, or just its final weights; a finished run is left as it is.")
 @data_dir_option
@@ -206,7 +210,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
 
 
 @main.command(name="eval", short_help="Test accuracy, per class, confusion matrix, mistakes.")
-@click.argument("run_dir", type=click.Path(file_okay=False), required=False)
+@click.argument("run_dir", type=click.Path(), required=False)
 @data_dir_option
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
@@ -235,7 +239,7 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json):
 
 
 @main.command(name="plot", short_help="Redraw a run's plots; compare several runs.")
-@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, type=click.Path())
 @runs_dir_option
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for the comparison of several runs [default: RUNS_DIR/comparison].")
@@ -285,7 +289,7 @@ def runs_cmd(runs_dir):
 
 
 @main.command(name="predict", short_help="Classify your own digit images.")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
@@ -328,7 +332,7 @@ def parse_eps(values):
 
 
 @main.command(name="attack", short_help="FGSM / BIM / PGD adversarial accuracy per eps.")
-@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--eps", "eps_values", multiple=True, default=["0.1"], show_default=True,
               help="Perturbation size in pixel units; repeatable or a comma list (0.05,0.1,0.2,0.3).")
 @click.option("--method", "methods", multiple=True, default=["fgsm"], show_default=True,

@@ -6,24 +6,29 @@ from scipy import ndimage
 from cnnrun.errors import CnnrunError
 
 
-def read_image(path):
+MAX_PIXELS = 25_000_000  # a 5000 x 5000 photo; larger images are refused before they are decoded
+
+
+def read_image(path, max_pixels=MAX_PIXELS):
     """A PNG or JPEG as a grayscale float array `(H, W)` in [0, 1]."""
-    import matplotlib.image
+    from PIL import Image
 
     try:
-        image = np.asarray(matplotlib.image.imread(path), dtype=np.float64)
+        with Image.open(path) as image:  # reads the header only: the size is known before decoding
+            width, height = image.size
+            if width * height > max_pixels:
+                raise CnnrunError(f"{path}: {width}x{height} pixels is more than the {max_pixels:,} "
+                                  f"predict reads; scale the picture down first")
+            image = np.asarray(image.convert("RGBA"), dtype=np.float64) / 255.0
+    except CnnrunError:
+        raise
     except FileNotFoundError:
         raise CnnrunError(f"{path}: no such image") from None
     except Exception as e:
         raise CnnrunError(f"{path}: not a readable image ({e})") from None
-    if image.size and image.max() > 1.0:  # 8-bit JPEGs come as 0-255
-        image = image / 255.0
-    if image.ndim == 3:
-        if image.shape[2] == 4:  # transparent pixels read as white paper
-            rgb, alpha = image[..., :3], image[..., 3:]
-            image = rgb * alpha + (1 - alpha)
-        image = image[..., :3] @ np.array([0.299, 0.587, 0.114])
-    if image.ndim != 2 or min(image.shape) < 2:
+    rgb, alpha = image[..., :3], image[..., 3:]
+    image = (rgb * alpha + (1 - alpha)) @ np.array([0.299, 0.587, 0.114])  # transparent reads as white paper
+    if min(image.shape) < 2:
         raise CnnrunError(f"{path}: not a readable image (shape {image.shape})")
     return image
 

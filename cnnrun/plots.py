@@ -35,7 +35,7 @@ def _decorate(axes, title):
 
 def training_curves(rows, path, title):
     """Test accuracy (evaluation epochs) and training error against epoch, for one run."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")  # room for both y labels
     _curves(axes, rows)
     _decorate(axes, title)
     save(fig, path)
@@ -43,7 +43,7 @@ def training_curves(rows, path, title):
 
 def comparison(runs, path, title="Comparison"):
     """`runs`: list of `(label, metric rows)`; one line per run on both panels."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
     for label, rows in runs:
         _curves(axes, rows, label)
     _decorate(axes, title)

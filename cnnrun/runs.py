@@ -70,6 +70,8 @@ def resolve_run(run_dir, runs_dir):
         if not runs:
             raise CnnrunError(f"{runs_dir}: no runs yet; train one with `cnnrun train CONFIG`")
         return runs[-1]
+    if os.path.isfile(run_dir):
+        raise CnnrunError(f"{run_dir}: is a file, not a run folder")
     if not os.path.isdir(run_dir):
         raise CnnrunError(f"{run_dir}: no such run folder")
     if not is_run(run_dir):

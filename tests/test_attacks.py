@@ -64,10 +64,11 @@ def test_pgd_never_leaves_the_eps_ball_or_the_unit_range(tiny_run):
 def test_eps_zero_leaves_accuracy_unchanged_and_attacks_hurt(tiny_run):
     net, x, labels = trained(tiny_run)
     clean = net.forward(x).argmax(axis=1)
-    for method in attacks.METHODS:
-        x_adv, probs = attacks.evaluate_attack(net, x, labels, method, 0.0, steps=3, rng=np.random.default_rng(0))
+    y = np.eye(10, dtype=np.float32)[labels]
+    for method in attacks.METHODS:  # the attacks themselves run at eps 0, and must not move a pixel
+        x_adv = attacks.attack(net, x, y, method, 0.0, steps=3, rng=np.random.default_rng(0))
         np.testing.assert_array_equal(x_adv, x)
-        np.testing.assert_array_equal(probs.argmax(axis=1), clean)
+        np.testing.assert_array_equal(net.forward(x_adv).argmax(axis=1), clean)
     _, probs = attacks.evaluate_attack(net, x, labels, "pgd", 0.3, steps=10, rng=np.random.default_rng(0))
     accuracy, success = attacks.robustness(labels, clean, probs.argmax(axis=1))
     assert accuracy < np.mean(clean == labels) and success > 0
@@ -152,14 +153,52 @@ def test_adversarial_warmup_grows_eps_linearly_over_the_first_epochs(tiny_run):
         np.testing.assert_array_equal(out, attacks.fgsm(net, x, y, eps))
 
 
-def test_adversarial_training_runs_and_is_recorded(tiny_run):
-    config = write_config(tiny_run["tmp"] / "adv.yaml", train__adversarial={"method": "fgsm", "eps": 0.3,
-                                                                              "ratio": 0.5, "random_start": True})
+def test_pgd_without_a_generator_uses_a_seeded_one(tiny_run):
+    net, x, labels = trained(tiny_run)
+    y = np.eye(10, dtype=np.float32)[labels]
+    a = attacks.attack(net, x, y, "pgd", 0.1, steps=2)
+    np.testing.assert_array_equal(a, attacks.attack(net, x, y, "pgd", 0.1, steps=2))
+
+
+def test_pgd_keeps_for_each_image_the_first_restart_that_fools_the_network(monkeypatch):
+    net = linear_net()
+    x = np.full((3, 1, 1, 4), 0.5)
+    y = np.eye(2)[[0, 0, 0]]
+    # Restart r returns images filled with value r; the network is fooled by image 0 at
+    # restart 1, by image 1 at restart 2, and never by image 2.
+    fooled_at = {0: 1, 1: 2}
+    calls = []
+
+    def fake_bim(net, x, y, eps, steps, step_size, start):
+        calls.append(1)
+        return np.full(x.shape, float(len(calls)))
+
+    def fake_logits(images):
+        restart = images[:, 0, 0, 0]
+        wrong = np.array([fooled_at.get(i, 99) <= r for i, r in enumerate(restart)])
+        return np.stack([~wrong, wrong], axis=1).astype(float)
+
+    monkeypatch.setattr(attacks, "bim", fake_bim)
+    monkeypatch.setattr(net, "logits", fake_logits)
+    out = attacks.pgd(net, x, y, 0.1, 1, 0.1, restarts=3, rng=np.random.default_rng(0))
+    assert out[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_adversarial_training_makes_the_network_more_robust(tiny_run):
+    """The same tiny run, plain and with FGSM training: the adversarially trained one
+    keeps more of its accuracy under FGSM."""
+    settings = {"method": "fgsm", "eps": 0.3, "ratio": 0.5}
+    config = write_config(tiny_run["tmp"] / "adv.yaml", train__adversarial=settings)
     result = CliRunner().invoke(main, ["train", config, "--data-dir", tiny_run["data"], "--runs-dir",
-                                       tiny_run["runs"], "--quiet", "--epochs", 2])
+                                       tiny_run["runs"], "--quiet"])
     assert result.exit_code == 0, result.output
-    run = runs.list_runs(tiny_run["runs"])[-1]
-    summary = runs.read_json(os.path.join(run, "summary.json"))
-    assert summary["adversarial"] == dict(method="fgsm", eps=0.3, ratio=0.5, random_start=True, step_size=None,
-                                          steps=10, warmup=0)
-    assert runs.load_run_config(run)["train"]["adversarial"]["eps"] == 0.3
+    plain_run, adv_run = runs.list_runs(tiny_run["runs"])
+    assert runs.read_json(os.path.join(adv_run, "summary.json"))["adversarial"]["eps"] == 0.3
+    x, labels = trained(tiny_run)[1:]
+    accuracy = {}
+    for name, run in (("plain", plain_run), ("adversarial", adv_run)):
+        net = runs.load_run(run, tiny_run["runs"])[2]
+        clean = net.forward(x).argmax(axis=1)
+        _, probs = attacks.evaluate_attack(net, x, labels, "fgsm", 0.3)
+        accuracy[name] = attacks.robustness(labels, clean, probs.argmax(axis=1))[0]
+    assert accuracy["adversarial"] > accuracy["plain"] + 0.2, accuracy

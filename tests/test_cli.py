@@ -20,9 +20,25 @@ def test_bench_json_reports_throughput_and_every_layer():
     result = run("bench", NET1, "--batch-size", 16, "--repeats", 1, "--warmup", 0, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["train_samples_per_s"] > 0 and data["eval_samples_per_s"] > 0
+    assert data["batch_size"] == 16 and data["optimizer"] == "sgd" and data["parameters"] == 8 * 9 + 8 + 1352 * 10 + 10
+    assert data["train_samples_per_s"] == pytest.approx(16 / (data["train_step_ms"] / 1e3))
+    assert data["eval_samples_per_s"] == pytest.approx(16 / (data["eval_step_ms"] / 1e3))
+    assert "adversarial_batch_ms" not in data
     assert [layer["kind"] for layer in data["layers"]] == ["normalize", "conv", "relu", "maxpool", "flatten",
                                                            "dense", "softmax"]
+    assert [layer["backward_ms"] is None for layer in data["layers"]] == [False] * 6 + [True]  # softmax: fused
+
+
+def test_bench_times_the_configured_optimizer_and_the_adversarial_step():
+    result = run("bench", os.path.join(ROOT, "configs/net3-adv.yaml"), "--batch-size", 16, "--repeats", 1,
+                 "--warmup", 0, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["optimizer"] == "adam"
+    # PGD-7 on half the batch: 7 forward-backward passes of 8 images, against one of 16.
+    assert data["adversarial_batch_ms"] > data["eval_step_ms"]
+    assert data["adversarial_train_samples_per_s"] == pytest.approx(
+        16 / ((data["train_step_ms"] + data["adversarial_batch_ms"]) / 1e3))
 
 
 def test_bench_table_names_layers_and_totals():

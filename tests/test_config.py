@@ -67,6 +67,18 @@ def with_change(change):
     (lambda c: c["train"].update(adversarial={"method": "fgsm"}), r"train.adversarial.eps: missing"),
     (lambda c: c["model"]["layers"].__setitem__(1, {"instance_norm": {"affine": "yes"}}),
      r"model.layers\[1\].instance_norm.affine: expected true or false"),
+    (lambda c: c["model"]["layers"][0]["conv"].update(init="xavier"),
+     r"model.layers\[0\].conv.init: expected 'he' or 'glorot', got 'xavier'"),
+    (lambda c: c["train"].update(optimizer="adam", momentum=0.9),
+     r"train.momentum: applies to optimizer 'sgd' only"),
+    (lambda c: c["train"].update(lr=float("nan")), r"train.lr: expected a positive number, got nan"),
+    (lambda c: c["train"].update(lr=float("inf")), r"train.lr: expected a positive number, got inf"),
+    (lambda c: c.update(name="../escape"), r"config: name: expected one plain file-name component"),
+    (lambda c: c.update(name="a/b"), r"name: expected one plain file-name component"),
+    (lambda c: c.update(name=".."), r"name: expected one plain file-name component"),
+    (lambda c: c.update(name="x" * 101), r"name: expected one plain file-name component"),
+    (lambda c: c.update(name="net 2"), r"name: expected one plain file-name component"),
+    (lambda c: c["data"].update(dir="a\0b"), r"data.dir: expected a path"),
 ])
 def test_config_mistakes_name_the_key_path_and_expectation(change, message):
     with pytest.raises(CnnrunError, match=message):
@@ -97,6 +109,29 @@ def test_override_sets_a_dotted_key_and_is_validated():
         apply_override(c, "train.lr")
     with pytest.raises(CnnrunError, match="unknown key"):
         apply_override(c, "train.speed=3")
+
+
+def test_override_reaches_a_layer_by_its_index():
+    c = validate(net2())
+    changed = apply_override(c, "model.layers[0].conv.filters=4")
+    assert changed["model"]["layers"][0]["conv"]["filters"] == 4
+    assert build_network(changed).named_parameters()["0.conv.W"].shape == (4, 1, 3, 3)
+    assert apply_override(c, "model.layers[2]=relu")["model"]["layers"][2] == {"relu": {}}
+    with pytest.raises(CnnrunError, match=r"model.layers\[0\].conv.filters: expected a positive integer"):
+        apply_override(c, "model.layers[0].conv.filters=-1")
+    with pytest.raises(CnnrunError, match=r"model.layers.40: no such entry \(the list has 11 entries\)"):
+        apply_override(c, "model.layers[40].conv.filters=4")
+    with pytest.raises(CnnrunError, match=r"model.layers.0.dense: no such section"):
+        apply_override(c, "model.layers[0].dense.units=4")
+    with pytest.raises(CnnrunError, match="expected KEY=VALUE"):
+        apply_override(c, "model.layers[x]=relu")
+
+
+def test_a_layer_argument_without_a_rule_is_a_clear_error(monkeypatch):
+    from cnnrun.nn import layers
+    monkeypatch.setattr(layers.Dense, "args", {k: v for k, v in layers.Dense.args.items() if k != "init_gain"})
+    with pytest.raises(CnnrunError, match=r"model.layers\[9\].dense.init_gain: the layer declares no rule"):
+        validate(net2())
 
 
 def test_config_shape_errors_surface_at_build_time():

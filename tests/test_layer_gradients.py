@@ -15,10 +15,19 @@ def built(layer, in_shape, rng):
     return layer
 
 
+# The tensors each layer's check must cover, written out rather than read from the layer.
+EXPECTED_TENSORS = {"conv": {"W", "b", "dx"}, "dense": {"W", "b", "dx"}, "instance_norm": {"gamma", "beta", "dx"}}
+
+
 def assert_gradients_match(layer, in_shape, rng, n=2, samples=40):
     x = rng.standard_normal((n,) + tuple(in_shape))
     rows = check_layer(layer, x, rng, samples)
-    assert {name for name, _ in rows} == set(layer.params) | {"dx"}
+    expected = EXPECTED_TENSORS.get(layer.kind, {"dx"})
+    if getattr(layer, "bias", True) is False:
+        expected = expected - {"b"}
+    if getattr(layer, "affine", True) is False:
+        expected = expected - {"gamma", "beta"}
+    assert sorted(name for name, _ in rows) == sorted(expected)
     for name, error in rows:
         assert error < TOLERANCE, f"{name}: relative error {error:.2e}"
 
@@ -166,3 +175,40 @@ def test_init_gain_scales_the_initial_weights(rng):
         layer.build((2, 6, 6))
         layer.init_params(np.random.default_rng(0), np.float64)
     np.testing.assert_allclose(b.params["W"], 0.25 * a.params["W"])
+
+
+def test_maxpool_forward_matches_a_naive_loop(rng):
+    for kernel, stride, padding, shape in [(2, None, 0, (2, 7, 9)), (3, 2, 1, (3, 8, 7)), ([2, 3], [1, 2], [1, 1], (1, 6, 7))]:
+        layer = built(MaxPool2D(kernel=kernel, stride=stride, padding=padding), shape, rng)
+        x = rng.standard_normal((2,) + shape)
+        out = layer.forward(x)
+        (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+        expected = np.empty(out.shape)
+        for a in range(out.shape[2]):
+            for b in range(out.shape[3]):
+                expected[:, :, a, b] = xp[:, :, a * sh:a * sh + kh, b * sw:b * sw + kw].max(axis=(2, 3))
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_flatten_and_reshape_skip_the_input_gradient_when_not_needed(rng):
+    for layer in (built(Flatten(), (3, 4, 5), rng), built(Reshape(shape=[6, 10]), (3, 4, 5), rng)):
+        y = layer.forward(rng.standard_normal((2, 3, 4, 5)))
+        assert layer.backward(np.ones_like(y), need_dx=False) is None
+        assert layer.backward(np.ones_like(y)).shape == (2, 3, 4, 5)
+
+
+def test_every_layer_argument_has_a_validation_rule():
+    import inspect
+
+    from cnnrun.nn import LAYERS
+    for kind, cls in LAYERS.items():
+        assert set(cls.args) == set(inspect.signature(cls).parameters), kind
+
+
+def test_an_unknown_init_scheme_is_an_error_not_glorot(rng):
+    from cnnrun.errors import CnnrunError
+    layer = Dense(units=3, init="xavier")
+    layer.build((4,))
+    with pytest.raises(CnnrunError, match="init 'xavier'"):
+        layer.init_params(rng, np.float64)

@@ -45,12 +45,26 @@ def test_extreme_logits_give_finite_loss_and_gradients(dtype):
     assert np.all(np.isfinite(dlogits))
 
 
+def expected_tensors(cfg):
+    """The parameter tensors a config's network must have, derived from the config itself."""
+    names = []
+    for i, entry in enumerate(cfg["model"]["layers"]):
+        (kind, args), = entry.items()
+        if kind in ("conv", "dense"):
+            names += [f"{i}.{kind}.W"] + ([f"{i}.{kind}.b"] if args["bias"] else [])
+        if kind == "instance_norm" and args["affine"]:
+            names += [f"{i}.{kind}.gamma", f"{i}.{kind}.beta"]
+    return names
+
+
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_shipped_network_and_its_input_gradient_pass_gradcheck(path, rng):
-    net = build_network(config(path), dtype=np.float64)
+    cfg = config(path)
+    net = build_network(cfg, dtype=np.float64)
     x, y = rng.random((2,) + net.input_shape), one_hot(rng.integers(0, 10, 2))
     rows = check_all(net, x, y, rng, samples=8)
-    assert any(where == "network" and tensor == "input" for where, tensor, _ in rows)
+    assert [tensor for where, tensor, _ in rows if where == "network"] == expected_tensors(cfg) + ["input"]
+    assert len([r for r in rows if r[0] != "network"]) == len(expected_tensors(cfg)) + len(cfg["model"]["layers"])
     worst = max(rows, key=lambda r: r[2])
     assert worst[2] < TOLERANCE, worst
 
@@ -100,6 +114,24 @@ def test_sgd_momentum_accumulates_a_velocity_per_parameter():
     sgd.step([(p, g)])  # v = 0.9 g + g
     np.testing.assert_allclose(p, [1.0, 2.0] - 0.1 * (1 + 1.9) * g)
     np.testing.assert_allclose(sgd.velocity[0], 1.9 * g)
+
+
+def test_adam_follows_the_paper_over_three_steps_even_for_tiny_gradients():
+    """param -= lr * m_hat / (sqrt(v_hat) + eps), computed by hand, with eps outside the root."""
+    lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-8
+    grads = [np.array([1e-7, -2.0]), np.array([3e-7, 1.0]), np.array([-1e-7, 0.5])]
+    p = np.array([0.5, -0.5])
+    adam, expected, m, v = Adam(lr=lr), p.copy(), 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        adam.step([(p, g)])
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        expected = expected - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        np.testing.assert_allclose(p, expected, rtol=1e-12)
+    first = Adam(lr=lr)
+    q = np.array([0.0])
+    first.step([(q, np.array([1e-7]))])
+    assert -q[0] == pytest.approx(lr * 1e-7 / (1e-7 + 1e-8), rel=1e-9)  # 9.1e-4, not 2.4e-4
 
 
 def test_adam_steps_match_the_formula_with_bias_correction():
@@ -189,3 +221,35 @@ def test_load_of_missing_or_corrupt_file_is_a_clear_error(tmp_path):
 def test_build_errors_name_the_layer_and_shapes(specs, shape, message):
     with pytest.raises(CnnrunError, match=message):
         Network(specs, shape)
+
+
+def test_a_bug_inside_a_layers_build_is_not_reported_as_a_config_error(monkeypatch):
+    from cnnrun.nn import layers
+
+    def broken(self, in_shape):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(layers.Dense, "build", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        Network([("flatten", {}), ("dense", {"units": 3}), ("softmax", {})], (1, 4, 4))
+
+
+@pytest.mark.parametrize("specs,shape,batch,where", [
+    ([("conv", dict(filters=2_000_000_000, kernel=3)), ("flatten", {}), ("softmax", {})], (1, 28, 28), 128,
+     r"layer 0 \(conv\): needs about"),
+    ([("flatten", {}), ("dense", dict(units=3_000_000_000)), ("softmax", {})], (1, 28, 28), 1,
+     r"layer 1 \(dense\): needs about"),
+    ([("conv", dict(filters=8, kernel=3)), ("flatten", {}), ("dense", dict(units=10)), ("softmax", {})], (1, 28, 28),
+     10 ** 9, r"layer 0 \(conv\): needs about .* a batch of 1000000000"),
+    ([("conv", dict(filters=8, kernel=3, padding=100_000)), ("flatten", {}), ("softmax", {})], (1, 28, 28), 1,
+     r"layer 0 \(conv\)"),
+])
+def test_a_network_too_large_for_memory_is_refused_before_allocation(specs, shape, batch, where):
+    with pytest.raises(CnnrunError, match=where + r".*this machine has .* available"):
+        Network(specs, shape, batch_size=batch, memory_limit=24 * 2 ** 30)
+
+
+def test_the_memory_estimate_lets_the_shipped_networks_through(rng):
+    for path in CONFIGS:
+        net = build_network(config(path))
+        assert 0 < sum(net.memory_bytes(128)) < 2 ** 30

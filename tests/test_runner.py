@@ -164,17 +164,73 @@ def test_eval_plot_and_runs_verbs(setup):
 
 
 def test_predict_classifies_image_files(setup, tmp_path):
+    """A hand-made run whose dense layer scores each class by its template: a vertical
+    stroke is class 1, a horizontal one class 4; predict must say so for the picture files."""
     import matplotlib.image
 
+    from cnnrun.config import build_network, validate
+    from cnnrun.images import to_mnist
+
+    strokes = {1: (slice(10, 50), slice(18, 22)), 4: (slice(28, 32), slice(2, 38))}
+    pictures = {}
+    for label, (rows, cols) in strokes.items():
+        picture = np.ones((60, 40))
+        picture[rows, cols] = 0.0  # a dark stroke on white paper
+        pictures[label] = tmp_path / f"stroke{label}.png"
+        matplotlib.image.imsave(pictures[label], picture, cmap="gray", vmin=0, vmax=1)
+    cfg = validate(dict(name="templates", model=dict(input_shape=[1, 28, 28], layers=[
+        "flatten", {"dense": {"units": 10, "bias": False}}, "softmax"]), train=dict(epochs=1, lr=0.1), data={}))
+    net = build_network(cfg)
+    W = net.layers[1].params["W"]
+    W[...] = 0.0
+    for label, path in pictures.items():
+        W[:, label] = to_mnist(matplotlib.image.imread(path)[..., 0]).ravel()
+    run_dir = runs.new_run_dir(setup["runs"], "templates", cfg)
+    net.save(os.path.join(run_dir, "weights.npz"))
+    for label, path in pictures.items():
+        result = cli(setup, "predict", run_dir, path, "--json")
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.output)
+        assert answer["label"] == label and answer["probabilities"][label] > 0.9
+
+
+def test_a_partial_last_batch_counts_each_sample_once(rng):
+    """70 samples in batches of 32 (32 + 32 + 6): with a zero learning rate, the epoch's
+    mean loss and accuracy are exactly those of one pass over all 70."""
+    from cnnrun.config import build_network, validate
+    from cnnrun.nn import SGD
+    from cnnrun.training import evaluate, train_epoch
+    from idx import TINY_CONFIG
+
+    net = build_network(validate(TINY_CONFIG))
+    x, labels = rng.random((70, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 70)
+    seen = []
+    loss, acc = train_epoch(net, SGD(lr=0.0), x, labels, 32, np.random.default_rng(0),
+                            on_batch=lambda *_: seen.append(1))
+    test_loss, test_acc, _ = evaluate(net, x, labels)
+    assert len(seen) == 3
+    assert loss == pytest.approx(test_loss, rel=1e-5) and acc == test_acc
+
+
+def test_plot_fails_on_weights_that_do_not_fit_the_config(setup):
     assert train(setup, "--quiet", "--epochs", 1).exit_code == 0
-    digit = np.ones((60, 40))
-    digit[10:50, 18:22] = 0.0  # a dark "1" on white paper
-    matplotlib.image.imsave(tmp_path / "one.png", digit, cmap="gray", vmin=0, vmax=1)
     [run_dir] = runs.list_runs(setup["runs"])
-    result = cli(setup, "predict", run_dir, tmp_path / "one.png", "--json")
+    cfg = runs.load_run_config(run_dir)
+    cfg["model"]["layers"][0]["conv"]["filters"] = 5
+    runs.save_config(run_dir, cfg)
+    result = cli(setup, "plot", run_dir)
+    assert result.exit_code == 1 and "weights do not fit the config: 0.conv.W" in result.output
+    assert not os.path.exists(os.path.join(run_dir, "filters.png"))
+
+
+def test_plot_of_a_run_without_weights_redraws_its_curves(setup):
+    assert train(setup, "--quiet", "--epochs", 2).exit_code == 0
+    [run_dir] = runs.list_runs(setup["runs"])
+    for name in ("weights.npz", "checkpoint.npz", "curves.png"):
+        os.remove(os.path.join(run_dir, name))
+    result = cli(setup, "plot", run_dir)
     assert result.exit_code == 0, result.output
-    answer = json.loads(result.output)
-    assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4) and 0 <= answer["label"] <= 9
+    assert os.path.isfile(os.path.join(run_dir, "curves.png"))
 
 
 @pytest.mark.parametrize("args,message", [

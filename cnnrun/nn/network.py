@@ -71,10 +71,12 @@ class Network:
         return needs
 
     def check_memory(self, batch_size, limit):
-        """Refuse, naming the largest layer, if training at `batch_size` needs more than `limit` bytes."""
+        """Refuse if training at `batch_size` needs more than `limit` bytes, naming the first
+        layer that alone needs more (where the sizes blow up), else the largest."""
         needs = self.memory_bytes(batch_size)
         if sum(needs) > limit:
-            index = int(np.argmax(needs))
+            over = [i for i, need in enumerate(needs) if need > limit]
+            index = over[0] if over else int(np.argmax(needs))
             raise CnnrunError(f"layer {index} ({self.layers[index].kind}): needs about {gib(needs[index])} "
                               f"(parameters, and activations for a batch of {batch_size}); the whole network "
                               f"about {gib(sum(needs))}, and this machine has {gib(limit)} available")

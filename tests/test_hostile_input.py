@@ -1,0 +1,146 @@
+"""Hostile and damaged input: every one is a single `error:` line and exit code 1, and
+nothing already written is touched."""
+
+import os
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cnnrun import runs
+from cnnrun.cli import main
+from idx import TINY_CONFIG, make_digits, write_config
+
+
+@pytest.fixture
+def setup(tmp_path):
+    data = make_digits(tmp_path / "data", n_train=64, n_test=16)
+    config = write_config(tmp_path / "tiny.yaml", train__epochs=1)
+    s = dict(data=str(data), config=config, runs=str(tmp_path / "runs"), tmp=tmp_path)
+    result = cli(s, "train", config, "--data-dir", s["data"], "--quiet")
+    assert result.exit_code == 0, result.output
+    s["run"] = runs.list_runs(s["runs"])[0]
+    return s
+
+
+def cli(s, *args, runs_dir=True):
+    args = [str(a) for a in args] + (["--runs-dir", s["runs"]] if runs_dir else [])
+    return CliRunner().invoke(main, args)
+
+
+def assert_one_line_error(result, message):
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0], lines[0]
+
+
+def config_with(tmp, **changes):
+    return write_config(tmp / "changed.yaml", **changes)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".", "/abs", "x" * 200, "tab\there", ""])
+def test_a_config_name_that_is_not_one_plain_path_component_is_refused(setup, name):
+    result = cli(setup, "train", config_with(setup["tmp"], name=name), "--data-dir", setup["data"])
+    assert_one_line_error(result, "name: expected one plain file-name component")
+    assert runs.list_runs(setup["runs"]) == [setup["run"]]
+    result = cli(setup, "train", setup["config"], "--set", f"name={name}", "--data-dir", setup["data"])
+    assert result.exit_code == 1 and "name" in result.output and result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(model__layers=[{"conv": {"filters": 2_000_000_000, "kernel": 3}}, "flatten", "softmax"]),
+     "layer 0 (conv): needs about"),
+    (dict(model__layers=["flatten", {"dense": {"units": 3_000_000_000}}, "softmax"]), "layer 1 (dense): needs about"),
+    (dict(train__batch_size=10 ** 12), "activations for a batch of 1000000000000"),
+    (dict(model__input_shape=[1, 10 ** 6, 10 ** 6]), "needs about"),
+])
+def test_sizes_that_cannot_be_served_are_refused_before_allocation(setup, changes, message):
+    config = config_with(setup["tmp"], **changes)
+    for verb in (["train", config, "--data-dir", setup["data"]], ["bench", config, "--repeats", 1]):
+        result = cli(setup, *verb, runs_dir=verb[0] == "train")
+        assert_one_line_error(result, message)
+        assert "available" in result.output
+
+
+def test_bench_and_gradcheck_refuse_a_batch_that_does_not_fit(setup):
+    assert_one_line_error(cli(setup, "bench", setup["config"], "--batch-size", 10 ** 12, runs_dir=False),
+                          "a batch of 1000000000000")
+    assert_one_line_error(cli(setup, "gradcheck", setup["config"], "--batch-size", 10 ** 12, runs_dir=False),
+                          "a batch of 1000000000000")
+
+
+def test_predict_refuses_a_huge_image_before_decoding_it(setup, tmp_path):
+    import zlib
+    import struct
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    for side in (6000, 100000):  # PNG headers claiming side x side pixels (the pixel data never needs to exist)
+        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+               + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+        (tmp_path / "huge.png").write_bytes(png)
+        assert_one_line_error(cli(setup, "predict", setup["run"], tmp_path / "huge.png"), "pixels")
+
+
+
+@pytest.mark.parametrize("verb", [["eval"], ["attack"], ["plot"], ["predict"], ["train", "--resume"]])
+def test_a_run_folder_that_is_missing_or_a_file_is_a_clear_error(setup, verb, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    extra = [setup["config"]] if verb == ["predict"] else []
+    for where, message in ((tmp_path / "nothing", "no such run folder"), (tmp_path / "afile", "is a file, not a run"),
+                           (tmp_path, "not a run folder")):
+        assert_one_line_error(cli(setup, *verb, where, *extra), message)
+
+
+def test_runs_dir_that_is_a_file_is_a_clear_error(setup, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(main, ["train", setup["config"], "--data-dir", setup["data"], "--quiet",
+                                       "--runs-dir", str(tmp_path / "afile" / "runs")])
+    assert_one_line_error(result, "cannot create the folder")
+    result = CliRunner().invoke(main, ["eval", "--runs-dir", str(tmp_path / "afile")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+def test_an_unwritable_run_folder_is_one_line_and_loses_nothing(setup):
+    if os.geteuid() == 0:  # root writes anywhere: make the folder a place no one can write instead
+        target = os.path.join(setup["run"], "attacks")
+        with open(target, "w") as f:
+            f.write("in the way")
+    else:
+        os.chmod(setup["run"], 0o500)
+    before = open(os.path.join(setup["run"], "weights.npz"), "rb").read()
+    result = cli(setup, "attack", setup["run"], "--data-dir", setup["data"])
+    assert_one_line_error(result, "")
+    assert open(os.path.join(setup["run"], "weights.npz"), "rb").read() == before
+
+
+@pytest.mark.parametrize("damage", ["config", "metrics", "summary", "checkpoint", "weights"])
+def test_a_damaged_run_folder_is_a_clear_error_or_harmless(setup, damage):
+    run = setup["run"]
+    target = {"config": "config.yaml", "metrics": "metrics.csv", "summary": "summary.json",
+              "checkpoint": "checkpoint.npz", "weights": "weights.npz"}[damage]
+    with open(os.path.join(run, target), "wb") as f:
+        f.write(b"\x00\xff garbage [unclosed")
+    for verb in (["eval", run, "--data-dir", setup["data"]], ["plot", run], ["runs"],
+                 ["train", "--resume", run, "--data-dir", setup["data"], "--quiet"]):
+        result = cli(setup, *verb)
+        assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit), \
+            (verb, result.output, result.exception)
+        if result.exit_code != 0:
+            assert_one_line_error(result, "")
+
+
+def test_a_summary_that_is_not_a_mapping_is_harmless(setup):
+    with open(os.path.join(setup["run"], "summary.json"), "w") as f:
+        f.write("[1, 2, 3]")
+    result = cli(setup, "runs")
+    assert result.exit_code == 0 and os.path.basename(setup["run"]) in result.output
+
+
+def test_data_dir_in_the_config_must_be_a_path(setup):
+    cfg = dict(TINY_CONFIG, data=dict(TINY_CONFIG["data"], dir=["not", "a", "path"]))
+    path = setup["tmp"] / "bad-dir.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert_one_line_error(cli(setup, "train", path), "data.dir: expected a path")
