@@ -33,12 +33,17 @@ def _decorate(axes, title):
     axes[0].figure.suptitle(title)
 
 
-def training_curves(rows, path, title):
-    """Test accuracy (evaluation epochs) and training error against epoch, for one run."""
+def curves_figure(rows, title):
+    """The figure of `training_curves`, not yet saved."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")  # room for both y labels
     _curves(axes, rows)
     _decorate(axes, title)
-    save(fig, path)
+    return fig
+
+
+def training_curves(rows, path, title):
+    """Test accuracy (evaluation epochs) and training error against epoch, for one run."""
+    save(curves_figure(rows, title), path)
 
 
 def comparison(runs, path, title="Comparison"):

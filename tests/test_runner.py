@@ -279,3 +279,16 @@ def test_net2_learns_real_mnist_quickly(tmp_path):
     assert result.exit_code == 0, result.output
     summary = runs.read_json(os.path.join(runs.list_runs(str(tmp_path))[0], "summary.json"))
     assert summary["test_samples"] == 2000 and summary["final_test_acc"] > 0.88
+
+
+def test_curves_panels_leave_room_for_each_others_labels():
+    from cnnrun import plots
+    rows = [dict(epoch=e, train_acc=1 - 0.5 / e, test_acc=0.9 + e / 100 if e % 2 == 0 else None)
+            for e in range(1, 9)]
+    fig = plots.curves_figure(rows, "title")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    left, right = fig.axes
+    right_label = right.yaxis.label.get_window_extent(renderer)
+    left_box = left.get_tightbbox(renderer)
+    assert right_label.x0 > left_box.x1  # the right panel's y label starts after the left panel ends
