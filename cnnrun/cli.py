@@ -1,15 +1,18 @@
 """The `cnnrun` command line: each verb parses its options, calls the library, prints."""
 
 import json
+import os
 import shlex
 import sys
 
 import click
 import numpy as np
+import yaml
 
 from cnnrun import __version__
 from cnnrun.config import build_network, load_config
 from cnnrun.errors import CnnrunError
+from cnnrun.reports import cell
 
 
 class Group(click.Group):
@@ -249,12 +252,21 @@ def plot_cmd(run_dirs, runs_dir, out):
     Per run: curves.png (test accuracy, training error) and filters.png (first conv
     layer). Several runs: comparison.png with a line per run, and comparison.md /
     comparison.csv tables (network, epochs, final and best test accuracy).
+    A sweep folder: its results.csv, summary.csv/.md and curves.png, from its runs.
     """
-    import os
-
     from cnnrun import runs
     from cnnrun.reports import COMPARISON_COLUMNS, compare_runs, redraw_run
 
+    from cnnrun import sweep
+
+    sweeps = [d for d in run_dirs if sweep.is_sweep(d)]
+    for d in sweeps:
+        table = sweep.write_results(d)
+        click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))
+        click.echo(f"redrew results.csv, summary.csv, summary.md and curves.png in {d}")
+    run_dirs = [d for d in run_dirs if d not in sweeps]
+    if sweeps and not run_dirs:
+        return
     dirs = [runs.resolve_run(d, runs_dir) for d in run_dirs] or [runs.resolve_run(None, runs_dir)]
     table = []
     for d in dirs:
@@ -271,12 +283,10 @@ def plot_cmd(run_dirs, runs_dir, out):
 @runs_dir_option
 def runs_cmd(runs_dir):
     """List the runs in --runs-dir: epochs done, test accuracy, status."""
-    import os
+    from cnnrun import runs, sweep
 
-    from cnnrun import runs
-
-    found = runs.list_runs(runs_dir)
-    if not found:
+    found, sweeps = runs.list_runs(runs_dir), sweep.list_sweeps(runs_dir)
+    if not found and not sweeps:
         click.echo(f"no runs in {runs_dir}")
         return
     rows = []
@@ -285,7 +295,17 @@ def runs_cmd(runs_dir):
         acc = [s.get("final_test_acc"), s.get("best_test_acc")]
         rows.append((os.path.basename(d), s.get("name", "?"), f"{s.get('epochs_done', 0)}/{s.get('epochs_planned', '?')}",
                      *("" if not isinstance(a, (int, float)) else f"{a:.4f}" for a in acc), runs.run_status(s)))
-    click.echo(format_table(["run", "config", "epochs", "final acc", "best acc", "status"], rows))
+    if rows:
+        click.echo(format_table(["run", "config", "epochs", "final acc", "best acc", "status"], rows))
+    if sweeps:
+        rows = []
+        for d in sweeps:
+            results = sweep.result_rows(d)
+            counts = {}
+            for r in results:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            rows.append((os.path.basename(d), len(results), ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))))
+        click.echo(("\n" if found else "") + format_table(["sweep", "runs", "status"], rows))
 
 
 @main.command(name="predict", short_help="Classify your own digit images.")
@@ -357,8 +377,6 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
     results (JSON, CSV), accuracy-vs-eps plot and example grids in a new folder
     RUN_DIR/attacks/...; with several runs, also a comparison plot and table.
     """
-    import os
-
     from cnnrun.attacks import METHODS
     from cnnrun.data import load_data
     from cnnrun.reports import attack_run, compare_attacks
@@ -389,6 +407,97 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
         columns, rows = compare_attacks(reports, methods, eps_list, out)
         click.echo(format_table(columns, rows))
         click.echo(f"saved comparison.png, comparison.md and comparison.csv in {out}")
+
+
+@main.command(name="sweep", short_help="Many runs (configs x grid x seeds) on Dask, locally or on a cluster.")
+@click.argument("sources", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--seeds", help="Seeds: a range 0-4 or a list 0,1,2 [default: the spec's, else 0].")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="Train every value of a config key, e.g. --grid train.lr=0.005,0.01 (repeatable: "
+                   "the product of all).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value in every run, e.g. --set train.epochs=20 (repeatable).")
+@click.option("--name", help="Name of the sweep folder [default: the spec's name, else 'sweep'].")
+@click.option("--resume", "resume_dir", type=click.Path(),
+              help="Continue this sweep folder: finished runs are skipped, stopped ones resume.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes of the local cluster, one BLAS thread each [default: the number of cores].")
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="Send the runs to this existing Dask scheduler instead of starting a local cluster.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10, show_default=True,
+              help="Seconds to wait for the scheduler and its first worker.")
+@click.option("--dashboard", is_flag=True, help="Serve the local cluster's Dask dashboard on port 8787.")
+@data_dir_option
+@runs_dir_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-run lines.")
+def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, scheduler, timeout, dashboard, data_dir,
+              runs_dir, quiet):
+    """Train every combination of configs, grid settings and seeds as ordinary runs, in
+    parallel on Dask distributed, in a sweep folder RUNS_DIR/sweeps/TIMESTAMP-NAME/.
+
+    SOURCES is a sweep spec (a YAML file listing `configs`, `seeds`, `grid` and `set`)
+    or one or more configs. The sweep folder holds each run's folder, sweep.yaml (the
+    plan), results.csv, summary.csv/.md (mean, standard deviation, min and max of the
+    final test accuracy per config and setting) and curves.png. Runs use one BLAS
+    thread each; a run whose worker dies is rescheduled and resumes from its checkpoint.
+    """
+    from cnnrun import sweep
+
+    sweep.require_dask()
+    if resume_dir:
+        if sources or seeds or grid or overrides or name:
+            raise CnnrunError("--resume continues a sweep as planned; give no configs, --seeds, --grid, --set "
+                              "or --name with it")
+        sweep.load_sweep(resume_dir)
+        sweep_dir = resume_dir
+    else:
+        if not sources:
+            raise CnnrunError("give a sweep spec or one or more configs (or --resume SWEEP_DIR)")
+        spec_files = [p for p in sources if sweep.is_spec_file(p)]
+        if spec_files and len(sources) > 1:
+            raise CnnrunError(f"{spec_files[0]}: a sweep spec is given alone, not with other files")
+        if spec_files:
+            raw, spec_dir = sweep.load_spec(spec_files[0]), os.path.dirname(os.path.abspath(spec_files[0]))
+            source = spec_files[0]
+        else:
+            raw, spec_dir, source = dict(configs=list(sources)), None, "sweep"
+        spec = sweep.check_spec(raw, source)
+        if seeds is not None:
+            spec["seeds"] = sweep.parse_seeds(seeds, "--seeds")
+        for text in grid:
+            key, values = sweep.parse_grid_option(text)
+            spec["grid"][key] = values
+        for text in overrides:
+            key, sep, value = text.partition("=")
+            if not sep or not key:
+                raise CnnrunError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=20")
+            try:
+                spec["set"][key] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise CnnrunError(f"--set {text!r}: the value is not valid YAML") from None
+        if name is not None:
+            spec["name"] = name
+        spec = sweep.check_spec(spec, "the sweep")
+        entries, configs = sweep.expand(spec, spec_dir)
+    cluster = sweep.Cluster(scheduler, workers, dashboard, timeout)
+    with cluster as client:
+        if not resume_dir:
+            sweep_dir = sweep.create_sweep(runs_dir, spec, entries, configs)
+        _, entries = sweep.load_sweep(sweep_dir)
+        todo = sweep.pending_runs(sweep_dir, entries)
+        click.echo(f"sweep {os.path.basename(sweep_dir)}: {len(todo)} of {len(entries)} runs to train on "
+                   f"{cluster.describe()} -> {sweep_dir}")
+        try:
+            table, failures = sweep.run_sweep(sweep_dir, client, data_dir, progress=not quiet and sys.stderr.isatty(),
+                                              log=(lambda _: None) if quiet else click.echo)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
+            sys.exit(130)
+    click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))
+    click.echo(f"saved results.csv, summary.csv, summary.md and curves.png in {sweep_dir}")
+    if failures:
+        raise CnnrunError(f"{len(failures)} run(s) failed, first {failures[0][0]}: {failures[0][1]}; "
+                          f"resume with: cnnrun sweep --resume {sweep_dir}")
 
 
 if __name__ == "__main__":

@@ -178,14 +178,22 @@ def apply_override(config, assignment, source="--set"):
     `model.layers[0].conv.filters=4`, or replaced whole: `model.layers[2]=relu`.
     """
     key, sep, text = assignment.partition("=")
-    parts = _key_path(key) if sep else None
-    if not parts:
+    if not sep or not _key_path(key):
         raise CnnrunError(f"{source} {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.05 "
                           f"or model.layers[0].conv.filters=4")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise CnnrunError(f"{source} {assignment!r}: the value is not valid YAML") from None
+    return set_value(config, key, value, source, f"{source} {assignment!r}")
+
+
+def set_value(config, key, value, source="--set", shown=None):
+    """A new validated config with the value at dotted `key` (see `apply_override`) replaced.
+    Errors start with `source` (`shown` for a key path that does not exist)."""
+    parts, shown = _key_path(key), shown or source
+    if not parts:
+        raise CnnrunError(f"{shown}: {key!r} is not a key path like train.lr or model.layers[0].conv.filters")
     raw = copy.deepcopy(config)
     node = raw
     for depth, part in enumerate(parts):
@@ -193,9 +201,9 @@ def apply_override(config, assignment, source="--set"):
         if isinstance(part, int):
             if not isinstance(node, list) or part >= len(node):
                 size = f"has {len(node)} entries" if isinstance(node, list) else "is not a list"
-                raise CnnrunError(f"{source} {assignment!r}: {where}: no such entry (the list {size})")
+                raise CnnrunError(f"{shown}: {where}: no such entry (the list {size})")
         elif not isinstance(node, dict) or (depth < len(parts) - 1 and part not in node):
-            raise CnnrunError(f"{source} {assignment!r}: {where}: no such section")
+            raise CnnrunError(f"{shown}: {where}: no such section")
         if depth == len(parts) - 1:
             node[part] = value
         else:

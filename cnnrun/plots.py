@@ -120,3 +120,17 @@ def adversarial_examples(clean, adversarial, labels, clean_pred, clean_conf, adv
             ax.axis("off")
     fig.suptitle(title)
     save(fig, path)
+
+
+def mean_curves(lines, path, title):
+    """`lines`: list of `(label, epochs, mean, std)`; each mean line with a band of one std."""
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    for label, epochs, mean, std in lines:
+        mean, std = np.array(mean), np.array(std)
+        (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=label)
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend()
+    save(fig, path)

@@ -1,0 +1,427 @@
+"""Sweeps: many ordinary training runs (configs x grid settings x seeds) on Dask distributed.
+
+A sweep folder `RUNS_DIR/sweeps/YYYYmmdd-HHMMSS-NAME/` holds
+
+    sweep.yaml     the spec and the expanded plan, one entry per run
+    NNN-NAME-sS/   one ordinary run folder per entry (what `cnnrun train` writes)
+    results.csv    one row per run, read back from the run folders
+    summary.csv    per config and setting: n, mean, std, min, max of the final test accuracy
+    summary.md     the same as a Markdown table
+    curves.png     test accuracy against epoch: mean and a band of one standard deviation
+
+Every run folder is created, with its config, before anything is trained. A Dask
+task trains one folder with `train_run(..., resume=True)`: a task that is
+rescheduled after its worker died, or re-run by `sweep --resume`, continues from
+the run's last checkpoint, so no epoch is duplicated or missing.
+"""
+
+import itertools
+import os
+import socket
+import time
+import warnings
+
+import numpy as np
+import yaml
+
+from cnnrun import plots, runs
+from cnnrun.config import NAME, build_network, load_config, set_value
+from cnnrun.errors import CnnrunError
+from cnnrun.fileio import write_atomic, write_csv
+from cnnrun.reports import write_tables
+
+SPEC_KEYS = ("name", "configs", "seeds", "grid", "set")
+INSTALL_HINT = "cnnrun sweep needs Dask: pip install -e '.[sweep]' (dask[distributed] and threadpoolctl)"
+RESULT_COLUMNS = ["run", "config", "setting", "overrides", "seed", "status", "epochs_done", "epochs_planned",
+                  "final_test_acc", "best_test_acc", "wall_time_s", "run_dir"]
+SUMMARY_COLUMNS = ["config", "setting", "n", "mean", "std", "min", "max", "epochs"]
+
+
+def require_dask():
+    """Import Dask distributed and threadpoolctl, or say in one line how to install them."""
+    try:
+        import distributed  # noqa: F401
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        raise CnnrunError(INSTALL_HINT) from None
+
+
+# --- the spec -------------------------------------------------------------------
+
+def parse_seeds(value, where="seeds"):
+    """`3`, `[0, 1, 2]`, `"0-4"` or `"0,2,5"` -> a list of distinct non-negative ints."""
+    if isinstance(value, str):
+        seeds = []
+        for part in value.split(","):
+            low, dash, high = part.strip().partition("-")
+            try:
+                seeds += list(range(int(low), int(high) + 1)) if dash else [int(low)]
+            except ValueError:
+                raise CnnrunError(f"{where}: {value!r}: expected integers, e.g. 0-4 or 0,1,2") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        seeds = [value]
+    elif isinstance(value, list):
+        seeds = value
+    else:
+        raise CnnrunError(f"{where}: expected a list of integers or a range like 0-4, got {value!r}")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise CnnrunError(f"{where}: expected non-negative integers, got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise CnnrunError(f"{where}: a seed is listed twice in {value!r}")
+    return seeds
+
+
+def parse_grid_option(text):
+    """`train.lr=0.005,0.01` (or `train.kernel=[[3,3],[5,5]]`) -> `("train.lr", [0.005, 0.01])`."""
+    key, sep, values = text.partition("=")
+    if not sep or not key or not values:
+        raise CnnrunError(f"--grid {text!r}: expected KEY=V1,V2,..., e.g. train.lr=0.005,0.01")
+    try:
+        parsed = yaml.safe_load(values) if values.lstrip().startswith("[") else \
+            [yaml.safe_load(v) for v in values.split(",")]
+    except yaml.YAMLError:
+        raise CnnrunError(f"--grid {text!r}: the values are not valid YAML") from None
+    return key, parsed
+
+
+def check_spec(spec, source):
+    """A spec mapping -> the same with defaults, or a one-line error naming the key."""
+    if not isinstance(spec, dict):
+        raise CnnrunError(f"{source}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise CnnrunError(f"{source}: {unknown[0]}: unknown key; expected one of {', '.join(SPEC_KEYS)}")
+    name = spec.get("name", "sweep")
+    if not NAME[1](name):
+        raise CnnrunError(f"{source}: name: expected {NAME[0]}, got {name!r}")
+    configs = spec.get("configs")
+    if not isinstance(configs, list) or not configs or not all(isinstance(c, str) and c for c in configs):
+        raise CnnrunError(f"{source}: configs: expected a non-empty list of config file paths")
+    seeds = parse_seeds(spec.get("seeds", [0]), f"{source}: seeds")
+    grid = spec.get("grid") or {}
+    sets = spec.get("set") or {}
+    for key, what in (("grid", grid), ("set", sets)):
+        if not isinstance(what, dict) or not all(isinstance(k, str) and k for k in what):
+            raise CnnrunError(f"{source}: {key}: expected a mapping of config keys, e.g. {{train.lr: ...}}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise CnnrunError(f"{source}: grid.{key}: expected a non-empty list of values, got {values!r}")
+    return dict(name=name, configs=configs, seeds=seeds, grid=grid, set=sets)
+
+
+def load_spec(path):
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise CnnrunError(f"{path}: no such sweep spec") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CnnrunError(f"{path}: cannot read the sweep spec ({e})") from None
+    return raw
+
+
+def is_spec_file(path):
+    """Whether a YAML file is a sweep spec (it lists `configs:`) rather than one config."""
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and "configs" in raw
+
+
+def setting_label(setting):
+    """`{"train.lr": 0.01}` -> `"train.lr=0.01"`; no grid -> `"default"`."""
+    return " ".join(f"{k}={v}" for k, v in setting.items()) or "default"
+
+
+def resolve_config_path(path, spec_dir):
+    """A config path as written in a spec: relative to the current folder, else to the spec's."""
+    if os.path.isabs(path) or os.path.exists(path) or spec_dir is None:
+        return path
+    beside = os.path.join(spec_dir, path)
+    return beside if os.path.exists(beside) else path
+
+
+def expand(spec, spec_dir=None):
+    """The plan: one entry per (config, grid setting, seed), each config validated and built
+    (so every mistake shows before any run starts). Returns `(entries, resolved configs)`."""
+    keys = list(spec["grid"])
+    settings = [dict(zip(keys, values)) for values in itertools.product(*spec["grid"].values())]
+    entries, configs = [], []
+    for config_path in spec["configs"]:
+        path = resolve_config_path(config_path, spec_dir)
+        base = load_config(path)
+        for setting in settings:
+            overrides = {**spec["set"], **setting}
+            for seed in spec["seeds"]:
+                cfg = base
+                for key, value in overrides.items():
+                    cfg = set_value(cfg, key, value, f"{path}, sweep set/grid")
+                cfg = set_value(cfg, "seed", seed, f"{path}, sweep seeds")
+                build_network(cfg)  # shapes and memory, checked now
+                index = len(entries)
+                entries.append(dict(run=f"{index:03d}-{cfg['name']}-s{seed}", config=os.path.abspath(path),
+                                    name=cfg["name"], setting=dict(setting), overrides=dict(overrides), seed=seed))
+                configs.append(cfg)
+    return entries, configs
+
+
+# --- the sweep folder ---------------------------------------------------------------
+
+def create_sweep(runs_dir, spec, entries, configs):
+    """The sweep folder with sweep.yaml and one run folder (config.yaml only) per entry."""
+    sweep_dir = runs.new_run_dir(os.path.join(runs_dir, "sweeps"), spec["name"])
+    for entry, cfg in zip(entries, configs):
+        os.mkdir(os.path.join(sweep_dir, entry["run"]))
+        runs.save_config(os.path.join(sweep_dir, entry["run"]), cfg)
+    write_atomic(os.path.join(sweep_dir, "sweep.yaml"),
+                 yaml.safe_dump(dict(spec=spec, runs=entries), sort_keys=False))
+    return sweep_dir
+
+
+def is_sweep(path):
+    return os.path.isfile(os.path.join(path, "sweep.yaml"))
+
+
+def load_sweep(sweep_dir):
+    """`(spec, entries)` of a sweep folder; a clear error if it is not one."""
+    if not os.path.isdir(sweep_dir):
+        raise CnnrunError(f"{sweep_dir}: no such sweep folder")
+    path = os.path.join(sweep_dir, "sweep.yaml")
+    if not os.path.isfile(path):
+        raise CnnrunError(f"{sweep_dir}: not a sweep folder (no sweep.yaml)")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+        spec, entries = raw["spec"], raw["runs"]
+        for entry in entries:
+            if not NAME[1](entry["run"]):
+                raise ValueError(f"run folder name {entry['run']!r}")
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError, ValueError) as e:
+        raise CnnrunError(f"{path}: not a readable sweep plan ({e})") from None
+    return spec, entries
+
+
+def list_sweeps(runs_dir):
+    folder = os.path.join(runs_dir, "sweeps")
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, d) for d in sorted(os.listdir(folder)) if is_sweep(os.path.join(folder, d))]
+
+
+def run_state(run_dir):
+    """`(status, epochs done)` of a run folder in a sweep, from its summary."""
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
+    status = runs.run_status(summary) if summary else "pending"
+    done = summary.get("epochs_done", 0)
+    return status, done if isinstance(done, int) else 0
+
+
+# --- the task a worker runs -------------------------------------------------------
+
+_DATA = {}  # per worker process: the last data set loaded, reused by the next run that needs it
+
+
+def train_task(run_dir, data_dir=None, threads=1):
+    """Train (or continue) one run folder on this worker with `threads` BLAS threads.
+    Returns `{"status", "host", "message"}`; a diverged run is a result, not a failure."""
+    from threadpoolctl import threadpool_limits
+
+    from cnnrun.data import load_data
+    from cnnrun.runner import Stopped, train_run
+
+    if not runs.is_run(run_dir):
+        raise CnnrunError(f"worker {socket.gethostname()} cannot see the run folder {run_dir}: "
+                          f"--runs-dir must be on a filesystem every worker shares, at the same path")
+    cfg = runs.load_run_config(run_dir)
+    key = (data_dir, os.environ.get("CNNRUN_DATA_DIR"), yaml.safe_dump(cfg["data"]))
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = load_data(cfg, data_dir, progress=False)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        try:
+            summary = train_run(cfg, run_dir, _DATA[key], resume=True, progress=False, log=lambda _: None,
+                                command=f"cnnrun sweep (worker {socket.gethostname()})")
+        except Stopped as e:
+            return dict(status="diverged" if e.exit_code == 1 else "interrupted", host=socket.gethostname(),
+                        message=str(e))
+    return dict(status=summary.get("status", "finished"), host=socket.gethostname(), message="")
+
+
+# --- running it on a cluster -----------------------------------------------------------
+
+class Cluster:
+    """A Dask client: on a LocalCluster of `workers` processes started here (one thread
+    each), or on the existing scheduler at `address`. Use as a context manager."""
+
+    def __init__(self, address=None, workers=None, dashboard=False, timeout=10):
+        self.address, self.workers, self.dashboard, self.timeout = address, workers, dashboard, timeout
+        self.cluster = self.client = None
+
+    def __enter__(self):
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        if self.address:
+            try:
+                self.client = Client(self.address, timeout=self.timeout)
+            except (OSError, TimeoutError) as e:
+                raise CnnrunError(f"--scheduler {self.address}: cannot reach the scheduler within "
+                                  f"{self.timeout:g}s ({type(e).__name__})") from None
+            try:
+                self.client.wait_for_workers(1, timeout=self.timeout)
+            except (OSError, TimeoutError):
+                self.client.close()
+                raise CnnrunError(f"--scheduler {self.address}: no worker joined within {self.timeout:g}s; "
+                                  f"start some with: dask worker {self.address} --nthreads 1") from None
+        else:
+            with warnings.catch_warnings():  # without a dashboard the scheduler still serves health checks,
+                warnings.filterwarnings("ignore", message="Port .* is already in use")  # on any free port
+                self.cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
+                                            processes=True, dashboard_address=":8787" if self.dashboard else None,
+                                            silence_logs=logging.ERROR)
+            self.client = Client(self.cluster)
+        return self.client
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        return False
+
+    def describe(self):
+        workers = len(self.client.scheduler_info().get("workers", {}))
+        where = self.address or "a local cluster"
+        return f"{workers} worker{'s' if workers != 1 else ''} on {where}"
+
+
+def pending_runs(sweep_dir, entries):
+    """The entries still to train: not finished and not diverged."""
+    todo = []
+    for entry in entries:
+        status, _ = run_state(os.path.join(sweep_dir, entry["run"]))
+        if status not in ("finished", "diverged"):
+            todo.append(entry)
+    return todo
+
+
+def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0.5):
+    """Train every pending run of the sweep on `client`'s workers, showing one progress bar
+    (runs and epochs) and a line per finished run; then write results, summary and curves.
+    Returns `(results rows, failures)`; Ctrl-C cancels what is queued and raises KeyboardInterrupt."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    _, entries = load_sweep(sweep_dir)
+    todo = pending_runs(sweep_dir, entries)
+    epochs = {e["run"]: runs.load_run_config(os.path.join(sweep_dir, e["run"]))["train"]["epochs"] for e in entries}
+    data_dir = os.path.abspath(data_dir) if data_dir else None
+    futures = {client.submit(train_task, os.path.abspath(os.path.join(sweep_dir, e["run"])), data_dir,
+                             key=f"cnnrun-{os.path.basename(sweep_dir)}-{e['run']}", pure=False): e for e in todo}
+    failures = []
+    total_epochs = sum(epochs.values())
+    finished_runs = len(entries) - len(todo)
+    with tqdm(total=total_epochs, unit="epoch", disable=not progress, desc="sweep") as bar:
+        def refresh():
+            done = sum(min(run_state(os.path.join(sweep_dir, e["run"]))[1], epochs[e["run"]]) for e in entries)
+            bar.set_postfix_str(f"runs {finished_runs}/{len(entries)}", refresh=False)
+            bar.update(done - bar.n)
+
+        queue = as_completed(list(futures))
+        try:
+            while not queue.is_empty():
+                for future in queue.next_batch(block=False):
+                    entry = futures[future]
+                    finished_runs += 1
+                    if future.status == "error":
+                        message = str(future.exception()).splitlines()[0] if future.exception() else "failed"
+                        failures.append((entry["run"], message))
+                        log(f"failed {entry['run']}: {message}")
+                    else:
+                        log(run_line(sweep_dir, entry, future.result()))
+                refresh()
+                time.sleep(poll)
+            refresh()
+        except KeyboardInterrupt:
+            client.cancel(list(futures))
+            raise
+    return write_results(sweep_dir), failures
+
+
+def run_line(sweep_dir, entry, result):
+    summary = runs.read_json(os.path.join(sweep_dir, entry["run"], "summary.json"), {})
+    acc = summary.get("final_test_acc")
+    text = f"{result['status']} {entry['name']} [{setting_label(entry['setting'])}] seed {entry['seed']}"
+    if isinstance(acc, float):
+        text += f": test accuracy {acc:.4f} ({summary.get('epochs_done')} epochs, {summary.get('wall_time_s', 0):.0f}s"
+        text += f", on {result['host']})"
+    return text
+
+
+# --- results ----------------------------------------------------------------------------
+
+def result_rows(sweep_dir):
+    """One row per run of the plan, read from the run folders' own summary.json."""
+    _, entries = load_sweep(sweep_dir)
+    rows = []
+    for entry in entries:
+        run_dir = os.path.join(sweep_dir, entry["run"])
+        summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
+        rows.append(dict(run=entry["run"], config=entry["name"], setting=setting_label(entry["setting"]),
+                         overrides=setting_label(entry["overrides"]) if entry["overrides"] else "",
+                         seed=entry["seed"], status=run_state(run_dir)[0],
+                         epochs_done=summary.get("epochs_done", 0), epochs_planned=summary.get("epochs_planned"),
+                         final_test_acc=summary.get("final_test_acc"), best_test_acc=summary.get("best_test_acc"),
+                         wall_time_s=summary.get("wall_time_s"), run_dir=run_dir))
+    return rows
+
+
+def summary_rows(rows):
+    """Per (config, setting): n, mean, sample standard deviation (n - 1), min and max of the
+    final test accuracy over its finished runs, and their epochs."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["config"], row["setting"]), []).append(row)
+    table = []
+    for (config, setting), members in groups.items():
+        accs = [r["final_test_acc"] for r in members if r["status"] == "finished"
+                and isinstance(r["final_test_acc"], (int, float))]
+        epochs = sorted({r["epochs_done"] for r in members if r["status"] == "finished"})
+        table.append(dict(config=config, setting=setting, n=len(accs),
+                          mean=float(np.mean(accs)) if accs else None,
+                          std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+                          min=float(np.min(accs)) if accs else None, max=float(np.max(accs)) if accs else None,
+                          epochs="/".join(map(str, epochs))))
+    return table
+
+
+def curve_groups(sweep_dir, rows):
+    """`[(label, epochs, mean, std)]`: test accuracy per evaluated epoch, over each group's runs."""
+    groups = {}
+    for row in rows:
+        metrics = runs.read_metrics(row["run_dir"])
+        tested = {m["epoch"]: m["test_acc"] for m in metrics if m["test_acc"] is not None}
+        groups.setdefault((row["config"], row["setting"]), []).append(tested)
+    lines = []
+    for (config, setting), curves in groups.items():
+        epochs = sorted(set().union(*curves))
+        values = [[c[e] for c in curves if e in c] for e in epochs]
+        label = config if setting == "default" else f"{config} [{setting}]"
+        lines.append((label, epochs, [float(np.mean(v)) for v in values],
+                      [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]))
+    return lines
+
+
+def write_results(sweep_dir):
+    """results.csv, summary.csv, summary.md and curves.png in the sweep folder; returns the summary rows."""
+    rows = result_rows(sweep_dir)
+    write_csv(os.path.join(sweep_dir, "results.csv"), RESULT_COLUMNS, rows)
+    table = summary_rows(rows)
+    write_tables(sweep_dir, "summary", SUMMARY_COLUMNS, [[r[c] for c in SUMMARY_COLUMNS] for r in table])
+    spec, _ = load_sweep(sweep_dir)
+    plots.mean_curves(curve_groups(sweep_dir, rows), os.path.join(sweep_dir, "curves.png"),
+                      f"{spec.get('name', 'sweep')}: test accuracy, mean and one standard deviation over seeds")
+    return table

@@ -1,0 +1,235 @@
+"""Sweeps on real Dask distributed: a local cluster, an existing scheduler with its own
+workers, a worker killed mid-run, --resume, and bad specs."""
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from threadpoolctl import threadpool_limits
+
+from cnnrun import runs, sweep
+from cnnrun.cli import main
+from idx import make_digits, write_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = make_digits(tmp / "data", n_train=512)
+    a = write_config(tmp / "a.yaml", name="a", train__epochs=3)
+    b = write_config(tmp / "b.yaml", name="b", train__epochs=2, train__lr=0.05)
+    return dict(tmp=tmp, data=str(data), a=a, b=b)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def metrics_without_seconds(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.read_metrics(run_dir)]
+
+
+def weights(run_dir):
+    with np.load(os.path.join(run_dir, "weights.npz")) as w:
+        return {k: w[k].copy() for k in w.files}
+
+
+def reference_run(tiny, config, seed, runs_dir, **kw):
+    """The same run by `cnnrun train`, with one BLAS thread as a sweep worker has."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        args = ["train", config, "--seed", seed, "--data-dir", tiny["data"], "--runs-dir", runs_dir, "--quiet"]
+        result = cli(*args)
+    assert result.exit_code == 0, result.output
+    return runs.list_runs(runs_dir)[-1]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def only_sweep(runs_dir):
+    [sweep_dir] = sweep.list_sweeps(runs_dir)
+    return sweep_dir
+
+
+def test_a_local_sweep_writes_results_that_match_its_runs(tiny):
+    runs_dir = tiny["tmp"] / "local"
+    result = cli("sweep", tiny["a"], tiny["b"], "--seeds", "0-1", "--workers", 2, "--data-dir", tiny["data"],
+                 "--runs-dir", runs_dir)
+    assert result.exit_code == 0, result.output
+    sweep_dir = only_sweep(runs_dir)
+    plan = yaml.safe_load(open(os.path.join(sweep_dir, "sweep.yaml")))
+    assert [(e["name"], e["seed"]) for e in plan["runs"]] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    results = read_csv(os.path.join(sweep_dir, "results.csv"))
+    assert len(results) == 4
+    for row in results:
+        run_dir = os.path.join(sweep_dir, row["run"])
+        summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+        metrics = runs.read_metrics(run_dir)
+        assert row["status"] == summary["status"] == "finished"
+        assert float(row["final_test_acc"]) == summary["final_test_acc"] == metrics[-1]["test_acc"]
+        assert int(row["epochs_done"]) == len(metrics) == {"a": 3, "b": 2}[row["config"]]
+        assert runs.load_run_config(run_dir)["seed"] == int(row["seed"])
+    summary_rows = read_csv(os.path.join(sweep_dir, "summary.csv"))
+    assert [(r["config"], r["n"]) for r in summary_rows] == [("a", "2"), ("b", "2")]
+    for r in summary_rows:
+        accs = [float(x["final_test_acc"]) for x in results if x["config"] == r["config"]]
+        assert float(r["mean"]) == pytest.approx(np.mean(accs), abs=5e-5)
+        assert float(r["std"]) == pytest.approx(np.std(accs, ddof=1), abs=5e-5)
+        assert float(r["min"]) == pytest.approx(min(accs), abs=5e-5)
+    assert os.path.getsize(os.path.join(sweep_dir, "curves.png")) > 10000
+    assert "| config | setting |" in open(os.path.join(sweep_dir, "summary.md")).read()
+    listing = cli("runs", "--runs-dir", runs_dir)
+    assert os.path.basename(sweep_dir) in listing.output and "4 finished" in listing.output
+    redrawn = cli("plot", sweep_dir)
+    assert redrawn.exit_code == 0 and "summary.csv" in redrawn.output
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    log = open(tmp / "cluster.log", "w")
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                   "--no-dashboard"], stdout=log, stderr=log)]
+    time.sleep(1.0)
+    for _ in range(2):
+        processes.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard",
+                                           "--host", "127.0.0.1"], stdout=log, stderr=log))
+    from distributed import Client
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(2, timeout=60)
+    yield address
+    for p in processes[::-1]:
+        p.terminate()
+    for p in processes:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    log.close()
+
+
+def test_a_sweep_on_an_existing_scheduler_gives_exactly_the_runs_of_cnnrun_train(tiny, scheduler):
+    runs_dir = tiny["tmp"] / "remote"
+    result = cli("sweep", tiny["a"], tiny["b"], "--seeds", "0,1", "--scheduler", scheduler,
+                 "--data-dir", tiny["data"], "--runs-dir", runs_dir)
+    assert result.exit_code == 0, result.output
+    assert "on tcp://127.0.0.1" in result.output
+    sweep_dir = only_sweep(runs_dir)
+    for row in read_csv(os.path.join(sweep_dir, "results.csv")):
+        config = tiny[row["config"]]
+        reference = reference_run(tiny, config, row["seed"], str(tiny["tmp"] / "reference"))
+        run_dir = os.path.join(sweep_dir, row["run"])
+        assert metrics_without_seconds(run_dir) == metrics_without_seconds(reference)
+        a, b = weights(run_dir), weights(reference)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_whose_worker_is_killed_is_rescheduled_and_resumes_exactly(tiny, scheduler):
+    long = write_config(tiny["tmp"] / "long.yaml", name="long", train__epochs=16)
+    runs_dir = tiny["tmp"] / "killed"
+    command = [sys.executable, "-m", "cnnrun.cli", "sweep", long, "--seeds", "0", "--scheduler", scheduler,
+               "--data-dir", tiny["data"], "--runs-dir", str(runs_dir), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed, deadline = None, time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        for summary_path in runs_dir.glob("sweeps/*/*/summary.json"):
+            summary = runs.read_json(str(summary_path), {})
+            if summary.get("status") == "running" and 2 <= summary.get("epochs_done", 0) < 14:
+                killed = (summary["pid"], summary["epochs_done"])
+                os.kill(summary["pid"], signal.SIGKILL)  # the worker process training this run
+    assert killed, "the run was never seen part-way"
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, out + err
+    sweep_dir = only_sweep(str(runs_dir))
+    [run_dir] = runs.list_runs(sweep_dir)
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["status"] == "finished" and summary["pid"] != killed[0]
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == list(range(1, 17))
+    reference = reference_run(tiny, long, 0, str(tiny["tmp"] / "reference-long"))
+    assert metrics_without_seconds(run_dir) == metrics_without_seconds(reference)
+    a, b = weights(run_dir), weights(reference)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_an_interrupted_sweep_trains_only_the_missing_runs(tiny):
+    runs_dir = tiny["tmp"] / "resume"
+    assert cli("sweep", tiny["a"], tiny["b"], "--seeds", "0", "--workers", 1, "--data-dir", tiny["data"],
+               "--runs-dir", runs_dir).exit_code == 0
+    sweep_dir = only_sweep(runs_dir)
+    a_run, b_run = (os.path.join(sweep_dir, d) for d in ("000-a-s0", "001-b-s0"))
+    expected = metrics_without_seconds(b_run)
+    untouched = {name: open(os.path.join(a_run, name), "rb").read() for name in os.listdir(a_run)}
+    for name in os.listdir(b_run):  # b as a stop before its first checkpoint leaves it
+        if name != "config.yaml":
+            os.remove(os.path.join(b_run, name))
+    result = cli("sweep", "--resume", sweep_dir, "--workers", 1, "--data-dir", tiny["data"], "--runs-dir", runs_dir)
+    assert result.exit_code == 0, result.output
+    assert "1 of 2 runs to train" in result.output
+    assert {name: open(os.path.join(a_run, name), "rb").read() for name in os.listdir(a_run)} == untouched
+    assert metrics_without_seconds(b_run) == expected
+    assert [r["status"] for r in read_csv(os.path.join(sweep_dir, "results.csv"))] == ["finished", "finished"]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"configs": ["A"], "colour": 1}, "colour: unknown key"),
+    ({"configs": ["A"], "grid": {"train.lr": []}}, "grid.train.lr: expected a non-empty list"),
+    ({"configs": ["A"], "seeds": ["one"]}, "seeds: expected non-negative integers"),
+    ({"configs": ["A"], "seeds": "0-x"}, "seeds: '0-x': expected integers"),
+    ({"configs": ["A", "/no/such.yaml"]}, "/no/such.yaml: no such config file"),
+    ({"configs": []}, "configs: expected a non-empty list"),
+    ({"configs": ["A"], "name": "../up"}, "name: expected one plain file-name component"),
+    ({"configs": ["A"], "set": {"train.lr": -1}}, "train.lr: expected a positive number"),
+    ({"configs": ["A"], "grid": {"model.layers[0].conv.filters": [2, 0]}}, "filters: expected a positive integer"),
+])
+def test_a_bad_spec_is_one_line_before_any_run_starts(tiny, spec, message):
+    path = tiny["tmp"] / "spec.yaml"
+    spec = {**spec, "configs": [tiny["a"] if c == "A" else c for c in spec["configs"]]}
+    path.write_text(yaml.safe_dump(spec))
+    runs_dir = tiny["tmp"] / "bad"
+    result = cli("sweep", path, "--runs-dir", runs_dir, "--data-dir", tiny["data"])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1 and message in result.output, result.output
+    assert not os.path.exists(runs_dir)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_within_the_timeout(tiny):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    started = time.monotonic()
+    result = cli("sweep", tiny["a"], "--scheduler", f"tcp://127.0.0.1:{port}", "--timeout", 2,
+                 "--runs-dir", tiny["tmp"] / "unreachable")
+    assert result.exit_code == 1 and "cannot reach the scheduler within 2s" in result.output, result.output
+    assert result.output.count("\n") == 1 and time.monotonic() - started < 30
+    assert not os.path.exists(tiny["tmp"] / "unreachable")
+
+
+def test_a_worker_that_cannot_see_the_run_folder_says_so(tmp_path):
+    with pytest.raises(Exception, match="cannot see the run folder .*shares"):
+        sweep.train_task(str(tmp_path / "elsewhere" / "000-a-s0"))
+
+
+def test_without_dask_sweep_says_how_to_install_it(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    result = cli("sweep", tiny["a"], "--runs-dir", tiny["tmp"] / "nodask")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "pip install -e '.[sweep]'" in result.output
