@@ -9,9 +9,11 @@ from cnnrun.config import build_network, load_config
 from cnnrun.errors import CnnrunError
 from cnnrun.nn import SGD, Adam, Network, exponential_lr, softmax_cross_entropy
 from cnnrun.nn.gradcheck import TOLERANCE, check_all, check_network
+from cnnrun.sweep import is_spec_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(f"configs/{name}" for name in os.listdir(os.path.join(ROOT, "configs")) if name.endswith(".yaml"))
+CONFIGS = sorted(f"configs/{name}" for name in os.listdir(os.path.join(ROOT, "configs"))
+                 if name.endswith(".yaml") and not is_spec_file(os.path.join(ROOT, "configs", name)))
 
 
 def config(name):

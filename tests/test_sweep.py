@@ -233,3 +233,14 @@ def test_without_dask_sweep_says_how_to_install_it(tiny, monkeypatch):
     result = cli("sweep", tiny["a"], "--runs-dir", tiny["tmp"] / "nodask")
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "pip install -e '.[sweep]'" in result.output
+
+
+def test_the_shipped_study_plans_every_network_over_five_seeds(monkeypatch):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(root)
+    spec = sweep.check_spec(sweep.load_spec("configs/study.yaml"), "configs/study.yaml")
+    entries, configs = sweep.expand(spec, os.path.join(root, "configs"))
+    assert len(entries) == 25
+    assert sorted({e["name"] for e in entries}) == ["net1", "net2", "net3", "net3-adv", "net4"]
+    assert {c["train"]["epochs"] for c in configs if c["name"] == "net4"} == {200}
+    assert sorted({c["seed"] for c in configs}) == [0, 1, 2, 3, 4]
