@@ -300,7 +300,11 @@ def runs_cmd(runs_dir):
     if sweeps:
         rows = []
         for d in sweeps:
-            results = sweep.result_rows(d)
+            try:
+                results = sweep.result_rows(d)
+            except CnnrunError as e:
+                rows.append((os.path.basename(d), "?", f"unreadable: {e}"))
+                continue
             counts = {}
             for r in results:
                 counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -498,6 +502,39 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
     if failures:
         raise CnnrunError(f"{len(failures)} run(s) failed, first {failures[0][0]}: {failures[0][1]}; "
                           f"resume with: cnnrun sweep --resume {sweep_dir}")
+
+
+@main.command(name="export", short_help="Write a run's network as an ONNX model, checked by onnxruntime.")
+@click.argument("run_dir", type=click.Path(), required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="The .onnx file [default: RUN_DIR/model.onnx].")
+@click.option("--check-images", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Test images onnxruntime must classify as cnnrun does before the file is written.")
+@data_dir_option
+@runs_dir_option
+def export_cmd(run_dir, output, check_images, data_dir, runs_dir):
+    """Export a run's network (default: the latest run) to ONNX (opset 17).
+
+    The model takes `image`, float32 (N, C, H, W) in [0, 1] with a dynamic batch
+    axis, and gives `probabilities` and `logits` (N, K); a `normalize` layer is
+    included, so it reads raw pixels as `cnnrun predict` does. Before writing, the
+    model must pass onnx.checker and give, in onnxruntime, the same probabilities
+    (within 1e-5) as cnnrun on the run's first test images.
+    """
+    from cnnrun import __version__, export, runs
+    from cnnrun.data import load_data
+    from cnnrun.fileio import write_atomic
+
+    export.require_onnx()
+    run_dir, cfg, net = runs.load_run(run_dir, runs_dir)
+    x = load_data(cfg, data_dir, progress=False, splits=("test",))["test"][0][:check_images]
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
+    metadata = dict(config=cfg["name"], run=os.path.basename(os.path.abspath(run_dir)),
+                    test_accuracy=summary.get("final_test_acc"), cnnrun_version=__version__)
+    data, difference = export.export(net, x, metadata)
+    output = output or os.path.join(run_dir, "model.onnx")
+    write_atomic(output, data)
+    click.echo(f"wrote {output} ({len(data):,} bytes, opset {export.OPSET}); onnxruntime agrees with cnnrun on "
+               f"{len(x)} test images (largest probability difference {difference:.1e})")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,10 @@ def checkpoint_epoch(run_dir):
 
 def run_status(summary):
     """finished / interrupted / diverged / running; `killed` if it says running but its
-    process is gone; `unknown` if that cannot be told (no pid recorded)."""
+    process is gone; `unknown` if that cannot be told (no pid recorded); `not started`
+    without a summary."""
+    if not summary:
+        return "not started"
     status = summary.get("status", "unknown")
     if status != "running":
         return status

@@ -1,0 +1,132 @@
+"""A network as an ONNX model: every cnnrun layer as the standard ONNX operator.
+
+    normalize      Sub, Div                   conv       Conv (pads, strides, optional bias)
+    maxpool        MaxPool (padding is -inf)  instance_norm  InstanceNormalization
+    flatten        Flatten (axis 1)           reshape    Reshape (batch kept)
+    dense          Gemm, or MatMul without bias
+    relu           Relu                       softmax    Softmax (axis 1)
+
+The model takes `image`, float32 `(N, C, H, W)` in [0, 1] with a dynamic batch
+axis N, and gives `probabilities` `(N, K)` and `logits` `(N, K)`.
+"""
+
+import numpy as np
+
+from cnnrun import __version__
+from cnnrun.errors import CnnrunError
+
+OPSET = 17
+INSTALL_HINT = "cnnrun export needs onnx and onnxruntime: pip install -e '.[onnx]'"
+
+
+def require_onnx():
+    """Import onnx and onnxruntime, or say in one line how to install them."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise CnnrunError(INSTALL_HINT) from None
+
+
+def _nodes(index, layer, x, constant):
+    """ONNX nodes computing `layer` on the tensor named `x`; returns `(nodes, output name)`.
+    `constant(name, array)` registers an initializer and returns its name."""
+    from onnx import helper
+
+    name, out = f"{index}.{layer.kind}", f"{index}.{layer.kind}.out"
+    p = layer.params
+    if layer.kind == "normalize":
+        mean = constant(f"{name}.mean", np.array(layer.mean, np.float32))
+        std = constant(f"{name}.std", np.array(layer.std, np.float32))
+        return [helper.make_node("Sub", [x, mean], [f"{name}.centred"]),
+                helper.make_node("Div", [f"{name}.centred", std], [out])], out
+    if layer.kind == "conv":
+        (ph, pw) = layer.padding
+        inputs = [x, constant(f"{name}.W", p["W"])] + ([constant(f"{name}.b", p["b"])] if layer.bias else [])
+        return [helper.make_node("Conv", inputs, [out], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                                 pads=[ph, pw, ph, pw])], out
+    if layer.kind == "maxpool":
+        (ph, pw) = layer.padding
+        return [helper.make_node("MaxPool", [x], [out], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                                 pads=[ph, pw, ph, pw])], out
+    if layer.kind == "instance_norm":
+        c = layer.in_shape[0]
+        gamma = p["gamma"] if layer.affine else np.ones(c, np.float32)
+        beta = p["beta"] if layer.affine else np.zeros(c, np.float32)
+        return [helper.make_node("InstanceNormalization", [x, constant(f"{name}.gamma", gamma),
+                                                           constant(f"{name}.beta", beta)], [out],
+                                 epsilon=float(layer.eps))], out
+    if layer.kind == "flatten":
+        return [helper.make_node("Flatten", [x], [out], axis=1)], out
+    if layer.kind == "reshape":
+        shape = constant(f"{name}.shape", np.array((0,) + layer.shape, np.int64))  # 0: keep the batch axis
+        return [helper.make_node("Reshape", [x, shape], [out])], out
+    if layer.kind == "dense":
+        W = constant(f"{name}.W", p["W"])
+        if layer.bias:
+            return [helper.make_node("Gemm", [x, W, constant(f"{name}.b", p["b"])], [out])], out
+        return [helper.make_node("MatMul", [x, W], [out])], out
+    if layer.kind == "relu":
+        return [helper.make_node("Relu", [x], [out])], out
+    raise CnnrunError(f"layer {index} ({layer.kind}): has no ONNX export")
+
+
+def to_onnx(net, metadata=None):
+    """The network as an `onnx.ModelProto` (opset 17), weights as float32 initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = []
+
+    def constant(name, array):
+        array = np.asarray(array)
+        array = array.astype(np.float32) if array.dtype.kind == "f" else array
+        initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    nodes, x = [], "image"
+    for index, layer in enumerate(net.layers[:-1]):
+        layer_nodes, x = _nodes(index, layer, x, constant)
+        nodes += layer_nodes
+    nodes.append(helper.make_node("Identity", [x], ["logits"]))
+    nodes.append(helper.make_node("Softmax", [x], ["probabilities"], axis=1))
+    k = net.output_shape[0]
+    graph = helper.make_graph(
+        nodes, "cnnrun", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *net.input_shape])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", k]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])], initializers)
+    model = helper.make_model(graph, producer_name="cnnrun", producer_version=__version__,
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = min(model.ir_version, 9)  # readable by onnxruntime releases of the last years
+    for key, value in (metadata or {}).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    return model
+
+
+def run_onnx(model, x):
+    """`(probabilities, logits)` of an ONNX model on `x` `(N, C, H, W)` by onnxruntime."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return tuple(session.run(["probabilities", "logits"], {"image": np.asarray(x, np.float32)}))
+
+
+def export(net, x_check, metadata=None, tolerance=1e-5):
+    """The checked model's bytes: `onnx.checker` passes, and onnxruntime's probabilities on
+    `x_check` agree with `net.forward` within `tolerance`, with the same predictions."""
+    import onnx
+
+    model = to_onnx(net, metadata)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CnnrunError(f"the exported model does not pass onnx.checker: {str(e).splitlines()[0]}") from None
+    ours = net.forward(x_check)
+    theirs, _ = run_onnx(model, x_check)
+    difference = float(np.abs(ours - theirs).max())
+    if difference > tolerance or not np.array_equal(ours.argmax(1), theirs.argmax(1)):
+        raise CnnrunError(f"onnxruntime disagrees with cnnrun on {len(x_check)} test images "
+                          f"(largest probability difference {difference:.2e}); the model was not written")
+    return model.SerializeToString(), difference
