@@ -39,7 +39,8 @@ class Group(click.Group):
 
 
 def fail(message):
-    click.echo(f"error: {message}", err=True)
+    """One line on stderr, whatever the message holds (a YAML parser's message spans several)."""
+    click.echo("error: " + " ".join(str(message).split()), err=True)
     sys.exit(1)
 
 

@@ -167,10 +167,15 @@ def read_metrics(run_dir):
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        return [{k: (int(row[k]) if k == "epoch" else float(row[k])) if row.get(k) not in ("", None) else None
+        rows = [{k: (int(row[k]) if k == "epoch" else float(row[k])) if row.get(k) not in ("", None) else None
                  for k in METRIC_COLUMNS} for row in rows]
     except (OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
         raise CnnrunError(f"{path}: not a readable metrics file ({e})") from None
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        missing = [k for k in ("epoch", "lr", "train_loss", "train_acc") if row[k] is None]
+        if missing:
+            raise CnnrunError(f"{path}: line {number} has no {', '.join(missing)} (a damaged metrics file)")
+    return rows
 
 
 def write_json(path, obj):

@@ -294,9 +294,12 @@ class Cluster:
         else:
             with warnings.catch_warnings():  # without a dashboard the scheduler still serves health checks,
                 warnings.filterwarnings("ignore", message="Port .* is already in use")  # on any free port
-                self.cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
-                                            processes=True, dashboard_address=":8787" if self.dashboard else None,
-                                            silence_logs=logging.ERROR)
+                try:
+                    self.cluster = LocalCluster(n_workers=self.workers or os.cpu_count() or 1, threads_per_worker=1,
+                                                processes=True, silence_logs=logging.ERROR,
+                                                dashboard_address=":8787" if self.dashboard else None)
+                except (RuntimeError, OSError, TimeoutError) as e:
+                    raise CnnrunError(f"could not start a local Dask cluster ({e})") from None
             self.client = Client(self.cluster)
         return self.client
 

@@ -144,3 +144,14 @@ def test_data_dir_in_the_config_must_be_a_path(setup):
     path = setup["tmp"] / "bad-dir.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert_one_line_error(cli(setup, "train", path), "data.dir: expected a path")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("metrics.csv", "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds\n1,0.1,2.0\n", "line 2 has no train_acc"),
+    ("config.yaml", "name: tiny\nmodel: {input_shape: [1, 28\n", "cannot read the run's config"),
+])
+def test_a_truncated_run_file_is_one_line_naming_it(setup, name, content, message):
+    with open(os.path.join(setup["run"], name), "w") as f:
+        f.write(content)
+    for verb in (["plot", setup["run"]], ["train", "--resume", setup["run"], "--epochs", 3, "--data-dir", setup["data"]]):
+        assert_one_line_error(cli(setup, *verb), message)
