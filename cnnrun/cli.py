@@ -192,9 +192,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
             cfg = apply_override(cfg, f"seed={seed}", "--seed")
     build_network(cfg)  # a config that does not build, or would not fit in memory, fails before any data is read
     data = load_data(cfg, data_dir, progress=not quiet)
-    if resume_dir:
-        runs.save_config(run_dir, cfg)  # --epochs may have grown
-    else:
+    if not resume_dir:
         run_dir = runs.new_run_dir(runs_dir, cfg["name"], cfg)
     show = not quiet
     if show:

@@ -83,6 +83,7 @@ def resume_action(run_dir, epochs):
     last epoch: write the final weights) or "nothing" (finished). Refuses, changing
     nothing, if the checkpoint is past `epochs`."""
     done = runs.checkpoint_epoch(run_dir)
+    runs.read_metrics(run_dir)  # a damaged metrics file is an error now, before anything is written
     if done > epochs:
         raise CnnrunError(f"{run_dir}: already trained {done} epochs; it cannot be cut to {epochs} "
                           f"(pass a larger --epochs to train on)")
@@ -194,6 +195,8 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
     elif not runs.is_run(run_dir):
         runs.save_config(run_dir, config)
     start, rows = restore(run_dir, net, optimizer) if resume else (0, [])
+    if resume:
+        runs.save_config(run_dir, config)  # --epochs may have grown it
     summary = new_summary(config, rows, start, previous, data, command, resume)
     runs.write_json(summary_path, summary)
     samples, seconds = 0, 0.0
