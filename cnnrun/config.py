@@ -143,20 +143,29 @@ def validate(raw, source="config"):
     return config
 
 
-def load_config(path):
-    """Read and validate a YAML config file."""
+def read_yaml(path, what="config file"):
+    """A YAML file's content (safe_load); a missing, unreadable or invalid file is one error
+    naming it, with the line and column of a syntax error."""
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
     except FileNotFoundError:
-        raise CnnrunError(f"{path}: no such config file") from None
+        raise CnnrunError(f"{path}: no such {what}") from None
     except IsADirectoryError:
-        raise CnnrunError(f"{path}: is a directory, not a config file") from None
+        raise CnnrunError(f"{path}: is a directory, not a {what}") from None
+    except UnicodeDecodeError:
+        raise CnnrunError(f"{path}: not a text file, so not a {what}") from None
+    except OSError as e:
+        raise CnnrunError(f"{path}: cannot read the {what} ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise CnnrunError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    return validate(raw, str(path))
+
+
+def load_config(path):
+    """Read and validate a YAML config file."""
+    return validate(read_yaml(path), str(path))
 
 
 def _key_path(key):

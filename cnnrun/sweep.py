@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from cnnrun import plots, runs
-from cnnrun.config import NAME, build_network, load_config, set_value
+from cnnrun.config import NAME, build_network, load_config, read_yaml, set_value
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.reports import write_tables
@@ -111,22 +111,14 @@ def check_spec(spec, source):
 
 
 def load_spec(path):
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise CnnrunError(f"{path}: no such sweep spec") from None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CnnrunError(f"{path}: cannot read the sweep spec ({e})") from None
-    return raw
+    return read_yaml(path, "sweep spec")
 
 
 def is_spec_file(path):
     """Whether a YAML file is a sweep spec (it lists `configs:`) rather than one config."""
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raw = read_yaml(path)
+    except CnnrunError:
         return False
     return isinstance(raw, dict) and "configs" in raw
 

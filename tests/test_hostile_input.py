@@ -155,3 +155,10 @@ def test_a_truncated_run_file_is_one_line_naming_it(setup, name, content, messag
         f.write(content)
     for verb in (["plot", setup["run"]], ["train", "--resume", setup["run"], "--epochs", 3, "--data-dir", setup["data"]]):
         assert_one_line_error(cli(setup, *verb), message)
+
+
+def test_a_config_that_is_not_text_is_one_line(setup):
+    path = setup["tmp"] / "binary.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    for verb in (["train", path, "--data-dir", setup["data"]], ["bench", path], ["sweep", path]):
+        assert_one_line_error(cli(setup, *verb, runs_dir=verb[0] != "bench"), "binary.yaml: not a text file")
