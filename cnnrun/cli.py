@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from cnnrun import __version__
-from cnnrun.config import build_network, load_config
+from cnnrun.config import build_network, load_config, parse_yaml
 from cnnrun.errors import CnnrunError
 from cnnrun.reports import cell
 
@@ -475,7 +475,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
             if not sep or not key:
                 raise CnnrunError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=20")
             try:
-                spec["set"][key] = yaml.safe_load(value)
+                spec["set"][key] = parse_yaml(value)
             except yaml.YAMLError:
                 raise CnnrunError(f"--set {text!r}: the value is not valid YAML") from None
         if name is not None:
@@ -494,6 +494,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
             table, failures = sweep.run_sweep(sweep_dir, client, data_dir, progress=not quiet and sys.stderr.isatty(),
                                               log=(lambda _: None) if quiet else click.echo)
         except KeyboardInterrupt:
+            cluster.stop_now()
             click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
             sys.exit(130)
     click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))

@@ -143,12 +143,27 @@ def validate(raw, source="config"):
     return config
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-3` as a number as YAML 1.2 does (YAML 1.1, and so
+    plain PyYAML, reads a number without a dot as a string)."""
+
+
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789."))
+
+
+def parse_yaml(text_or_file):
+    """YAML text (or an open file) -> Python values, safely (no objects, no code)."""
+    return yaml.load(text_or_file, Loader=YamlLoader)
+
+
 def read_yaml(path, what="config file"):
-    """A YAML file's content (safe_load); a missing, unreadable or invalid file is one error
+    """A YAML file's content (safely parsed); a missing, unreadable or invalid file is one error
     naming it, with the line and column of a syntax error."""
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return parse_yaml(f)
     except FileNotFoundError:
         raise CnnrunError(f"{path}: no such {what}") from None
     except IsADirectoryError:
@@ -191,7 +206,7 @@ def apply_override(config, assignment, source="--set"):
         raise CnnrunError(f"{source} {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.05 "
                           f"or model.layers[0].conv.filters=4")
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text)
     except yaml.YAMLError:
         raise CnnrunError(f"{source} {assignment!r}: the value is not valid YAML") from None
     return set_value(config, key, value, source, f"{source} {assignment!r}")

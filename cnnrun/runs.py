@@ -19,7 +19,7 @@ import time
 import numpy as np
 import yaml
 
-from cnnrun.config import build_network, validate
+from cnnrun.config import build_network, parse_yaml, validate
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic, write_csv
 
@@ -87,7 +87,7 @@ def load_run_config(run_dir):
     path = os.path.join(run_dir, "config.yaml")
     try:
         with open(path) as f:
-            return validate(yaml.safe_load(f), path)
+            return validate(parse_yaml(f), path)
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise CnnrunError(f"{path}: cannot read the run's config ({e})") from None
 

@@ -18,6 +18,7 @@ the run's last checkpoint, so no epoch is duplicated or missing.
 import ctypes
 import itertools
 import os
+import signal
 import socket
 import time
 import warnings
@@ -26,7 +27,7 @@ import numpy as np
 import yaml
 
 from cnnrun import plots, runs
-from cnnrun.config import NAME, build_network, load_config, read_yaml, set_value
+from cnnrun.config import NAME, build_network, load_config, parse_yaml, read_yaml, set_value
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.reports import write_tables
@@ -78,8 +79,8 @@ def parse_grid_option(text):
     if not sep or not key or not values:
         raise CnnrunError(f"--grid {text!r}: expected KEY=V1,V2,..., e.g. train.lr=0.005,0.01")
     try:
-        parsed = yaml.safe_load(values) if values.lstrip().startswith("[") else \
-            [yaml.safe_load(v) for v in values.split(",")]
+        parsed = parse_yaml(values) if values.lstrip().startswith("[") else \
+            [parse_yaml(v) for v in values.split(",")]
     except yaml.YAMLError:
         raise CnnrunError(f"--grid {text!r}: the values are not valid YAML") from None
     return key, parsed
@@ -186,7 +187,7 @@ def load_sweep(sweep_dir):
         raise CnnrunError(f"{sweep_dir}: not a sweep folder (no sweep.yaml)")
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = parse_yaml(f)
         spec, entries = raw["spec"], raw["runs"]
         for entry in entries:
             if not NAME[1](entry["run"]):
@@ -301,6 +302,21 @@ class Cluster:
         if self.cluster is not None:
             self.cluster.close()
         return False
+
+    def stop_now(self):
+        """On Ctrl-C: a local cluster's workers are killed at once (a running task cannot be
+        interrupted, and Dask's workers ignore SIGINT); their runs keep their last checkpoint."""
+        if self.cluster is None:
+            return
+        try:
+            pids = self.client.run(os.getpid, wait=True)
+        except Exception:  # the cluster is already going down
+            pids = {}
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def describe(self):
         workers = len(self.client.scheduler_info().get("workers", {}))

@@ -156,3 +156,12 @@ def test_adversarial_config_is_resolved_with_defaults():
     assert validate(raw)["train"]["adversarial"] == dict(method="pgd", eps=0.3, ratio=0.5, random_start=False,
                                                          step_size=None, steps=10, warmup=0)
     assert load_config(os.path.join(ROOT, "configs/net3-adv.yaml"))["train"]["adversarial"]["method"] == "pgd"
+
+
+def test_a_number_written_without_a_dot_is_a_number(tmp_path):
+    raw = net2()
+    path = tmp_path / "sci.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("lr: 0.01", "lr: 1e-2"))
+    assert "lr: 1e-2" in path.read_text()
+    assert load_config(path)["train"]["lr"] == 0.01
+    assert apply_override(validate(raw), "train.lr=5e-3")["train"]["lr"] == 0.005

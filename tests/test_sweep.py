@@ -244,3 +244,43 @@ def test_the_shipped_study_plans_every_network_over_five_seeds(monkeypatch):
     assert sorted({e["name"] for e in entries}) == ["net1", "net2", "net3", "net3-adv", "net4"]
     assert {c["train"]["epochs"] for c in configs if c["name"] == "net4"} == {200}
     assert sorted({c["seed"] for c in configs}) == [0, 1, 2, 3, 4]
+
+
+def test_a_diverged_run_is_recorded_and_not_retried(tiny):
+    runs_dir = tiny["tmp"] / "diverged"
+    result = cli("sweep", tiny["a"], tiny["b"], "--set", "train.lr=1e300", "--seeds", "0", "--workers", 1,
+                 "--data-dir", tiny["data"], "--runs-dir", runs_dir)
+    assert result.exit_code == 0, result.output
+    sweep_dir = only_sweep(runs_dir)
+    assert [r["status"] for r in read_csv(os.path.join(sweep_dir, "results.csv"))] == ["diverged", "diverged"]
+    assert "diverged a [default] seed 0" in result.output
+    again = cli("sweep", "--resume", sweep_dir, "--workers", 1, "--data-dir", tiny["data"], "--runs-dir", runs_dir)
+    assert again.exit_code == 0 and "0 of 2 runs to train" in again.output
+
+
+def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
+    long = write_config(tiny["tmp"] / "ctrlc.yaml", name="ctrlc", train__epochs=16)
+    runs_dir = tiny["tmp"] / "ctrlc"
+    command = [sys.executable, "-m", "cnnrun.cli", "sweep", long, "--seeds", "0", "--workers", "1",
+               "--data-dir", tiny["data"], "--runs-dir", str(runs_dir), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        summaries = [runs.read_json(str(p), {}) for p in runs_dir.glob("sweeps/*/*/summary.json")]
+        if any(2 <= s.get("epochs_done", 0) < 10 for s in summaries):
+            break
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, out + err
+    sweep_dir = only_sweep(str(runs_dir))
+    assert f"resume with: cnnrun sweep --resume {sweep_dir}" in err
+    [run_dir] = runs.list_runs(sweep_dir)
+    assert runs.checkpoint_epoch(run_dir) < 16
+    result = cli("sweep", "--resume", sweep_dir, "--workers", 1, "--data-dir", tiny["data"])
+    assert result.exit_code == 0, result.output
+    reference = reference_run(tiny, long, 0, str(tiny["tmp"] / "reference-ctrlc"))
+    assert metrics_without_seconds(run_dir) == metrics_without_seconds(reference)
+    a, b = weights(run_dir), weights(reference)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
