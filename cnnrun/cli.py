@@ -354,16 +354,22 @@ def parse_eps(values):
     return sorted(set(out))
 
 
-@main.command(name="attack", short_help="FGSM / BIM / PGD adversarial accuracy per eps.")
+@main.command(name="attack", short_help="FGSM / BIM / PGD / APGD / AutoAttack accuracy per eps.")
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--eps", "eps_values", multiple=True, default=["0.1"], show_default=True,
               help="Perturbation size in pixel units; repeatable or a comma list (0.05,0.1,0.2,0.3).")
 @click.option("--method", "methods", multiple=True, default=["fgsm"], show_default=True,
-              help="fgsm, bim (iterative FGSM) or pgd (BIM from random starts); repeatable or a comma list.")
-@click.option("--steps", type=click.IntRange(min=1), default=40, show_default=True, help="Steps of bim and pgd.")
+              help="fgsm, bim (iterative FGSM), pgd (BIM from random starts), apgd-ce (APGD on cross-entropy), "
+                   "apgd-t (targeted APGD on the DLR loss) or autoattack (apgd-ce, then apgd-t on what survives); "
+                   "repeatable or a comma list.")
+@click.option("--steps", type=click.IntRange(min=1), help="Steps of the iterative attacks [default: 40 for bim and "
+                                                          "pgd, 100 for the APGD methods].")
 @click.option("--step-size", type=click.FloatRange(min=0, min_open=True),
               help="Step of bim and pgd [default: 2.5 * eps / steps].")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Random starts of pgd.")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Random starts of pgd and the APGD methods (per target for apgd-t).")
+@click.option("--targets", type=click.IntRange(min=1), default=9, show_default=True,
+              help="apgd-t: target the N most likely other classes in turn.")
 @click.option("--limit", type=click.IntRange(min=1), help="Attack only the first N test images [default: all].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of pgd's random starts.")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -371,8 +377,8 @@ def parse_eps(values):
 @data_dir_option
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit, seed, out, data_dir, runs_dir,
-               as_json):
+def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, targets, limit, seed, out, data_dir,
+               runs_dir, as_json):
     """Attack a run's network with adversarial examples (default: the latest run).
 
     Reports, per method and eps, the accuracy on the attacked test images and the
@@ -395,7 +401,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, limit,
     x, labels = x[:limit], labels[:limit]
     progress = not as_json and sys.stderr.isatty()
     reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed, steps=steps,
-                          step_size=step_size, restarts=restarts) for run_dir, cfg, net in loaded]
+                          step_size=step_size, restarts=restarts, targets=targets) for run_dir, cfg, net in loaded]
     if as_json:
         click.echo(json.dumps(reports[0] if len(reports) == 1 else reports))
         return

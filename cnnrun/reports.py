@@ -91,8 +91,8 @@ def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, 
             adv_pred = adv_p.argmax(axis=1)
             accuracy, success = attacks.robustness(labels, clean_pred, adv_pred)
             results.append(dict(method=method, eps=eps, accuracy=accuracy, success_rate=success, n=int(len(x)),
-                                steps=options.get("steps") if method != "fgsm" else None,
-                                restarts=options.get("restarts") if method == "pgd" else None))
+                                steps=None if method == "fgsm" else options.get("steps") or attacks.DEFAULT_STEPS[method],
+                                restarts=options.get("restarts") if method not in ("fgsm", "bim") else None))
             examples[(method, eps)] = (x_adv[shown, 0], clean_pred[shown], clean_p[shown].max(1),
                                        adv_pred[shown], adv_p[shown].max(1))
     folder = runs.new_run_dir(os.path.join(run_dir, "attacks"), "-".join(methods))

@@ -125,7 +125,7 @@ def test_attack_compares_several_runs(tiny_run):
 @pytest.mark.parametrize("args,message", [
     (["--eps", "1.5"], "--eps 1.5: must be in [0, 1]"),
     (["--eps", "big"], "--eps 'big': expected a number"),
-    (["--method", "cw"], "--method 'cw': expected one of fgsm, bim, pgd"),
+    (["--method", "cw"], "--method 'cw': expected one of fgsm, bim, pgd, apgd-ce, apgd-t, autoattack"),
 ])
 def test_attack_option_errors_are_one_line(tiny_run, args, message):
     result = attack(tiny_run, *args)
@@ -202,3 +202,74 @@ def test_adversarial_training_makes_the_network_more_robust(tiny_run):
         _, probs = attacks.evaluate_attack(net, x, labels, "fgsm", 0.3)
         accuracy[name] = attacks.robustness(labels, clean, probs.argmax(axis=1))[0]
     assert accuracy["adversarial"] > accuracy["plain"] + 0.2, accuracy
+
+
+def test_dlr_targeted_gradient_matches_finite_differences(rng):
+    from cnnrun.nn.losses import dlr_targeted
+    logits = rng.standard_normal((6, 10)) * 3
+    labels, targets = rng.integers(0, 10, 6), rng.integers(0, 10, 6)
+    targets = np.where(targets == labels, (labels + 1) % 10, targets)
+    losses, dlogits = dlr_targeted(logits, labels, targets)
+    assert losses.shape == (6,)
+    h = 1e-6
+    for i, j in [(0, 0), (1, 3), (2, labels[2]), (3, targets[3]), (4, int(np.argmax(logits[4]))), (5, 9)]:
+        up, down = logits.copy(), logits.copy()
+        up[i, j] += h
+        down[i, j] -= h
+        numeric = (dlr_targeted(up, labels, targets)[0].sum() - dlr_targeted(down, labels, targets)[0].sum()) / (2 * h)
+        assert dlogits[i, j] == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+    np.testing.assert_allclose(dlr_targeted(5 * logits, labels, targets)[0], losses, rtol=1e-9)  # scale-invariant
+
+
+def test_per_sample_cross_entropy_sums_to_the_batch_loss(rng):
+    from cnnrun.nn import softmax_cross_entropy
+    from cnnrun.nn.losses import cross_entropy_per_sample
+    logits, labels = rng.standard_normal((5, 7)), rng.integers(0, 7, 5)
+    losses, dlogits = cross_entropy_per_sample(logits, labels)
+    loss, dmean = softmax_cross_entropy(logits, np.eye(7)[labels])
+    assert losses.mean() == pytest.approx(loss) and np.allclose(dlogits, 5 * dmean)
+
+
+@pytest.mark.parametrize("method", ["apgd-ce", "apgd-t", "autoattack"])
+def test_apgd_stays_in_the_eps_ball_and_leaves_eps_zero_alone(tiny_run, method):
+    net, x, labels = trained(tiny_run)
+    y = np.eye(10, dtype=np.float32)[labels]
+    x_adv = attacks.attack(net, x, y, method, 0.1, steps=10, targets=3)
+    assert np.abs(x_adv - x).max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    np.testing.assert_array_equal(attacks.attack(net, x, y, method, 0.0, steps=5, targets=2), x)
+
+
+def test_apgd_ce_finds_the_worst_case_of_a_linear_model():
+    """For a linear two-class model the cross-entropy is largest at x - eps * sign(w0 - w1)
+    (clipped to [0, 1]): APGD must fool exactly the images fooled there."""
+    net = linear_net()
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.2, 0.8, (200, 1, 1, 4))
+    y = np.eye(2)[net.forward(x).argmax(axis=1)]  # labels: the clean predictions
+    eps = 0.15
+    W = net.layers[1].params["W"]
+    direction = np.sign(W[:, 0] - W[:, 1]).reshape(1, 1, 1, 4) * (2 * y[:, :1, None, None] - 1)
+    worst = np.clip(x - eps * direction, 0, 1)
+    expected = net.forward(worst).argmax(axis=1) != y.argmax(axis=1)
+    found = net.forward(attacks.attack(net, x, y, "apgd-ce", eps, steps=20)).argmax(axis=1) != y.argmax(axis=1)
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(found, expected)
+
+
+def test_autoattack_is_no_weaker_than_pgd_on_any_image(tiny_run):
+    net, x, labels = trained(tiny_run)
+    y = np.eye(10, dtype=np.float32)[labels]
+    fooled = {m: net.forward(attacks.attack(net, x, y, m, 0.15, steps=20, rng=np.random.default_rng(0)))
+              .argmax(axis=1) != labels for m in ("pgd", "autoattack")}
+    assert fooled["pgd"].any()
+    assert not (fooled["pgd"] & ~fooled["autoattack"]).any()
+
+
+def test_attack_verb_runs_the_apgd_methods(tiny_run):
+    result = attack(tiny_run, "--eps", "0.1", "--method", "apgd-ce,autoattack", "--steps", 5, "--targets", 2,
+                    "--limit", 20, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [(r["method"], r["steps"], r["restarts"]) for r in report["results"]] == [("apgd-ce", 5, 1),
+                                                                                     ("autoattack", 5, 1)]
+    assert report["results"][1]["accuracy"] <= report["results"][0]["accuracy"]

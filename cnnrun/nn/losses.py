@@ -27,3 +27,35 @@ def accuracy(scores, labels):
 def one_hot(labels, k, dtype=np.float32):
     """Integer labels `(N,)` -> one-hot rows `(N, k)`."""
     return np.eye(k, dtype=dtype)[labels]
+
+
+def cross_entropy_per_sample(logits, labels):
+    """Cross-entropy of each row: logits `(N, K)`, integer labels `(N,)` ->
+    `(losses (N,), gradient of their sum on the logits (N, K))`."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(labels))
+    dlogits = np.exp(log_p)
+    dlogits[rows, labels] -= 1.0
+    return -log_p[rows, labels], dlogits
+
+
+def dlr_targeted(logits, labels, targets):
+    """Targeted Difference of Logits Ratio (Croce & Hein 2020), to be maximised:
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), with pi the classes by decreasing logit.
+    Scale-invariant in the logits, so a saturated softmax does not hide the direction.
+    Returns `(losses (N,), gradient of their sum on the logits (N, K))`; K >= 4."""
+    rows = np.arange(len(labels))
+    order = np.argsort(logits, axis=1)  # ascending: pi1 is order[:, -1]
+    first, third, fourth = order[:, -1], order[:, -3], order[:, -4]
+    margin = logits[rows, labels] - logits[rows, targets]
+    scale = logits[rows, first] - 0.5 * (logits[rows, third] + logits[rows, fourth]) + 1e-12
+    # d/dz of -margin / scale = -(e_y - e_t) / scale + margin / scale**2 * (e_pi1 - e_pi3 / 2 - e_pi4 / 2)
+    dlogits = np.zeros_like(logits)
+    np.add.at(dlogits, (rows, labels), -1.0 / scale)
+    np.add.at(dlogits, (rows, targets), 1.0 / scale)
+    ratio = margin / scale ** 2
+    np.add.at(dlogits, (rows, first), ratio)
+    np.add.at(dlogits, (rows, third), -0.5 * ratio)
+    np.add.at(dlogits, (rows, fourth), -0.5 * ratio)
+    return -margin / scale, dlogits
