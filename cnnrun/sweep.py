@@ -35,7 +35,7 @@ from cnnrun.reports import write_tables
 SPEC_KEYS = ("name", "configs", "seeds", "grid", "set")
 INSTALL_HINT = "cnnrun sweep needs Dask: pip install -e '.[sweep]' (dask[distributed] and threadpoolctl)"
 RESULT_COLUMNS = ["run", "config", "setting", "overrides", "seed", "status", "epochs_done", "epochs_planned",
-                  "final_test_acc", "best_test_acc", "wall_time_s", "run_dir"]
+                  "final_test_acc", "best_test_acc", "wall_time_s"]  # run: the run's folder in the sweep folder
 SUMMARY_COLUMNS = ["config", "setting", "n", "mean", "std", "min", "max", "epochs"]
 
 
@@ -401,7 +401,7 @@ def result_rows(sweep_dir):
                          seed=entry["seed"], status=run_state(run_dir)[0],
                          epochs_done=summary.get("epochs_done", 0), epochs_planned=summary.get("epochs_planned"),
                          final_test_acc=summary.get("final_test_acc"), best_test_acc=summary.get("best_test_acc"),
-                         wall_time_s=summary.get("wall_time_s"), run_dir=run_dir))
+                         wall_time_s=summary.get("wall_time_s")))
     return rows
 
 
@@ -428,7 +428,7 @@ def curve_groups(sweep_dir, rows):
     """`[(label, epochs, mean, std)]`: test accuracy per evaluated epoch, over each group's runs."""
     groups = {}
     for row in rows:
-        metrics = runs.read_metrics(row["run_dir"])
+        metrics = runs.read_metrics(os.path.join(sweep_dir, row["run"]))
         tested = {m["epoch"]: m["test_acc"] for m in metrics if m["test_acc"] is not None}
         groups.setdefault((row["config"], row["setting"]), []).append(tested)
     lines = []
