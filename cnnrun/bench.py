@@ -19,6 +19,28 @@ def _median_seconds(fn, repeats, warmup):
     return float(np.median(times))
 
 
+def gemm_shapes(layer, n, out_shape, first):
+    """The matrix products `[(m, k, p), ...]` ((m, k) @ (k, p)) a layer's training step
+    makes at batch `n`: forward, weight gradient and (unless `first`) input gradient."""
+    if layer.kind == "conv":
+        (c, h, w), (kh, kw), (f, ho, wo) = layer.in_shape, layer.kernel, out_shape
+        shapes = [(f, c * kh * kw, n * ho * wo), (f, n * ho * wo, c * kh * kw)]
+        return shapes + ([] if first else [(c, f * kh * kw, n * h * w)])
+    if layer.kind == "dense":
+        d, u = layer.in_shape[0], layer.units
+        return [(n, d, u), (d, n, u)] + ([] if first else [(n, u, d)])
+    return []
+
+
+def gemm_seconds(shapes, dtype, repeats, warmup, rng):
+    """Median seconds of the products `shapes`, each on random matrices, timed on their own."""
+    total = 0.0
+    for m, k, p in shapes:
+        a, b = rng.random((m, k), dtype=np.float32).astype(dtype), rng.random((k, p), dtype=np.float32).astype(dtype)
+        total += _median_seconds(lambda: a @ b, repeats, warmup)
+    return total
+
+
 def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     """Time a training step (forward, loss, backward, the config's optimizer update) and
     an evaluation forward pass on a random batch `(batch_size, *input_shape)`.
@@ -26,7 +48,9 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     With adversarial training configured (`train_cfg["adversarial"]`), the making of
     the adversarial part of a batch is timed on its own, and the training figures
     with it included are reported beside the plain step.
-    Returns a dict with samples/s and a per-layer list of median forward/backward ms.
+    Returns a dict with samples/s and a per-layer list of median forward/backward ms,
+    with the time of each layer's matrix products timed alone at the same shapes
+    (`gemm_ms`), and their share of the training step (`gemm_share`).
     """
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size,) + net.input_shape, dtype=np.float32).astype(net.dtype)
@@ -65,8 +89,13 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
         for i, _ in net.backward_steps((h - y) / batch_size, need_input_grad=False):
             backward_ms[i].append((time.perf_counter() - start) * 1e3)
             start = time.perf_counter()
+    gemm_ms = [gemm_seconds(gemm_shapes(layer, batch_size, net.shapes[i + 1], i == 0), net.dtype, repeats, warmup,
+                            rng) * 1e3 for i, layer in enumerate(net.layers)]
     result["layers"] = [dict(index=i, kind=layer.kind, output_shape=list(net.shapes[i + 1]),
                              forward_ms=float(np.median(forward_ms[i])),
-                             backward_ms=float(np.median(backward_ms[i])) if backward_ms[i] else None)
+                             backward_ms=float(np.median(backward_ms[i])) if backward_ms[i] else None,
+                             gemm_ms=gemm_ms[i])
                         for i, layer in enumerate(net.layers)]
+    result["gemm_ms"] = float(sum(gemm_ms))
+    result["gemm_share"] = result["gemm_ms"] / result["train_step_ms"]
     return result

@@ -90,8 +90,9 @@ def bench_cmd(config, batch_size, repeats, warmup, as_json):
         click.echo(json.dumps(result))
         return
     rows = [(l["index"], l["kind"], "x".join(map(str, l["output_shape"])), f"{l['forward_ms']:.2f}",
-             "fused" if l["backward_ms"] is None else f"{l['backward_ms']:.2f}") for l in result["layers"]]
-    click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms"], rows))
+             "fused" if l["backward_ms"] is None else f"{l['backward_ms']:.2f}",
+             f"{l['gemm_ms']:.2f}" if l["gemm_ms"] else "") for l in result["layers"]]
+    click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms", "of which GEMM ms"], rows))
     click.echo(f"\n{cfg['name']}: {result['parameters']:,} parameters, batch {result['batch_size']}, "
                f"median of {repeats}")
     click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step, "
@@ -100,6 +101,8 @@ def bench_cmd(config, batch_size, repeats, warmup, as_json):
         click.echo(f"adversarial training: {result['adversarial_train_samples_per_s']:,.0f} samples/s "
                    f"(+{result['adversarial_batch_ms']:.1f} ms/step making the adversarial examples)")
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
+    click.echo(f"GEMMs: {result['gemm_ms']:.1f} ms of the training step ({100 * result['gemm_share']:.0f} %), "
+               f"the same matrix products timed alone")
 
 
 @main.command(name="gradcheck", short_help="Backward pass vs finite differences (float64).")

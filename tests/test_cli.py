@@ -72,3 +72,19 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), result.output
         assert "Traceback" not in result.output
+
+
+def test_bench_times_each_layers_matrix_products_at_their_shapes():
+    from cnnrun.bench import gemm_shapes
+    from cnnrun.config import build_network, load_config
+    net = build_network(load_config(NET1))  # normalize, conv 8 3x3 on 1x28x28, relu, pool, flatten, dense 10
+    conv, dense = net.layers[1], net.layers[5]
+    assert gemm_shapes(conv, 4, net.shapes[2], first=False) == [(8, 9, 4 * 26 * 26), (8, 4 * 26 * 26, 9),
+                                                                (1, 8 * 9, 4 * 28 * 28)]
+    assert gemm_shapes(conv, 4, net.shapes[2], first=True)[-1] == (8, 4 * 26 * 26, 9)  # no input gradient
+    assert gemm_shapes(dense, 4, net.shapes[6], first=False) == [(4, 1352, 10), (1352, 4, 10), (4, 10, 1352)]
+    assert gemm_shapes(net.layers[2], 4, net.shapes[3], first=False) == []
+    data = json.loads(run("bench", NET1, "--batch-size", 8, "--repeats", 1, "--warmup", 0, "--json").output)
+    assert [layer["gemm_ms"] > 0 for layer in data["layers"]] == [False, True, False, False, False, True, False]
+    assert data["gemm_ms"] == pytest.approx(sum(layer["gemm_ms"] for layer in data["layers"]))
+    assert data["gemm_share"] == pytest.approx(data["gemm_ms"] / data["train_step_ms"])
