@@ -460,7 +460,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
         if sources or seeds or grid or overrides or name:
             raise CnnrunError("--resume continues a sweep as planned; give no configs, --seeds, --grid, --set "
                               "or --name with it")
-        sweep.load_sweep(resume_dir)
+        sweep.check_runs(resume_dir)  # a damaged folder is one line, before any cluster starts
         sweep_dir = resume_dir
     else:
         if not sources:

@@ -324,6 +324,19 @@ class Cluster:
         return f"{workers} worker{'s' if workers != 1 else ''} on {where}"
 
 
+def check_runs(sweep_dir):
+    """Every run folder of a sweep readable (config and metrics), or a one-line error naming
+    the damaged file, before a cluster is started."""
+    _, entries = load_sweep(sweep_dir)
+    for entry in entries:
+        run_dir = os.path.join(sweep_dir, entry["run"])
+        if not runs.is_run(run_dir):
+            raise CnnrunError(f"{run_dir}: the run folder of the plan is missing or has no config.yaml")
+        runs.load_run_config(run_dir)
+        runs.read_metrics(run_dir)
+    return entries
+
+
 def pending_runs(sweep_dir, entries):
     """The entries still to train: not finished and not diverged."""
     todo = []

@@ -284,3 +284,17 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
     assert metrics_without_seconds(run_dir) == metrics_without_seconds(reference)
     a, b = weights(run_dir), weights(reference)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("damage", ["sweep.yaml", "000-a-s0/config.yaml", "000-a-s0/metrics.csv"])
+def test_a_damaged_sweep_folder_is_one_line_before_a_cluster_starts(tiny, damage):
+    import shutil
+    source = only_sweep(tiny["tmp"] / "local")
+    copy = tiny["tmp"] / "damaged" / damage.replace("/", "-")
+    shutil.copytree(source, copy)
+    (copy / damage).write_bytes(b"\x9c\x00garbage: [")
+    result = cli("sweep", "--resume", copy)
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "error: " in result.output, result.output
+    result = cli("plot", copy)  # the summary reads only what it needs: it may succeed, but never with a traceback
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 0 or (result.exit_code == 1 and result.output.count("\n") == 1), result.output
