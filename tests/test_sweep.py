@@ -63,12 +63,18 @@ def only_sweep(runs_dir):
     return sweep_dir
 
 
-def test_a_local_sweep_writes_results_that_match_its_runs(tiny):
+@pytest.fixture(scope="module")
+def local_sweep(tiny):
+    """2 configs x 2 seeds on a LocalCluster of 2 workers: `(runs dir, sweep folder)`."""
     runs_dir = tiny["tmp"] / "local"
     result = cli("sweep", tiny["a"], tiny["b"], "--seeds", "0-1", "--workers", 2, "--data-dir", tiny["data"],
                  "--runs-dir", runs_dir)
     assert result.exit_code == 0, result.output
-    sweep_dir = only_sweep(runs_dir)
+    return runs_dir, only_sweep(runs_dir)
+
+
+def test_a_local_sweep_writes_results_that_match_its_runs(local_sweep):
+    runs_dir, sweep_dir = local_sweep
     plan = yaml.safe_load(open(os.path.join(sweep_dir, "sweep.yaml")))
     assert [(e["name"], e["seed"]) for e in plan["runs"]] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     results = read_csv(os.path.join(sweep_dir, "results.csv"))
@@ -287,9 +293,9 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
 
 
 @pytest.mark.parametrize("damage", ["sweep.yaml", "000-a-s0/config.yaml", "000-a-s0/metrics.csv"])
-def test_a_damaged_sweep_folder_is_one_line_before_a_cluster_starts(tiny, damage):
+def test_a_damaged_sweep_folder_is_one_line_before_a_cluster_starts(tiny, local_sweep, damage):
     import shutil
-    source = only_sweep(tiny["tmp"] / "local")
+    source = local_sweep[1]
     copy = tiny["tmp"] / "damaged" / damage.replace("/", "-")
     shutil.copytree(source, copy)
     (copy / damage).write_bytes(b"\x9c\x00garbage: [")
