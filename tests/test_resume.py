@@ -9,22 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from cnnrun import runner, runs
-from cnnrun.cli import main
+from helpers import cli, metrics_without_seconds
 from idx import make_digits, write_config
-
-
-@pytest.fixture
-def setup(tmp_path):
-    data = make_digits(tmp_path / "data")
-    config = write_config(tmp_path / "tiny.yaml")
-    return dict(data=str(data), config=config, runs=str(tmp_path / "runs"), tmp=tmp_path)
-
-
-def cli(s, *args):
-    return CliRunner().invoke(main, [str(a) for a in args] + ["--runs-dir", s["runs"]])
 
 
 def train(s, *extra):
@@ -33,10 +21,6 @@ def train(s, *extra):
 
 def resume(s, run_dir, *extra):
     return cli(s, "train", "--resume", run_dir, "--data-dir", s["data"], "--quiet", *extra)
-
-
-def metrics_without_seconds(run_dir):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.read_metrics(run_dir)]
 
 
 def assert_same_run(a, b):

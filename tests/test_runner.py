@@ -9,27 +9,11 @@ from click.testing import CliRunner
 
 from cnnrun import runner, runs
 from cnnrun.cli import main
-from idx import make_digits, write_config
-
-
-@pytest.fixture
-def setup(tmp_path):
-    data = make_digits(tmp_path / "data")
-    config = write_config(tmp_path / "tiny.yaml")
-    return dict(data=str(data), config=config, runs=str(tmp_path / "runs"), tmp=tmp_path)
-
-
-def cli(s, *args):
-    args = [str(a) for a in args] + ["--runs-dir", s["runs"]]
-    return CliRunner().invoke(main, args)
+from helpers import cli, metrics_without_seconds
 
 
 def train(s, *extra):
     return cli(s, "train", s["config"], "--data-dir", s["data"], *extra)
-
-
-def metrics_without_seconds(run_dir):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.read_metrics(run_dir)]
 
 
 def test_train_writes_a_complete_run_folder(setup):
