@@ -109,8 +109,8 @@ def run_onnx(model, x):
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return tuple(session.run(["probabilities", "logits"], {"image": np.asarray(x, np.float32)}))
+    runtime = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return tuple(runtime.run(["probabilities", "logits"], {"image": np.asarray(x, np.float32)}))
 
 
 def export(net, x_check, metadata=None, tolerance=1e-5):
