@@ -6,17 +6,30 @@ import numpy as np
 
 from cnnrun import attacks
 from cnnrun.nn import make_optimizer, one_hot
+from cnnrun.nn.network import backward_through
+
+
+def _seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _block_seconds(fn, calls=3):
+    """Seconds per call over `calls` calls in a row, after one untimed call: the other
+    side's idle threads spin for a while after it stops (OpenBLAS and OpenMP threads
+    wait busily) and would slow the first call of this side."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
 
 
 def _median_seconds(fn, repeats, warmup):
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median([_seconds(fn) for _ in range(repeats)]))
 
 
 def gemm_shapes(layer, n, out_shape, first):
@@ -86,7 +99,7 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
             h = layer.forward(h)
             forward_ms[i].append((time.perf_counter() - start) * 1e3)
         start = time.perf_counter()
-        for i, _ in net.backward_steps((h - y) / batch_size, need_input_grad=False):
+        for i, _ in backward_through(net.layers, (h - y) / batch_size, need_input_grad=False):
             backward_ms[i].append((time.perf_counter() - start) * 1e3)
             start = time.perf_counter()
     gemm_ms = [gemm_seconds(gemm_shapes(layer, batch_size, net.shapes[i + 1], i == 0), net.dtype, repeats, warmup,
@@ -98,4 +111,53 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
                         for i, layer in enumerate(net.layers)]
     result["gemm_ms"] = float(sum(gemm_ms))
     result["gemm_share"] = result["gemm_ms"] / result["train_step_ms"]
+    return result
+
+
+def against_torch(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
+    """Time cnnrun and its PyTorch twin (same layers, same weights) on the same random
+    batch, in alternation A B A B so that a machine that speeds up or slows down does
+    not bias the ratio: a training step (the config's optimizer), an evaluation pass
+    and one attack step (the loss gradient on the input only). PyTorch uses as many
+    threads as it finds cores, as NumPy's BLAS does.
+
+    Returns `{"train"|"eval"|"attack_step": {"cnnrun": samples/s, "torch": samples/s,
+    "ratio": cnnrun / torch}, "torch_version", "torch_threads"}`.
+    """
+    import torch
+
+    from cnnrun import torch_twin
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size,) + net.input_shape, dtype=np.float32).astype(net.dtype)
+    k = net.output_shape[0]
+    labels = rng.integers(0, k, batch_size)
+    y = one_hot(labels, k, net.dtype)
+    model = torch_twin.twin(net)
+    xt, labels_t = torch.from_numpy(x), torch.from_numpy(labels)
+    optimizer, optimizer_t = make_optimizer(train_cfg), torch_twin.make_optimizer(model, train_cfg)
+    optimizer.lr = 1e-6
+    for group in optimizer_t.param_groups:
+        group["lr"] = 1e-6
+
+    def train():
+        net.loss_and_backward(x, y)
+        optimizer.step(net.param_grad_pairs())
+
+    def evaluate_t():
+        with torch.no_grad():
+            model(xt)
+
+    pairs = {"train": (train, lambda: torch_twin.train_step(model, optimizer_t, xt, labels_t)),
+             "eval": (lambda: net.forward(x), evaluate_t),
+             "attack_step": (lambda: net.loss_and_backward(x, y, need_input_grad=True, need_param_grads=False),
+                             lambda: torch_twin.input_gradient(model, xt, labels_t))}
+    result = dict(batch_size=batch_size, repeats=repeats, torch_version=torch.__version__,
+                  torch_threads=torch.get_num_threads())
+    for name, (ours, theirs) in pairs.items():
+        for _ in range(warmup):
+            ours(), theirs()
+        times = np.array([(_block_seconds(ours), _block_seconds(theirs)) for _ in range(repeats)])
+        ours_s, theirs_s = np.median(times, axis=0)
+        result[name] = dict(cnnrun=batch_size / ours_s, torch=batch_size / theirs_s, ratio=theirs_s / ours_s)
     return result

@@ -70,8 +70,11 @@ def main():
               help="Timed repeats; the median is reported.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
               help="Untimed repeats first.")
+@click.option("--against", type=click.Choice(["torch"]),
+              help="Also time the PyTorch twin (same layers, same weights) in alternation with "
+                   "cnnrun and print both and their ratio (needs pip install -e '.[bench]').")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def bench_cmd(config, batch_size, repeats, warmup, as_json):
+def bench_cmd(config, batch_size, repeats, warmup, against, as_json):
     """Measure training and evaluation throughput of CONFIG's network (samples/s).
 
     Uses random float32 inputs of the config's shape, so no data is needed, and
@@ -79,13 +82,20 @@ def bench_cmd(config, batch_size, repeats, warmup, as_json):
     the config's optimizer; with adversarial training configured, making the
     adversarial examples is timed too and reported beside the plain step.
     """
-    from cnnrun.bench import benchmark
+    from cnnrun.bench import against_torch, benchmark
 
+    if against:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise CnnrunError("--against torch needs PyTorch: pip install -e '.[bench]'") from None
     cfg = load_config(config)
     batch_size = batch_size or cfg["train"]["batch_size"]
     net = build_network(cfg, batch_size=batch_size)
     result = benchmark(net, cfg["train"], batch_size, repeats, warmup)
     result["config"] = cfg["name"]
+    if against:
+        result["against_torch"] = against_torch(net, cfg["train"], batch_size, repeats, warmup)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -103,6 +113,13 @@ def bench_cmd(config, batch_size, repeats, warmup, as_json):
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
     click.echo(f"GEMMs: {result['gemm_ms']:.1f} ms of the training step ({100 * result['gemm_share']:.0f} %), "
                f"the same matrix products timed alone")
+    if against:
+        vs = result["against_torch"]
+        rows = [(name, f"{vs[name]['cnnrun']:,.0f}", f"{vs[name]['torch']:,.0f}", f"{vs[name]['ratio']:.2f}x")
+                for name in ("train", "eval", "attack_step")]
+        click.echo(f"\nagainst PyTorch {vs['torch_version']} ({vs['torch_threads']} threads), timed in "
+                   f"alternation, median of {repeats}:")
+        click.echo(format_table(["samples/s", "cnnrun", "PyTorch", "cnnrun / PyTorch"], rows))
 
 
 @main.command(name="gradcheck", short_help="Backward pass vs finite differences (float64).")

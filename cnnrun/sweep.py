@@ -33,17 +33,16 @@ from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.reports import write_tables
 
 SPEC_KEYS = ("name", "configs", "seeds", "grid", "set")
-INSTALL_HINT = "cnnrun sweep needs Dask: pip install -e '.[sweep]' (dask[distributed] and threadpoolctl)"
+INSTALL_HINT = "cnnrun sweep needs Dask: pip install -e '.[sweep]' (dask[distributed])"
 RESULT_COLUMNS = ["run", "config", "setting", "overrides", "seed", "status", "epochs_done", "epochs_planned",
                   "final_test_acc", "best_test_acc", "wall_time_s"]  # run: the run's folder in the sweep folder
 SUMMARY_COLUMNS = ["config", "setting", "n", "mean", "std", "min", "max", "epochs"]
 
 
 def require_dask():
-    """Import Dask distributed and threadpoolctl, or say in one line how to install them."""
+    """Import Dask distributed, or say in one line how to install it."""
     try:
         import distributed  # noqa: F401
-        import threadpoolctl  # noqa: F401
     except ImportError:
         raise CnnrunError(INSTALL_HINT) from None
 
@@ -231,7 +230,7 @@ def keep_freed_memory():
 
 
 def train_task(run_dir, data_dir=None, threads=1):
-    """Train (or continue) one run folder on this worker with `threads` BLAS threads.
+    """Train (or continue) one run folder on this worker with `threads` threads (BLAS and the network's).
     Returns `{"status", "host", "message"}`; a diverged run is a result, not a failure."""
     from threadpoolctl import threadpool_limits
 
@@ -239,6 +238,7 @@ def train_task(run_dir, data_dir=None, threads=1):
     from cnnrun.runner import Stopped, train_run
 
     keep_freed_memory()
+    os.environ["CNNRUN_THREADS"] = str(threads)  # the network's own threads (nn/parallel.py)
     if not runs.is_run(run_dir):
         raise CnnrunError(f"worker {socket.gethostname()} cannot see the run folder {run_dir}: "
                           f"--runs-dir must be on a filesystem every worker shares, at the same path")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from cnnrun.nn import layers
 from cnnrun.nn import Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, Normalize, ReLU, Reshape, Softmax
 from cnnrun.nn.gradcheck import TOLERANCE, check_layer
 
@@ -68,6 +69,21 @@ def test_conv_matches_direct_definition(rng):
             window = xp[:, :, 2 * a:2 * a + 3, c:c + 2]
             expected = np.einsum("ncij,fcij->nf", window, W) + b
             np.testing.assert_allclose(out[:, :, a, c], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_in_chunks_of_samples_matches_one_chunk_and_finite_differences(monkeypatch, rng):
+    """Columns are made a chunk of samples at a time; with chunks of 2 samples (the last
+    one partial) the output and gradients equal those of one chunk, and pass gradcheck."""
+    layer = built(Conv2D(filters=3, kernel=3, stride=[2, 1], padding=1), (2, 7, 6), rng)
+    x, dy = rng.standard_normal((5, 2, 7, 6)), rng.standard_normal((5, 3, 4, 6))
+    whole = layer.forward(x), layer.backward(dy), layer.grads["W"].copy()
+    per_sample = 2 * 3 * 3 * 4 * 6 * x.itemsize  # bytes of one sample's forward columns
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 2 * per_sample)
+    assert len(layers.batch_chunks(5, per_sample)) == 3
+    chunked = layer.forward(x), layer.backward(dy), layer.grads["W"]
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert_gradients_match(layer, (2, 7, 6), rng, n=5)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,shape", [

@@ -7,7 +7,7 @@ import pytest
 
 from cnnrun.config import build_network, load_config
 from cnnrun.errors import CnnrunError
-from cnnrun.nn import SGD, Adam, Network, exponential_lr, softmax_cross_entropy
+from cnnrun.nn import SGD, Adam, Network, exponential_lr, parallel, softmax_cross_entropy
 from cnnrun.nn.gradcheck import TOLERANCE, check_all, check_network
 from cnnrun.sweep import is_spec_file
 
@@ -255,3 +255,54 @@ def test_the_memory_estimate_lets_the_shipped_networks_through(rng):
     for path in CONFIGS:
         net = build_network(config(path))
         assert 0 < sum(net.memory_bytes(128)) < 2 ** 30
+
+
+def test_a_batch_runs_in_parts_of_at_most_64_whatever_the_threads():
+    for n in (1, 63, 64, 65, 128, 150, 1000):
+        parts = parallel.parts(n)
+        assert parts[0].start == 0 and parts[-1].stop == n
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert max(p.stop - p.start for p in parts) <= parallel.PART_SIZE
+        assert len(parts) == -(-n // parallel.PART_SIZE)
+
+
+def test_a_batch_gives_the_same_numbers_on_one_thread_or_two(rng):
+    """150 samples run as 3 parts; on 2 threads the parts run side by side, and the
+    logits, loss, input gradient and summed parameter gradients are bit for bit the same."""
+    x, y = rng.random((150, 1, 28, 28)).astype(np.float32), one_hot(rng.integers(0, 10, 150)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        net = build_network(config("configs/net2.yaml"))
+        net.threads = threads
+        loss, logits, dx = net.loss_and_backward(x, y, need_input_grad=True)
+        results.append((loss, logits, dx, net.named_gradients()))
+    (loss1, logits1, dx1, grads1), (loss2, logits2, dx2, grads2) = results
+    assert len(net.parts) == 3 and loss1 == loss2
+    assert np.array_equal(logits1, logits2) and np.array_equal(dx1, dx2)
+    assert all(np.array_equal(grads1[name], grads2[name]) for name in grads1)
+
+
+def test_the_parts_gradient_is_the_whole_batch_gradient(rng):
+    """Summing the parts' parameter gradients gives the gradient of the whole batch's mean loss."""
+    net = Network([("conv", dict(filters=2, kernel=3)), ("relu", {}), ("flatten", {}), ("dense", dict(units=3)),
+                   ("softmax", {})], (1, 5, 5), dtype=np.float64, threads=2)
+    x, y = rng.standard_normal((130, 1, 5, 5)), one_hot(rng.integers(0, 3, 130), 3)
+    net.loss_and_backward(x, y)
+    assert len(net.parts) == 3
+    whole = {name: g.copy() for name, g in net.named_gradients().items()}
+    sums = {name: np.zeros_like(g) for name, g in whole.items()}
+    for part in net.parts:  # each part alone, its loss weighted by its share of the batch
+        n = part.stop - part.start
+        net.loss_and_backward(x[part], y[part])
+        for name, g in net.named_gradients().items():
+            sums[name] += g * n / 130
+    for name in whole:
+        np.testing.assert_allclose(whole[name], sums[name], rtol=1e-10, atol=1e-12)
+
+
+def test_a_bad_thread_count_in_the_environment_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CNNRUN_THREADS", "two")
+    with pytest.raises(CnnrunError, match="CNNRUN_THREADS='two': expected a whole number"):
+        parallel.default_threads()
+    monkeypatch.setenv("CNNRUN_THREADS", "3")
+    assert parallel.default_threads() == 3

@@ -14,6 +14,8 @@ A layer's life:
   the gradient with respect to the layer's input.
 """
 
+import copy
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -31,23 +33,65 @@ def _out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def im2col(xp, kernel, stride, out=None):
-    """Unfold windows: `(N, C, Hp, Wp)` -> columns `(C*kh*kw, N*Ho*Wo)`.
+# The columns of one chunk of samples take at most this many bytes, so that they stay in
+# the cache between being written and being multiplied (a whole batch's do not).
+CHUNK_BYTES = 4 << 20
 
-    Column `(n, a, b)` holds the window whose top-left corner is at
+
+def batch_chunks(n, bytes_per_sample):
+    """Slices of a batch of `n` whose work buffers take at most CHUNK_BYTES each."""
+    size = max(1, CHUNK_BYTES // bytes_per_sample)
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def im2col(xp, kernel, stride, out):
+    """Unfold windows, per sample: `(n, C, Hp, Wp)` -> columns `(n, C*kh*kw, Ho*Wo)` in `out`.
+
+    Column `(a, b)` of sample `n` holds the window whose top-left corner is at
     `(a*sh, b*sw)`, flattened in `(c, i, j)` order to match a `(F, C, kh, kw)`
-    weight tensor reshaped to `(F, C*kh*kw)`. `out`, if given, is reused as
-    the result (fresh pages of a large new array cost as much as the copy).
+    weight tensor reshaped to `(F, C*kh*kw)`.
     """
     (kh, kw), (sh, sw) = kernel, stride
-    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # (n, C, Ho, Wo, kh, kw)
     n, c, ho, wo = windows.shape[:4]
-    shape = (c * kh * kw, n * ho * wo)
-    if out is None or out.shape != shape or out.dtype != xp.dtype:
-        out = np.empty(shape, xp.dtype)
-    # (N, C, Ho, Wo, kh, kw) -> (C, kh, kw, N, Ho, Wo): one copy, then one big matmul.
-    np.copyto(out.reshape(c, kh, kw, n, ho, wo), windows.transpose(1, 4, 5, 0, 2, 3))
+    np.copyto(out.reshape(n, c, kh, kw, ho, wo), windows.transpose(0, 1, 4, 5, 2, 3))
     return out
+
+
+def correlate(xp, W, stride):
+    """Cross-correlation over the valid positions (a convolution layer's forward, no padding):
+    xp `(N, C, Hp, Wp)`, W `(F, C, kh, kw)` -> `(N, F, Ho, Wo)`.
+
+    Chunk by chunk of samples: unfold into columns, then one matrix product per
+    sample, `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)`, written straight into the output.
+    """
+    f, c, kh, kw = W.shape
+    n, _, hp, wp = xp.shape
+    ho, wo = _out_size(hp, kh, stride[0], 0), _out_size(wp, kw, stride[1], 0)
+    y = np.empty((n, f, ho, wo), xp.dtype)
+    W_rows = np.ascontiguousarray(W).reshape(f, c * kh * kw)
+    parts = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
+    cols = np.empty((parts[0].stop, c * kh * kw, ho * wo), xp.dtype)
+    for part in parts:
+        m = part.stop - part.start
+        im2col(xp[part], (kh, kw), stride, cols[:m])
+        np.matmul(W_rows, cols[:m], out=y[part].reshape(m, f, ho * wo))
+    return y
+
+
+def correlate_weight_grad(xp, dy, kernel, stride):
+    """dL/dW of `correlate(xp, W, stride)` given dL/dy `(N, F, Ho, Wo)`:
+    the sum over samples of `dy_n (F, Ho*Wo) @ columns_n.T` -> `(F, C, kh, kw)`,
+    computed transposed (`columns_n @ dy_n.T`), the faster shape for BLAS."""
+    (kh, kw), (n, f, ho, wo), c = kernel, dy.shape, xp.shape[1]
+    dW_t = np.zeros((c * kh * kw, f), dy.dtype)
+    parts = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
+    cols = np.empty((parts[0].stop, c * kh * kw, ho * wo), xp.dtype)
+    for part in parts:
+        m = part.stop - part.start
+        im2col(xp[part], kernel, stride, cols[:m])
+        dW_t += np.matmul(cols[:m], dy[part].reshape(m, f, ho * wo).transpose(0, 2, 1)).sum(axis=0)
+    return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
 
 
 def shifted_window(a, start, size):
@@ -94,6 +138,13 @@ class Layer:
 
     def init_params(self, rng, dtype):
         """Create `self.params` with their initial values (after `build`)."""
+
+    def replica(self):
+        """A copy sharing this layer's parameters, with a cache and gradients of its own
+        (one part of a batch runs through it; see parallel.py)."""
+        twin = copy.copy(self)
+        twin.grads, twin.cache = {}, None
+        return twin
 
     def scratch_per_sample(self):
         """Values per sample of the work buffers forward and backward use beyond
@@ -145,7 +196,6 @@ class Conv2D(Layer):
         super().__init__()
         self.filters, self.bias, self.init, self.init_gain = filters, bias, init, init_gain
         self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
-        self.cols = self.dy_cols = None  # im2col buffers, reused from batch to batch
 
     def build(self, in_shape):
         if len(in_shape) != 3:
@@ -173,35 +223,29 @@ class Conv2D(Layer):
             self.params["b"] = np.zeros(f, dtype)
 
     def scratch_per_sample(self):
-        (c, h, w), (kh, kw), (sh, sw), (ph, pw) = self.in_shape, self.kernel, self.stride, self.padding
-        ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        return c * kh * kw * ho * wo + self.filters * kh * kw * h * w  # forward and backward columns
+        return 0  # the columns are made chunk by chunk, in CHUNK_BYTES
 
     def forward(self, x):
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        n, _, h, w = x.shape
+        (ph, pw) = self.padding
         xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-        self.cols = im2col(xp, self.kernel, self.stride, self.cols)     # (C*kh*kw, N*Ho*Wo)
-        self.cache = self.cols
-        W = self.params["W"]
-        out = W.reshape(W.shape[0], -1) @ self.cols                  # (F, N*Ho*Wo)
+        self.cache = xp
+        y = correlate(xp, self.params["W"], self.stride)
         if self.bias:
-            out += self.params["b"][:, None]
-        ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        return np.ascontiguousarray(out.reshape(-1, n, ho, wo).transpose(1, 0, 2, 3))
+            y += self.params["b"][:, None, None]
+        return y
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        W = self.params["W"]
+        W, xp = self.params["W"], self.cache
         f, c, kh, kw = W.shape
         if need_grads:
-            dy_rows = dy.transpose(1, 0, 2, 3).reshape(f, -1)        # (F, N*Ho*Wo)
-            self.grads["W"] = (dy_rows @ self.cache.T).reshape(W.shape)
+            self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride)
             if self.bias:
-                self.grads["b"] = dy_rows.sum(axis=1)
+                self.grads["b"] = dy.sum(axis=(0, 2, 3))
         if not need_dx:
             return None
         # dx is the correlation of dy (dilated by the stride, zero-padded) with the
-        # flipped kernel: dx[h] = sum_i dy_dilated[h + p - i] * W[i].
+        # flipped kernel, its input and output channels swapped:
+        # dx[h] = sum_i dy_dilated[h + p - i] * W[i].
         n, _, ho, wo = dy.shape
         (sh, sw), (ph, pw) = self.stride, self.padding
         _, h, w = self.in_shape
@@ -211,10 +255,7 @@ class Conv2D(Layer):
             dilated = np.zeros((n, f, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dy.dtype)
             dilated[:, :, ::sh, ::sw] = dy
         window = shifted_window(dilated, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
-        self.dy_cols = im2col(window, (kh, kw), (1, 1), self.dy_cols)   # (F*kh*kw, N*H*W)
-        W_flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)
-        dx = W_flipped @ self.dy_cols                                # (C, N*H*W)
-        return np.ascontiguousarray(dx.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+        return correlate(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), (1, 1))
 
 
 class MaxPool2D(Layer):

@@ -10,6 +10,7 @@ from cnnrun.fileio import write_atomic
 from cnnrun.nn.layers import (
     Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, Normalize, ReLU, Reshape, Softmax,
 )
+from cnnrun.nn import parallel
 from cnnrun.nn.losses import softmax_cross_entropy
 
 # Config name -> layer class. A config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
@@ -22,16 +23,34 @@ def gib(n):
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+def backward_through(layers, dlogits, need_input_grad=True, need_param_grads=True):
+    """Back-propagate a loss gradient on the logits through `layers` but the last (the
+    softmax, fused into the loss), one layer per step: yields `(index, gradient on that
+    layer's input)`. The first layer's input gradient is None unless `need_input_grad`."""
+    grad = dlogits
+    for index in range(len(layers) - 2, -1, -1):
+        grad = layers[index].backward(grad, need_dx=need_input_grad or index > 0, need_grads=need_param_grads)
+        yield index, grad
+
+
 class Network:
     """Layers applied in order to `(N, *input_shape)` batches; ends with softmax.
 
     `layer_specs` is a list of `(kind, kwargs)`, e.g. `("conv", {"filters": 8, "kernel": 3})`.
     Each layer's output shape is inferred at build time; a layer that does not
     fit its input fails here with its index, type and the shapes involved.
+
+    A batch runs in parts of at most 64 samples, on up to `threads` threads
+    (default: `CNNRUN_THREADS`, else every core; see parallel.py); each part has
+    its own copy of the layers, and `layers` holds the parameters and the summed
+    gradients.
     """
 
-    def __init__(self, layer_specs, input_shape, seed=0, dtype=np.float32, batch_size=1, memory_limit=None):
+    def __init__(self, layer_specs, input_shape, seed=0, dtype=np.float32, batch_size=1, memory_limit=None,
+                 threads=None):
         self.input_shape, self.dtype = tuple(input_shape), np.dtype(dtype)
+        self.threads = parallel.default_threads() if threads is None else threads
+        self.replicas, self.parts = [], []  # copies of the layers, one per part of the last batch
         self.layers, self.shapes = [], [self.input_shape]
         for index, (kind, kwargs) in enumerate(layer_specs):
             if kind not in LAYERS:
@@ -108,35 +127,53 @@ class Network:
 
     # --- passes -----------------------------------------------------------
 
+    def _replicas_for(self, parts):
+        while len(self.replicas) < len(parts):
+            self.replicas.append([layer.replica() for layer in self.layers])
+        return self.replicas[:len(parts)]
+
     def logits(self, x):
         """Scores before the final softmax: `(N, *input_shape)` -> `(N, K)`."""
         x = np.asarray(x, self.dtype)
-        for layer in self.layers[:-1]:
-            x = layer.forward(x)
-        return x
+        self.parts = parallel.parts(len(x))
+        replicas = self._replicas_for(self.parts)
+
+        def part_logits(i):
+            h = x[self.parts[i]]
+            for layer in replicas[i][:-1]:
+                h = layer.forward(h)
+            return h
+
+        return np.concatenate(parallel.run(part_logits, range(len(self.parts)), self.threads))
 
     def forward(self, x):
         """Class probabilities `(N, K)`."""
         return self.layers[-1].forward(self.logits(x))
 
-    def backward_steps(self, dlogits, need_input_grad=True, need_param_grads=True):
-        """Back-propagate a loss gradient on the logits `(N, K)` through every layer
-        but the softmax (fused into the loss), one layer per step: yields
-        `(index, gradient on that layer's input)`. Fills `grads` if `need_param_grads`;
-        the first layer's input gradient is None unless `need_input_grad`."""
-        grad = dlogits
-        for index in range(len(self.layers) - 2, -1, -1):
-            grad = self.layers[index].backward(grad, need_dx=need_input_grad or index > 0,
-                                               need_grads=need_param_grads)
-            yield index, grad
-
     def backward(self, dlogits, need_input_grad=True, need_param_grads=True):
-        """All of `backward_steps`: returns the gradient on the input `(N, *input_shape)`
-        (None if not needed). `dlogits` may come from any loss on the logits."""
-        grad = dlogits
-        for _, grad in self.backward_steps(dlogits, need_input_grad, need_param_grads):
-            pass
-        return grad
+        """Back-propagate a loss gradient on the logits `(N, K)` of the last `logits` call
+        (any loss: cross-entropy, or an attack's). Fills `grads` if `need_param_grads`
+        (the sum over the parts); returns the gradient on the input `(N, *input_shape)`,
+        or None if not needed."""
+        if len(dlogits) != (self.parts[-1].stop if self.parts else -1):
+            raise ValueError(f"backward of {len(dlogits)} samples: the last forward pass was not of this batch")
+        replicas = self.replicas[:len(self.parts)]
+
+        def part_backward(i):
+            grad = dlogits[self.parts[i]]
+            for _, grad in backward_through(replicas[i], grad, need_input_grad, need_param_grads):
+                pass
+            return grad
+
+        input_grads = parallel.run(part_backward, range(len(self.parts)), self.threads)
+        if need_param_grads:
+            for index, layer in enumerate(self.layers):
+                for name in layer.params:
+                    total = replicas[0][index].grads[name]
+                    for replica in replicas[1:]:
+                        total = total + replica[index].grads[name]
+                    layer.grads[name] = total
+        return np.concatenate(input_grads) if need_input_grad else None
 
     def loss_and_backward(self, x, y, need_input_grad=False, need_param_grads=True):
         """Forward, loss against one-hot `y` `(N, K)`, backward.

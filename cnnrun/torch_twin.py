@@ -1,0 +1,107 @@
+"""The PyTorch twin of a cnnrun network: the same layers with the same weights.
+
+A yardstick only, for `cnnrun bench --against torch` and the tests: the engine
+never imports this module. PyTorch comes with the optional extra
+`pip install -e '.[bench]'`.
+"""
+
+import torch
+from torch import nn
+
+from cnnrun.errors import CnnrunError
+
+
+def twin(net):
+    """A `torch.nn.Sequential` computing `net.logits`: one module per cnnrun layer
+    but the final softmax, at the same index, holding copies of the same weights."""
+    dtype = getattr(torch, net.dtype.name)
+    modules = []
+    for layer in net.layers[:-1]:
+        p = {name: torch.tensor(value) for name, value in layer.params.items()}
+        if layer.kind == "normalize":
+            module = Normalize(layer.mean, layer.std)
+        elif layer.kind == "conv":
+            module = nn.Conv2d(layer.in_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding,
+                               bias=layer.bias, dtype=dtype)
+            _copy(module, weight=p["W"], bias=p.get("b"))
+        elif layer.kind == "maxpool":
+            module = nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
+        elif layer.kind == "instance_norm":
+            module = nn.InstanceNorm2d(layer.in_shape[0], eps=layer.eps, affine=layer.affine, dtype=dtype)
+            if layer.affine:
+                _copy(module, weight=p["gamma"], bias=p["beta"])
+        elif layer.kind == "relu":
+            module = nn.ReLU()
+        elif layer.kind == "flatten":
+            module = nn.Flatten()
+        elif layer.kind == "reshape":
+            module = Reshape(layer.shape)
+        elif layer.kind == "dense":
+            module = nn.Linear(layer.in_shape[0], layer.units, bias=layer.bias, dtype=dtype)
+            _copy(module, weight=p["W"].T, bias=p.get("b"))  # torch keeps W as (units, D)
+        else:
+            raise CnnrunError(f"layer {layer.kind!r} has no PyTorch twin")
+        modules.append(module)
+    return nn.Sequential(*modules)
+
+
+def _copy(module, weight, bias):
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+
+
+def gradients(model, net):
+    """The twin's parameter gradients after a backward pass, by cnnrun's qualified
+    names and in cnnrun's layouts (`{"1.conv.W": array, ...}`), like `net.named_gradients()`."""
+    names = {"conv": {"W": "weight", "b": "bias"}, "dense": {"W": "weight", "b": "bias"},
+             "instance_norm": {"gamma": "weight", "beta": "bias"}}
+    grads = {}
+    for i, layer in enumerate(net.layers[:-1]):
+        for name in layer.params:
+            g = getattr(model[i], names[layer.kind][name]).grad.numpy()
+            grads[f"{i}.{layer.kind}.{name}"] = g.T if layer.kind == "dense" and name == "W" else g
+    return grads
+
+
+def make_optimizer(model, train_cfg):
+    """The torch optimizer matching the config's (SGD with its momentum, or Adam)."""
+    if train_cfg["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=train_cfg["lr"])
+    return torch.optim.SGD(model.parameters(), lr=train_cfg["lr"], momentum=train_cfg["momentum"])
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std, as cnnrun's normalize layer."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class Reshape(nn.Module):
+    """`(N, *in_shape)` -> `(N, *shape)`."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        return x.reshape((x.shape[0],) + self.shape)
+
+
+def train_step(model, optimizer, x, labels):
+    """One training step of the twin: forward, mean cross-entropy, backward, update."""
+    optimizer.zero_grad(set_to_none=False)
+    torch.nn.functional.cross_entropy(model(x), labels).backward()
+    optimizer.step()
+
+
+def input_gradient(model, x, labels):
+    """What one attack step needs: the loss gradient on the input only."""
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), labels), x)[0]
