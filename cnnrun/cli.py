@@ -12,6 +12,7 @@ import yaml
 from cnnrun import __version__
 from cnnrun.config import build_network, load_config, parse_yaml
 from cnnrun.errors import CnnrunError
+from cnnrun.nn import parallel
 from cnnrun.reports import cell
 
 
@@ -61,6 +62,7 @@ def main():
     Every verb takes a YAML config (see configs/) or a run folder; `cnnrun VERB --help`
     explains each one.
     """
+    parallel.keep_freed_memory()
 
 
 @main.command(name="bench", short_help="Training and evaluation samples/s, per-layer times.")

@@ -15,7 +15,6 @@ rescheduled after its worker died, or re-run by `sweep --resume`, continues from
 the run's last checkpoint, so no epoch is duplicated or missing.
 """
 
-import ctypes
 import itertools
 import os
 import signal
@@ -27,6 +26,7 @@ import numpy as np
 import yaml
 
 from cnnrun import plots, runs
+from cnnrun.nn import parallel
 from cnnrun.config import NAME, build_network, load_config, parse_yaml, read_yaml, set_value
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic, write_csv
@@ -216,19 +216,6 @@ def run_state(run_dir):
 _DATA = {}  # per worker process: the last data set loaded, reused by the next run that needs it
 
 
-def keep_freed_memory():
-    """Dask starts its workers with MALLOC_TRIM_THRESHOLD_=65536, which also stops glibc
-    from raising its mmap threshold: every array over 128 KiB is then mapped afresh and
-    faulted in again at each batch (a third of a training run's time went to the kernel).
-    Let this process keep freed arrays of up to 32 MiB for reuse, as a plain process does."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to undo
-        return
-    libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-
-
 def train_task(run_dir, data_dir=None, threads=1):
     """Train (or continue) one run folder on this worker with `threads` threads (BLAS and the network's).
     Returns `{"status", "host", "message"}`; a diverged run is a result, not a failure."""
@@ -237,7 +224,7 @@ def train_task(run_dir, data_dir=None, threads=1):
     from cnnrun.data import load_data
     from cnnrun.runner import Stopped, train_run
 
-    keep_freed_memory()
+    parallel.keep_freed_memory()
     os.environ["CNNRUN_THREADS"] = str(threads)  # the network's own threads (nn/parallel.py)
     if not runs.is_run(run_dir):
         raise CnnrunError(f"worker {socket.gethostname()} cannot see the run folder {run_dir}: "

