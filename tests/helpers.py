@@ -1,9 +1,13 @@
-"""What several test files do with a tiny run: call the CLI in its runs folder, compare metrics."""
+"""What several test files share: the CLI on a tiny run's folder, its metrics, and real MNIST."""
 
+import os
+
+import pytest
 from click.testing import CliRunner
 
 from cnnrun import runs
 from cnnrun.cli import main
+from cnnrun.data import mnist
 
 
 def cli(s, *args):
@@ -13,3 +17,12 @@ def cli(s, *args):
 
 def metrics_without_seconds(run_dir):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.read_metrics(run_dir)]
+
+
+def real_mnist_dir():
+    d = os.environ.get("CNNRUN_DATA_DIR")
+    if d and all(mnist.find_file(d, n) for n in mnist.FILES.values()):
+        return d
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs real MNIST in CNNRUN_DATA_DIR (got {d!r})")
+    pytest.skip("real MNIST not found: set CNNRUN_DATA_DIR")

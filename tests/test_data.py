@@ -12,6 +12,7 @@ import pytest
 
 from cnnrun.data import mnist
 from cnnrun.errors import CnnrunError
+from helpers import real_mnist_dir
 from idx import idx_bytes, make_digits, write_idx
 
 
@@ -134,15 +135,6 @@ def test_load_downloads_missing_mnist_files_from_a_mirror(mirror, tmp_path, monk
     data = mnist.load(str(tmp_path / "cache"), dataset="mnist", mirrors=[url], progress=False)
     assert data["train"][0].shape == (8, 1, 28, 28)
     assert sorted(os.listdir(tmp_path / "cache")) == sorted(n + ".gz" for n in mnist.FILES.values())
-
-
-def real_mnist_dir():
-    d = os.environ.get("CNNRUN_DATA_DIR")
-    if d and all(mnist.find_file(d, n) for n in mnist.FILES.values()):
-        return d
-    if os.environ.get("CI"):
-        pytest.fail(f"CI needs real MNIST in CNNRUN_DATA_DIR (got {d!r})")
-    pytest.skip("real MNIST not found: set CNNRUN_DATA_DIR")
 
 
 def test_real_mnist_passes_its_checksums_and_has_the_standard_shape():

@@ -1,0 +1,62 @@
+"""cnnrun's APGD against the reference implementation: torchattacks 3.5.1 (Croce & Hein's
+APGD) on the PyTorch twin of a network trained briefly on real MNIST, with the same weights.
+torchattacks and PyTorch come with the [test] extra: this never skips."""
+
+import numpy as np
+import pytest
+import torch
+import torchattacks
+
+from cnnrun import attacks, torch_twin
+from cnnrun.config import build_network, load_config
+from cnnrun.data import mnist
+from cnnrun.nn import SGD
+from cnnrun.training import epoch_rng, train_epoch
+from helpers import real_mnist_dir
+
+IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """net2 after one epoch on 10,000 real training images, and the first 300 test images."""
+    data = mnist.load(real_mnist_dir(), "mnist", train_limit=10000, test_limit=IMAGES, allow_download=False,
+                      progress=False)
+    (x, labels), (x_test, labels_test) = data["train"], data["test"]
+    net = build_network(load_config("configs/net2.yaml"))
+    train_epoch(net, SGD(0.05), x, labels, 128, epoch_rng(0, 0))
+    return net, x_test, labels_test
+
+
+def robust(net, x_adv, labels):
+    """Per image: still classified right after the attack."""
+    return net.logits(x_adv).argmax(axis=1) == labels
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_apgd_ce_is_as_strong_as_torchattacks_apgd(trained, eps):
+    net, x, labels = trained
+    y = np.eye(10, dtype=np.float32)[labels]
+    ours = robust(net, attacks.attack(net, x, y, "apgd-ce", eps, rng=np.random.default_rng(0)), labels).mean()
+
+    model = torch_twin.twin(net).eval()
+    reference = torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0)
+    x_adv = reference(torch.from_numpy(x), torch.from_numpy(labels)).detach().numpy()
+    assert np.abs(x_adv - x).max() <= eps + 1e-6
+    theirs = robust(net, x_adv, labels).mean()
+
+    clean = robust(net, x, labels).mean()
+    assert clean > 0.85
+    assert abs(ours - theirs) <= 0.02, f"eps {eps}: cnnrun {ours:.3f}, torchattacks {theirs:.3f}"
+    if eps == 0.1:  # the attack must have had something to do
+        assert 0.05 < theirs < clean - 0.1, f"eps 0.1 does not separate: clean {clean:.3f}, attacked {theirs:.3f}"
+
+
+def test_autoattack_is_no_weaker_than_pgd_on_any_image(trained):
+    net, x, labels = trained
+    y = np.eye(10, dtype=np.float32)[labels]
+    eps = 0.1
+    by_pgd = robust(net, attacks.attack(net, x, y, "pgd", eps, rng=np.random.default_rng(0)), labels)
+    by_autoattack = robust(net, attacks.attack(net, x, y, "autoattack", eps, rng=np.random.default_rng(0)), labels)
+    assert by_pgd.sum() >= by_autoattack.sum()
+    assert not np.any(by_autoattack & ~by_pgd), "an image survives autoattack but not PGD"
