@@ -1,14 +1,15 @@
 """Data parallelism on the cores of one machine, and memory that stays mapped.
 
-A batch is cut into parts of at most PART_SIZE samples, and each part runs
-through its own copy of the layers (`Layer.replica`: same parameters, its own
-cache and gradients), the parts side by side in threads. NumPy releases the GIL
-in its array loops and matrix products, so the threads use several cores in
-the elementwise passes too, where a BLAS library's own threads only speed up
-the matrix products. While parts run in threads, BLAS runs one thread in each.
+A batch is cut into parts of at most PART_SIZE samples (two at least), and each
+part runs through its own copy of the layers (`Layer.replica`: same parameters,
+its own cache and gradients), the parts side by side in threads. NumPy releases
+the GIL in its array loops and matrix products, so the threads use several cores
+in the elementwise passes too, where a BLAS library's own threads only speed up
+the matrix products. BLAS runs one thread in each part.
 
-The parts depend only on the batch size, never on the number of threads: a
-batch gives the same numbers on 1 thread or on 8.
+The parts depend only on the batch size, and BLAS's threads are always one, so
+a batch gives the same numbers on 1 thread or on 8 (OpenBLAS on 2 threads sums
+some products in another order).
 """
 
 import ctypes
@@ -22,8 +23,9 @@ _blas = []          # the threadpoolctl controller, made on first use
 
 
 def parts(n):
-    """Slices cutting a batch of `n` into ceil(n / PART_SIZE) parts of nearly equal size."""
-    k = max(1, -(-n // PART_SIZE))
+    """Slices cutting a batch of `n` into ceil(n / PART_SIZE) parts of nearly equal size,
+    and into two if that is one (and n > 1), so that two cores share it."""
+    k = max(-(-n // PART_SIZE), min(n, 2))
     return [slice(n * i // k, n * (i + 1) // k) for i in range(k)]
 
 
@@ -39,16 +41,16 @@ def default_threads():
 
 
 def run(fn, items, threads):
-    """`[fn(item) for item in items]`, on up to `threads` threads at once."""
+    """`[fn(item) for item in items]`, on up to `threads` threads at once, BLAS on one."""
     items = list(items)
-    if threads <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="cnnrun-part")
     if not _blas:
         from threadpoolctl import ThreadpoolController
         _blas.append(ThreadpoolController())
     with _blas[0].limit(limits=1, user_api="blas"):
+        if threads <= 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        if threads not in _pools:
+            _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="cnnrun-part")
         return list(_pools[threads].map(fn, items))
 
 
