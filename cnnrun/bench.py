@@ -34,7 +34,8 @@ def _median_seconds(fn, repeats, warmup):
 
 def gemm_shapes(layer, n, out_shape, first):
     """The matrix products `[(m, k, p), ...]` ((m, k) @ (k, p)) a layer's training step
-    makes at batch `n`: forward, weight gradient and (unless `first`) input gradient."""
+    makes at batch `n`: forward, weight gradient and (unless `first`, the first layer
+    with parameters) input gradient."""
     if layer.kind == "conv":
         (c, h, w), (kh, kw), (f, ho, wo) = layer.in_shape, layer.kernel, out_shape
         shapes = [(f, c * kh * kw, n * ho * wo), (f, n * ho * wo, c * kh * kw)]
@@ -89,7 +90,8 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
                       adversarial_train_samples_per_s=batch_size / (train_s + adv_s))
 
     # Per layer: the same passes, each layer timed on its own (the softmax backward
-    # is fused into the loss, and the first layer needs no input gradient in training).
+    # is fused into the loss, and no layer up to the first with parameters needs an input
+    # gradient in training).
     forward_ms = [[] for _ in net.layers]
     backward_ms = [[] for _ in net.layers]
     for _ in range(repeats):
@@ -102,7 +104,8 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
         for i, _ in backward_through(net.layers, (h - y) / batch_size, need_input_grad=False):
             backward_ms[i].append((time.perf_counter() - start) * 1e3)
             start = time.perf_counter()
-    gemm_ms = [gemm_seconds(gemm_shapes(layer, batch_size, net.shapes[i + 1], i == 0), net.dtype, repeats, warmup,
+    first = next((i for i, layer in enumerate(net.layers) if layer.params), None)
+    gemm_ms = [gemm_seconds(gemm_shapes(layer, batch_size, net.shapes[i + 1], i == first), net.dtype, repeats, warmup,
                             rng) * 1e3 for i, layer in enumerate(net.layers)]
     result["layers"] = [dict(index=i, kind=layer.kind, output_shape=list(net.shapes[i + 1]),
                              forward_ms=float(np.median(forward_ms[i])),

@@ -309,3 +309,23 @@ def test_a_bad_thread_count_in_the_environment_is_a_clear_error(monkeypatch):
         parallel.default_threads()
     monkeypatch.setenv("CNNRUN_THREADS", "3")
     assert parallel.default_threads() == 3
+
+
+def test_no_input_gradient_is_made_before_the_first_layer_with_parameters(rng):
+    """In training, nothing before the first convolution needs a gradient: the conv
+    after a normalize and a parameterless instance norm is asked for none, and the
+    parameter gradients are those of a full backward pass."""
+    net = Network([("normalize", dict(mean=0.1, std=0.3)), ("instance_norm", dict(affine=False)),
+                   ("conv", dict(filters=2, kernel=3)), ("flatten", {}), ("dense", dict(units=3)), ("softmax", {})],
+                  (1, 6, 6), dtype=np.float64)
+    x, y = rng.standard_normal((4, 1, 6, 6)), one_hot(rng.integers(0, 3, 4), 3)
+    _, _, dx = net.loss_and_backward(x, y, need_input_grad=True)
+    with_input = {name: g.copy() for name, g in net.named_gradients().items()}
+    asked = []
+    conv = net.replicas[0][2]
+    original = conv.backward
+    conv.backward = lambda dy, need_dx=True, need_grads=True: asked.append(need_dx) or original(dy, need_dx, need_grads)
+    _, _, none = net.loss_and_backward(x, y)
+    assert dx is not None and none is None and asked == [False]
+    for name, g in net.named_gradients().items():
+        np.testing.assert_array_equal(g, with_input[name])

@@ -363,6 +363,8 @@ class InstanceNorm(Layer):
         return y.reshape(x.shape)
 
     def backward(self, dy, need_dx=True, need_grads=True):
+        if not need_dx and not (self.affine and need_grads):
+            return None
         n, c, h, w = dy.shape
         dy = dy.reshape(n, c, h * w)
         centred, inv_std = self.cache

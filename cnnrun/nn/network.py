@@ -26,10 +26,16 @@ def gib(n):
 def backward_through(layers, dlogits, need_input_grad=True, need_param_grads=True):
     """Back-propagate a loss gradient on the logits through `layers` but the last (the
     softmax, fused into the loss), one layer per step: yields `(index, gradient on that
-    layer's input)`. The first layer's input gradient is None unless `need_input_grad`."""
+    layer's input)`, None where nothing before it needs it (the first layer's, unless
+    `need_input_grad`)."""
+    # A layer needs its input gradient if a layer before it has parameters (or the
+    # caller wants the input's): none, say, for a first convolution after a normalize.
+    need_dx = [need_input_grad]
+    for layer in layers[:-1]:
+        need_dx.append(need_dx[-1] or (need_param_grads and bool(layer.params)))
     grad = dlogits
     for index in range(len(layers) - 2, -1, -1):
-        grad = layers[index].backward(grad, need_dx=need_input_grad or index > 0, need_grads=need_param_grads)
+        grad = layers[index].backward(grad, need_dx=need_dx[index], need_grads=need_param_grads)
         yield index, grad
 
 
