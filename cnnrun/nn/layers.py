@@ -299,16 +299,18 @@ class MaxPool2D(Layer):
         n, c, h, w = x.shape
         xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
         ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        windows = [xp[:, :, rows, cols] for _, rows, cols in self._offsets(ho, wo)]
-        out = windows[0].copy()
-        for v in windows[1:]:
-            np.maximum(out, v, out=out)
-        # Index of the first maximum = how many offsets come before any maximum is found.
-        argmax = np.zeros(out.shape, np.min_scalar_type(len(windows)))
-        found = windows[0] == out
-        for v in windows[1:]:
-            argmax += ~found
+        # The window's k-th element for every output position, one contiguous block per k.
+        stack = np.empty((kh * kw, n, c, ho, wo), x.dtype)
+        for k, rows, cols in self._offsets(ho, wo):
+            stack[k] = xp[:, :, rows, cols]
+        out = stack.max(axis=0)
+        # Index of the first maximum = how many offsets come before any maximum is found
+        # (bool arrays are read as uint8 0/1: no conversion pass).
+        found = stack[0] == out
+        argmax = (~found).view(np.uint8).copy()
+        for v in stack[1:-1]:
             found |= v == out
+            argmax += (~found).view(np.uint8)
         self.cache = argmax                                          # (N, C, Ho, Wo)
         return out
 
@@ -316,10 +318,16 @@ class MaxPool2D(Layer):
         if not need_dx:
             return None
         argmax, (ph, pw), (c, h, w) = self.cache, self.padding, self.in_shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
         n, _, ho, wo = dy.shape
-        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
+        overlapping = sh < kh or sw < kw
+        tiled = not overlapping and (ho * sh, wo * sw) == (h + 2 * ph, w + 2 * pw)  # each input in one window
+        dxp = (np.empty if tiled else np.zeros)((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
         for k, rows, cols in self._offsets(ho, wo):
-            dxp[:, :, rows, cols] += (argmax == k) * dy
+            if overlapping:
+                dxp[:, :, rows, cols] += (argmax == k) * dy
+            else:
+                np.multiply(dy, argmax == k, out=dxp[:, :, rows, cols])
         return dxp[:, :, ph:ph + h, pw:pw + w]
 
 
