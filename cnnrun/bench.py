@@ -80,7 +80,7 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     train_s = _median_seconds(train_step, repeats, warmup)
     eval_s = _median_seconds(lambda: net.forward(x), repeats, warmup)
     result = dict(batch_size=batch_size, repeats=repeats, parameters=int(net.num_parameters()),
-                  optimizer=train_cfg["optimizer"],
+                  optimizer=train_cfg["optimizer"], threads=net.threads,
                   train_samples_per_s=batch_size / train_s, eval_samples_per_s=batch_size / eval_s,
                   train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3)
     adversary = attacks.adversary(train_cfg["adversarial"], np.random.default_rng(seed))

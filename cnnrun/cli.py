@@ -106,7 +106,7 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json):
              f"{l['gemm_ms']:.2f}" if l["gemm_ms"] else "") for l in result["layers"]]
     click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms", "of which GEMM ms"], rows))
     click.echo(f"\n{cfg['name']}: {result['parameters']:,} parameters, batch {result['batch_size']}, "
-               f"median of {repeats}")
+               f"{result['threads']} threads (CNNRUN_THREADS), median of {repeats}")
     click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step, "
                f"{result['optimizer']})")
     if "adversarial_batch_ms" in result:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -27,6 +28,28 @@ def test_bench_json_reports_throughput_and_every_layer():
     assert [layer["kind"] for layer in data["layers"]] == ["normalize", "conv", "relu", "maxpool", "flatten",
                                                            "dense", "softmax"]
     assert [layer["backward_ms"] is None for layer in data["layers"]] == [False] * 6 + [True]  # softmax: fused
+
+
+def test_bench_against_torch_reports_both_sides_and_their_ratio(monkeypatch):
+    monkeypatch.setenv("CNNRUN_THREADS", "2")
+    result = run("bench", NET1, "--batch-size", 16, "--repeats", 2, "--warmup", 0, "--against", "torch", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["threads"] == 2
+    versus = data["against_torch"]
+    assert versus["torch_version"].startswith("2.13") and versus["torch_threads"] >= 1
+    for step in ("train", "eval", "attack_step"):
+        assert versus[step]["cnnrun"] > 0 and versus[step]["torch"] > 0
+        assert versus[step]["ratio"] == pytest.approx(versus[step]["cnnrun"] / versus[step]["torch"])
+    table = run("bench", NET1, "--batch-size", 16, "--repeats", 1, "--warmup", 0, "--against", "torch").output
+    assert "against PyTorch" in table and "attack_step" in table
+
+
+def test_bench_against_torch_without_pytorch_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails
+    result = run("bench", NET1, "--repeats", 1, "--against", "torch")
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --against torch needs PyTorch: pip install -e '.[bench]'"
 
 
 def test_bench_times_the_configured_optimizer_and_the_adversarial_step():
