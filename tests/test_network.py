@@ -329,3 +329,8 @@ def test_no_input_gradient_is_made_before_the_first_layer_with_parameters(rng):
     assert dx is not None and none is None and asked == [False]
     for name, g in net.named_gradients().items():
         np.testing.assert_array_equal(g, with_input[name])
+
+
+def test_an_empty_batch_gives_empty_logits():
+    net = build_network(config("configs/net3.yaml"))
+    assert net.logits(np.zeros((0, 1, 28, 28), np.float32)).shape == (0, 10)

@@ -41,7 +41,7 @@ CHUNK_BYTES = 4 << 20
 def batch_chunks(n, bytes_per_sample):
     """Slices of a batch of `n` whose work buffers take at most CHUNK_BYTES each."""
     size = max(1, CHUNK_BYTES // bytes_per_sample)
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    return [slice(start, min(start + size, n)) for start in range(0, max(n, 1), size)]
 
 
 def im2col(xp, kernel, stride, out):
@@ -402,7 +402,7 @@ class Flatten(Layer):
         return (int(np.prod(in_shape)),)
 
     def forward(self, x):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(self.in_shape)))  # not -1: a batch may be empty
 
     def backward(self, dy, need_dx=True, need_grads=True):
         return dy.reshape((dy.shape[0],) + self.in_shape) if need_dx else None

@@ -25,7 +25,7 @@ _blas = []          # the threadpoolctl controller, made on first use
 def parts(n):
     """Slices cutting a batch of `n` into ceil(n / PART_SIZE) parts of nearly equal size,
     and into two if that is one (and n > 1), so that two cores share it."""
-    k = max(-(-n // PART_SIZE), min(n, 2))
+    k = max(-(-n // PART_SIZE), min(n, 2), 1)  # an empty batch is one empty part
     return [slice(n * i // k, n * (i + 1) // k) for i in range(k)]
 
 
