@@ -70,12 +70,12 @@ def correlate(xp, W, stride):
     ho, wo = _out_size(hp, kh, stride[0], 0), _out_size(wp, kw, stride[1], 0)
     y = np.empty((n, f, ho, wo), xp.dtype)
     W_rows = np.ascontiguousarray(W).reshape(f, c * kh * kw)
-    parts = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
-    cols = np.empty((parts[0].stop, c * kh * kw, ho * wo), xp.dtype)
-    for part in parts:
-        m = part.stop - part.start
-        im2col(xp[part], (kh, kw), stride, cols[:m])
-        np.matmul(W_rows, cols[:m], out=y[part].reshape(m, f, ho * wo))
+    chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
+    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
+    for chunk in chunks:
+        m = chunk.stop - chunk.start
+        im2col(xp[chunk], (kh, kw), stride, cols[:m])
+        np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, ho * wo))
     return y
 
 
@@ -85,12 +85,12 @@ def correlate_weight_grad(xp, dy, kernel, stride):
     computed transposed (`columns_n @ dy_n.T`), the faster shape for BLAS."""
     (kh, kw), (n, f, ho, wo), c = kernel, dy.shape, xp.shape[1]
     dW_t = np.zeros((c * kh * kw, f), dy.dtype)
-    parts = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
-    cols = np.empty((parts[0].stop, c * kh * kw, ho * wo), xp.dtype)
-    for part in parts:
-        m = part.stop - part.start
-        im2col(xp[part], kernel, stride, cols[:m])
-        dW_t += np.matmul(cols[:m], dy[part].reshape(m, f, ho * wo).transpose(0, 2, 1)).sum(axis=0)
+    chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
+    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
+    for chunk in chunks:
+        m = chunk.stop - chunk.start
+        im2col(xp[chunk], kernel, stride, cols[:m])
+        dW_t += np.matmul(cols[:m], dy[chunk].reshape(m, f, ho * wo).transpose(0, 2, 1)).sum(axis=0)
     return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
 
 
