@@ -32,6 +32,27 @@ def _median_seconds(fn, repeats, warmup):
     return float(np.median([_seconds(fn) for _ in range(repeats)]))
 
 
+def _random_batch(net, batch_size, rng):
+    """Inputs `(batch_size, *input_shape)` in [0, 1], integer labels and their one-hot rows."""
+    x = rng.random((batch_size,) + net.input_shape, dtype=np.float32).astype(net.dtype)
+    k = net.output_shape[0]
+    labels = rng.integers(0, k, batch_size)
+    return x, labels, one_hot(labels, k, net.dtype)
+
+
+def _timed_step(net, train_cfg, x, y):
+    """A training step with the config's optimizer at a tiny learning rate: the update's
+    cost is what is timed, not where it leads."""
+    optimizer = make_optimizer(train_cfg)
+    optimizer.lr = 1e-6
+
+    def train_step():
+        net.loss_and_backward(x, y)
+        optimizer.step(net.param_grad_pairs())
+
+    return train_step
+
+
 def gemm_shapes(layer, n, out_shape, first):
     """The matrix products `[(m, k, p), ...]` ((m, k) @ (k, p)) a layer's training step
     makes at batch `n`: forward, weight gradient and (unless `first`, the first layer
@@ -67,17 +88,8 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     (`gemm_ms`), and their share of the training step (`gemm_share`).
     """
     rng = np.random.default_rng(seed)
-    x = rng.random((batch_size,) + net.input_shape, dtype=np.float32).astype(net.dtype)
-    k = net.output_shape[0]
-    y = one_hot(rng.integers(0, k, batch_size), k, net.dtype)
-    optimizer = make_optimizer(train_cfg)
-    optimizer.lr = 1e-6  # the update's cost is what is timed, not where it leads
-
-    def train_step():
-        net.loss_and_backward(x, y)
-        optimizer.step(net.param_grad_pairs())
-
-    train_s = _median_seconds(train_step, repeats, warmup)
+    x, _, y = _random_batch(net, batch_size, rng)
+    train_s = _median_seconds(_timed_step(net, train_cfg, x, y), repeats, warmup)
     eval_s = _median_seconds(lambda: net.forward(x), repeats, warmup)
     result = dict(batch_size=batch_size, repeats=repeats, parameters=int(net.num_parameters()),
                   optimizer=train_cfg["optimizer"], threads=net.threads,
@@ -131,27 +143,16 @@ def against_torch(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
 
     from cnnrun import torch_twin
 
-    rng = np.random.default_rng(seed)
-    x = rng.random((batch_size,) + net.input_shape, dtype=np.float32).astype(net.dtype)
-    k = net.output_shape[0]
-    labels = rng.integers(0, k, batch_size)
-    y = one_hot(labels, k, net.dtype)
+    x, labels, y = _random_batch(net, batch_size, np.random.default_rng(seed))
     model = torch_twin.twin(net)
     xt, labels_t = torch.from_numpy(x), torch.from_numpy(labels)
-    optimizer, optimizer_t = make_optimizer(train_cfg), torch_twin.make_optimizer(model, train_cfg)
-    optimizer.lr = 1e-6
-    for group in optimizer_t.param_groups:
-        group["lr"] = 1e-6
-
-    def train():
-        net.loss_and_backward(x, y)
-        optimizer.step(net.param_grad_pairs())
+    optimizer_t = torch_twin.make_optimizer(model, dict(train_cfg, lr=1e-6))
 
     def evaluate_t():
         with torch.no_grad():
             model(xt)
 
-    pairs = {"train": (train, lambda: torch_twin.train_step(model, optimizer_t, xt, labels_t)),
+    pairs = {"train": (_timed_step(net, train_cfg, x, y), lambda: torch_twin.train_step(model, optimizer_t, xt, labels_t)),
              "eval": (lambda: net.forward(x), evaluate_t),
              "attack_step": (lambda: net.loss_and_backward(x, y, need_input_grad=True, need_param_grads=False),
                              lambda: torch_twin.input_gradient(model, xt, labels_t))}

@@ -217,10 +217,9 @@ _DATA = {}  # per worker process: the last data set loaded, reused by the next r
 
 
 def train_task(run_dir, data_dir=None, threads=1):
-    """Train (or continue) one run folder on this worker with `threads` threads (BLAS and the network's).
-    Returns `{"status", "host", "message"}`; a diverged run is a result, not a failure."""
-    from threadpoolctl import threadpool_limits
-
+    """Train (or continue) one run folder on this worker, its network on `threads` threads
+    (BLAS runs one thread in each: nn/parallel.py). Returns `{"status", "host", "message"}`;
+    a diverged run is a result, not a failure."""
     from cnnrun.data import load_data
     from cnnrun.runner import Stopped, train_run
 
@@ -234,13 +233,12 @@ def train_task(run_dir, data_dir=None, threads=1):
     if key not in _DATA:
         _DATA.clear()
         _DATA[key] = load_data(cfg, data_dir, progress=False)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        try:
-            summary = train_run(cfg, run_dir, _DATA[key], resume=True, progress=False, log=lambda _: None,
-                                command=f"cnnrun sweep (worker {socket.gethostname()})")
-        except Stopped as e:
-            return dict(status="diverged" if e.exit_code == 1 else "interrupted", host=socket.gethostname(),
-                        message=str(e))
+    try:
+        summary = train_run(cfg, run_dir, _DATA[key], resume=True, progress=False, log=lambda _: None,
+                            command=f"cnnrun sweep (worker {socket.gethostname()})")
+    except Stopped as e:
+        return dict(status="diverged" if e.exit_code == 1 else "interrupted", host=socket.gethostname(),
+                    message=str(e))
     return dict(status=summary.get("status", "finished"), host=socket.gethostname(), message="")
 
 
