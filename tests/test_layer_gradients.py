@@ -51,6 +51,26 @@ def test_conv_gradients_for_non_square_and_odd_shapes(kernel, stride, padding, s
     assert_gradients_match(layer, shape, rng)
 
 
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_conv_gradients_when_the_input_gradient_is_gathered(padding, rng):
+    """At stride 1 with at least as many input as output channels, dx takes the gather
+    path (flipped-kernel correlation); the tests above take the scatter path."""
+    layer = built(Conv2D(filters=2, kernel=3, padding=padding), (3, 7, 6), rng)
+    assert_gradients_match(layer, (3, 7, 6), rng)
+
+
+@pytest.mark.parametrize("kernel,padding", [(3, 0), (3, 1), ([2, 3], [0, 2]), (5, 2), (1, 0)])
+def test_gathered_and_scattered_input_gradients_agree(kernel, padding, rng):
+    kernel, padding = layers._pair(kernel), layers._pair(padding)
+    W = rng.standard_normal((4, 3) + kernel)
+    h, w = 7, 6
+    dy = rng.standard_normal((5, 4, h + 2 * padding[0] - kernel[0] + 1, w + 2 * padding[1] - kernel[1] + 1))
+    gathered = layers.input_grad_gather(dy, W, padding, (h, w))
+    scattered = layers.input_grad_scatter(dy, W, (1, 1), padding, (h, w))
+    assert gathered.shape == scattered.shape == (5, 3, h, w)
+    np.testing.assert_allclose(gathered, scattered, rtol=1e-12, atol=1e-12)
+
+
 def test_conv_without_bias_has_only_weights(rng):
     layer = built(Conv2D(filters=2, kernel=3, bias=False), (2, 6, 6), rng)
     assert set(layer.params) == {"W"}

@@ -94,6 +94,45 @@ def correlate_weight_grad(xp, dy, kernel, stride):
     return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
 
 
+def conv_input_grad(dy, W, stride, padding, in_hw):
+    """dL/dx `(N, C, H, W)` of a convolution layer given dL/dy `(N, F, Ho, Wo)`, by
+    whichever of the two ways below is faster for its shape (measured: scatter for
+    strides above 1 and for fewer input than output channels, gather otherwise)."""
+    f, c = W.shape[:2]
+    if stride == (1, 1) and c >= f:
+        return input_grad_gather(dy, W, padding, in_hw)
+    return input_grad_scatter(dy, W, stride, padding, in_hw)
+
+
+def input_grad_gather(dy, W, padding, in_hw):
+    """dL/dx of a stride-1 convolution: the correlation of dy (zero-padded) with the
+    flipped kernel, its input and output channels swapped: dx[h] = sum_i dy[h + p - i] * W[i]."""
+    (kh, kw), (ph, pw), (h, w) = W.shape[2:], padding, in_hw
+    window = shifted_window(dy, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
+    return correlate(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), (1, 1))
+
+
+def input_grad_scatter(dy, W, stride, padding, in_hw):
+    """dL/dx of a convolution (col2im, any stride): per sample, the columns' gradient
+    `W_rows.T @ dy_n` `(C*kh*kw, Ho*Wo)`, each entry added back to the padded-input
+    pixel `im2col` read it from (one strided add per kernel offset), padding cut off."""
+    f, c, kh, kw = W.shape
+    n, _, ho, wo = dy.shape
+    (sh, sw), (ph, pw), (h, w) = stride, padding, in_hw
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
+    W_cols = np.ascontiguousarray(W.reshape(f, c * kh * kw).T)
+    chunks = batch_chunks(n, c * kh * kw * ho * wo * dy.itemsize)
+    dcols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), dy.dtype)
+    for chunk in chunks:
+        m = chunk.stop - chunk.start
+        np.matmul(W_cols, dy[chunk].reshape(m, f, ho * wo), out=dcols[:m])
+        d, dx = dcols[:m].reshape(m, c, kh, kw, ho, wo), dxp[chunk]
+        for i in range(kh):
+            for j in range(kw):
+                dx[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += d[:, :, i, j]
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
 def shifted_window(a, start, size):
     """`a[..., start_h : start_h + size_h, start_w : start_w + size_w]` of
     `(N, C, H, W)` where indices outside `a` read as zero (start may be negative)."""
@@ -236,26 +275,13 @@ class Conv2D(Layer):
 
     def backward(self, dy, need_dx=True, need_grads=True):
         W, xp = self.params["W"], self.cache
-        f, c, kh, kw = W.shape
         if need_grads:
             self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride)
             if self.bias:
                 self.grads["b"] = dy.sum(axis=(0, 2, 3))
         if not need_dx:
             return None
-        # dx is the correlation of dy (dilated by the stride, zero-padded) with the
-        # flipped kernel, its input and output channels swapped:
-        # dx[h] = sum_i dy_dilated[h + p - i] * W[i].
-        n, _, ho, wo = dy.shape
-        (sh, sw), (ph, pw) = self.stride, self.padding
-        _, h, w = self.in_shape
-        if sh == sw == 1:
-            dilated = dy
-        else:
-            dilated = np.zeros((n, f, (ho - 1) * sh + 1, (wo - 1) * sw + 1), dy.dtype)
-            dilated[:, :, ::sh, ::sw] = dy
-        window = shifted_window(dilated, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
-        return correlate(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), (1, 1))
+        return conv_input_grad(dy, W, self.stride, self.padding, self.in_shape[1:])
 
 
 class MaxPool2D(Layer):
