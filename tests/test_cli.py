@@ -25,7 +25,7 @@ def test_bench_json_reports_throughput_and_every_layer():
     assert data["train_samples_per_s"] == pytest.approx(16 / (data["train_step_ms"] / 1e3))
     assert data["eval_samples_per_s"] == pytest.approx(16 / (data["eval_step_ms"] / 1e3))
     assert "adversarial_batch_ms" not in data
-    assert [layer["kind"] for layer in data["layers"]] == ["normalize", "conv", "relu", "maxpool", "flatten",
+    assert [layer["kind"] for layer in data["layers"]] == ["normalize", "conv", "maxpool", "relu", "flatten",
                                                            "dense", "softmax"]
     assert [layer["backward_ms"] is None for layer in data["layers"]] == [False] * 6 + [True]  # softmax: fused
 

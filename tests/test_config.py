@@ -31,8 +31,8 @@ def test_layer_defaults_are_filled_in():
     assert c["model"]["layers"][0] == {"conv": dict(filters=8, kernel=3, stride=1, padding=1,
                                                     bias=True, init="he", init_gain=0.05)}
     assert c["model"]["layers"][1] == {"instance_norm": dict(eps=1e-5, affine=True)}
-    assert c["model"]["layers"][3] == {"maxpool": dict(kernel=2, stride=None, padding=0)}
-    assert c["model"]["layers"][2] == {"relu": {}}
+    assert c["model"]["layers"][2] == {"maxpool": dict(kernel=2, stride=None, padding=0)}
+    assert c["model"]["layers"][3] == {"relu": {}}
     assert validate(c) == c  # a resolved config validates to itself
 
 
@@ -136,7 +136,7 @@ def test_a_layer_argument_without_a_rule_is_a_clear_error(monkeypatch):
 
 def test_config_shape_errors_surface_at_build_time():
     raw = with_change(lambda c: c["model"].update(input_shape=[1, 2, 2]))
-    with pytest.raises(CnnrunError, match=r"layer 7 \(maxpool\): input shape \(16, 1, 1\)"):
+    with pytest.raises(CnnrunError, match=r"layer 6 \(maxpool\): input shape \(16, 1, 1\)"):
         build_network(validate(raw))
 
 

@@ -248,3 +248,19 @@ def test_an_unknown_init_scheme_is_an_error_not_glorot(rng):
     layer.build((4,))
     with pytest.raises(CnnrunError, match="init 'xavier'"):
         layer.init_params(rng, np.float64)
+
+
+def test_finite_differences_leave_out_entries_on_a_kink_and_still_catch_wrong_gradients():
+    """f = sum |a|: the entry at 0 has no derivative and is left out (NaN); the
+    others are measured, so a wrong analytic gradient there still fails."""
+    from cnnrun.nn.gradcheck import compare, numeric_gradient
+    a = np.array([0.0, 1.5, -2.0])
+
+    def f():
+        return float(np.abs(a).sum())
+
+    numeric = numeric_gradient(f, a, [(0,), (1,), (2,)])
+    assert np.isnan(numeric[0]) and numeric[1:] == pytest.approx([1.0, -1.0])
+    assert compare(np.array([0.0, 1.0, -1.0]), f, a, [(0,), (1,), (2,)]) < TOLERANCE
+    assert compare(np.array([0.0, 1.0, 1.0]), f, a, [(0,), (1,), (2,)]) > 0.5
+    assert np.isnan(compare(np.array([0.0, 1.0, -1.0]), f, a, [(0,)]))  # nothing left to compare

@@ -334,3 +334,37 @@ def test_no_input_gradient_is_made_before_the_first_layer_with_parameters(rng):
 def test_an_empty_batch_gives_empty_logits():
     net = build_network(config("configs/net3.yaml"))
     assert net.logits(np.zeros((0, 1, 28, 28), np.float32)).shape == (0, 10)
+
+
+def kind(spec):
+    """A layer spec's kind: `relu` or the key of `{maxpool: {...}}`."""
+    return spec if isinstance(spec, str) else next(iter(spec))
+
+
+@pytest.mark.parametrize("name", ["configs/net2.yaml", "configs/net4.yaml"])
+def test_maxpool_then_relu_trains_bit_for_bit_like_relu_then_maxpool(name, rng):
+    """The configs pool before relu (cheaper); max and relu commute, ties included,
+    so both orders give the same logits and the same weights after training steps."""
+    pooled_first = config(name)
+    layers = pooled_first["model"]["layers"]
+    relu_first = load_config(os.path.join(ROOT, name))
+    swapped = []
+    for spec in layers:
+        if kind(spec) == "relu" and swapped and kind(swapped[-1]) == "maxpool":
+            swapped.insert(len(swapped) - 1, spec)
+        else:
+            swapped.append(spec)
+    assert swapped != layers  # the config does pool before a relu
+    relu_first["model"]["layers"] = swapped
+    x = rng.random((150, 1, 28, 28)).astype(np.float32)
+    x[x < 0.7] = 0  # flat black patches: ties in the pooling windows
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 150)]
+    results = []
+    for cfg in (pooled_first, relu_first):
+        net, optimizer = build_network(cfg), SGD(0.05)
+        for _ in range(3):
+            net.loss_and_backward(x, y)
+            optimizer.step(net.param_grad_pairs())
+        results.append([net.logits(x)] + [p.copy() for p, _ in net.param_grad_pairs()])
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)

@@ -265,7 +265,7 @@ def test_a_diverged_run_is_recorded_and_not_retried(tiny):
 
 
 def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
-    long = write_config(tiny["tmp"] / "ctrlc.yaml", name="ctrlc", train__epochs=16)
+    long = write_config(tiny["tmp"] / "ctrlc.yaml", name="ctrlc", train__epochs=40)
     runs_dir = tiny["tmp"] / "ctrlc"
     command = [sys.executable, "-m", "cnnrun.cli", "sweep", long, "--seeds", "0", "--workers", "1",
                "--data-dir", tiny["data"], "--runs-dir", str(runs_dir), "--quiet"]
@@ -275,7 +275,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
     while time.monotonic() < deadline:
         time.sleep(0.02)
         summaries = [runs.read_json(str(p), {}) for p in runs_dir.glob("sweeps/*/*/summary.json")]
-        if any(2 <= s.get("epochs_done", 0) < 10 for s in summaries):
+        if any(s.get("epochs_done", 0) >= 2 for s in summaries):
             break
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     out, err = process.communicate(timeout=120)
@@ -283,7 +283,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
     sweep_dir = only_sweep(str(runs_dir))
     assert f"resume with: cnnrun sweep --resume {sweep_dir}" in err
     [run_dir] = runs.list_runs(sweep_dir)
-    assert runs.checkpoint_epoch(run_dir) < 16
+    assert runs.checkpoint_epoch(run_dir) < 40
     result = cli("sweep", "--resume", sweep_dir, "--workers", 1, "--data-dir", tiny["data"])
     assert result.exit_code == 0, result.output
     reference = reference_run(tiny, long, 0, str(tiny["tmp"] / "reference-ctrlc"))
