@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import signal
 import sys
 
 import click
@@ -11,7 +12,7 @@ import yaml
 
 from cnnrun import __version__
 from cnnrun.config import build_network, load_config, parse_yaml
-from cnnrun.errors import CnnrunError
+from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.nn import parallel
 from cnnrun.reports import cell
 
@@ -19,11 +20,16 @@ from cnnrun.reports import cell
 class Group(click.Group):
     """A click group that turns a `CnnrunError`, an operating-system error (a folder that
     cannot be written, a full disk) or running out of memory into one line on stderr
-    and exit code 1, and Ctrl-C into exit code 130."""
+    and exit code 1, and Ctrl-C (or SIGTERM) into exit code 130."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except Exception as e:
+                if interrupted(e):  # Ctrl-C that landed inside an import
+                    raise KeyboardInterrupt from None
+                raise
         except CnnrunError as e:
             fail(str(e))
         except click.UsageError as e:  # a mistyped option: one line, and where to read more
@@ -63,6 +69,13 @@ def main():
     explains each one.
     """
     parallel.keep_freed_memory()
+    signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
+
+
+def stop_as_on_ctrl_c(signum, frame):
+    """SIGTERM (`kill`, a batch system's time limit) stops a verb the way Ctrl-C does:
+    a run keeps its last finished epoch and says how to resume."""
+    raise KeyboardInterrupt
 
 
 @main.command(name="bench", short_help="Training and evaluation samples/s, per-layer times.")
@@ -521,7 +534,9 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
         try:
             table, failures = sweep.run_sweep(sweep_dir, client, data_dir, progress=not quiet and sys.stderr.isatty(),
                                               log=(lambda _: None) if quiet else click.echo)
-        except KeyboardInterrupt:
+        except BaseException as e:
+            if not interrupted(e):
+                raise
             cluster.stop_now()
             click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
             sys.exit(130)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cnnrun import attacks, plots, runs
 from cnnrun.config import build_network
-from cnnrun.errors import CnnrunError
+from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.nn import exponential_lr, make_optimizer
 from cnnrun.training import Diverged, epoch_rng, evaluate, train_epoch
 
@@ -221,7 +221,9 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
             if row["test_acc"] is not None:
                 plots.training_curves(rows, os.path.join(run_dir, "curves.png"), config["name"])
             log(epoch_line(row, epochs))
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not interrupted(e):
+            raise
         summary.update(status="interrupted")
         runs.write_json(summary_path, summary)
         raise Stopped(f"interrupted during epoch {epoch + 1}; the checkpoint holds epoch "

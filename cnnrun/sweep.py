@@ -28,7 +28,7 @@ import yaml
 from cnnrun import plots, runs
 from cnnrun.nn import parallel
 from cnnrun.config import NAME, build_network, load_config, parse_yaml, read_yaml, set_value
-from cnnrun.errors import CnnrunError
+from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.reports import write_tables
 
@@ -369,8 +369,9 @@ def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0
                 refresh()
                 time.sleep(poll)
             refresh()
-        except KeyboardInterrupt:
-            client.cancel(list(futures))
+        except BaseException as e:
+            if interrupted(e):
+                client.cancel(list(futures))
             raise
     return write_results(sweep_dir), failures
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +57,35 @@ def test_ctrl_c_in_the_first_epoch_resumes_from_the_start_in_the_same_folder(set
     result = resume(setup, part)
     assert result.exit_code == 0, result.output
     assert_same_run(reference, part)
+
+
+def test_ctrl_c_inside_an_import_is_an_interruption_not_a_traceback(setup, reference, monkeypatch):
+    """Python turns Ctrl-C inside an import (matplotlib's first figure, after an epoch)
+    into an ImportError caused by it; the run still stops as interrupted and resumes."""
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(runner.plots, "training_curves", interrupted_import)
+    result = train(setup)
+    assert result.exit_code == 130, result.output
+    part = [d for d in runs.list_runs(setup["runs"]) if d != reference][0]
+    assert f"Resume with: cnnrun train --resume {part}" in result.output
+    assert runs.read_json(os.path.join(part, "summary.json"))["status"] == "interrupted"
+    monkeypatch.undo()
+    assert resume(setup, part).exit_code == 0
+    assert_same_run(reference, part)
+
+
+def test_an_import_error_of_its_own_is_not_taken_for_ctrl_c(setup, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ImportError("no module named somewhere")
+
+    monkeypatch.setattr(runner.plots, "training_curves", broken)
+    result = train(setup)
+    assert result.exit_code != 130 and isinstance(result.exception, ImportError)
 
 
 def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(setup, reference):
@@ -156,3 +186,24 @@ def test_a_run_killed_at_random_moments_always_resumes_to_the_uninterrupted_resu
             assert result.returncode == 0, (attempt, result.stderr)
         assert_same_run(reference, runs.list_runs(runs_dir)[0])
     assert len(set(states)) >= 4, states  # the kills landed at many different moments
+
+
+def test_sigterm_stops_training_like_ctrl_c(tmp_path):
+    """`kill` (a batch system's time limit) marks the run interrupted after a finished
+    epoch's checkpoint, says how to resume and exits 130."""
+    data = make_digits(tmp_path / "data", n_train=512)
+    config = write_config(tmp_path / "term.yaml", train__epochs=400)
+    runs_dir = str(tmp_path / "runs")
+    command = [sys.executable, "-m", "cnnrun.cli", "train", config, "--data-dir", str(data), "--runs-dir", runs_dir]
+    process = subprocess.Popen(command + ["--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            runs.read_json(str(p), {}).get("epochs_done", 0) >= 2 for p in Path(runs_dir).glob("*/summary.json")):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    [run_dir] = runs.list_runs(runs_dir)
+    assert f"Resume with: cnnrun train --resume {run_dir}" in err
+    assert runs.read_json(os.path.join(run_dir, "summary.json"))["status"] == "interrupted"
+    assert 2 <= runs.checkpoint_epoch(run_dir) < 400

@@ -264,9 +264,10 @@ def test_a_diverged_run_is_recorded_and_not_retried(tiny):
     assert again.exit_code == 0 and "0 of 2 runs to train" in again.output
 
 
-def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_sweep_and_resume_finishes_it_exactly(tiny, signum):
     long = write_config(tiny["tmp"] / "ctrlc.yaml", name="ctrlc", train__epochs=40)
-    runs_dir = tiny["tmp"] / "ctrlc"
+    runs_dir = tiny["tmp"] / f"ctrlc-{signum}"
     command = [sys.executable, "-m", "cnnrun.cli", "sweep", long, "--seeds", "0", "--workers", "1",
                "--data-dir", tiny["data"], "--runs-dir", str(runs_dir), "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -277,7 +278,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
         summaries = [runs.read_json(str(p), {}) for p in runs_dir.glob("sweeps/*/*/summary.json")]
         if any(s.get("epochs_done", 0) >= 2 for s in summaries):
             break
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    os.killpg(process.pid, signum)  # to the whole process group, as Ctrl-C in a terminal and batch systems do
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, out + err
     sweep_dir = only_sweep(str(runs_dir))
@@ -286,7 +287,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it_exactly(tiny):
     assert runs.checkpoint_epoch(run_dir) < 40
     result = cli("sweep", "--resume", sweep_dir, "--workers", 1, "--data-dir", tiny["data"])
     assert result.exit_code == 0, result.output
-    reference = reference_run(tiny, long, 0, str(tiny["tmp"] / "reference-ctrlc"))
+    reference = reference_run(tiny, long, 0, str(tiny["tmp"] / f"reference-ctrlc-{signum}"))
     assert metrics_without_seconds(run_dir) == metrics_without_seconds(reference)
     a, b = weights(run_dir), weights(reference)
     assert all(np.array_equal(a[k], b[k]) for k in a)
