@@ -524,6 +524,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
         spec = sweep.check_spec(spec, "the sweep")
         entries, configs = sweep.expand(spec, spec_dir)
     cluster = sweep.Cluster(scheduler, workers, dashboard, timeout)
+    stopped = local = False
     with cluster as client:
         if not resume_dir:
             sweep_dir = sweep.create_sweep(runs_dir, spec, entries, configs)
@@ -537,9 +538,12 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
         except BaseException as e:
             if not interrupted(e):
                 raise
-            cluster.stop_now()
-            click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
-            sys.exit(130)
+            stopped, local = True, cluster.stop_now()
+    if stopped:  # the cluster is closed: no worker of it can still write a run's summary
+        if local:
+            sweep.mark_interrupted(sweep_dir, entries)
+        click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
+        sys.exit(130)
     click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))
     click.echo(f"saved results.csv, summary.csv, summary.md and curves.png in {sweep_dir}")
     if failures:

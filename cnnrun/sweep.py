@@ -290,9 +290,10 @@ class Cluster:
 
     def stop_now(self):
         """On Ctrl-C: a local cluster's workers are killed at once (a running task cannot be
-        interrupted, and Dask's workers ignore SIGINT); their runs keep their last checkpoint."""
+        interrupted, and Dask's workers ignore SIGINT); their runs keep their last checkpoint.
+        Returns whether there was a local cluster to stop."""
         if self.cluster is None:
-            return
+            return False
         try:
             pids = self.client.run(os.getpid, wait=True)
         except Exception:  # the cluster is already going down
@@ -302,11 +303,29 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+        return True
 
     def describe(self):
         workers = len(self.client.scheduler_info().get("workers", {}))
         where = self.address or "a local cluster"
         return f"{workers} worker{'s' if workers != 1 else ''} on {where}"
+
+
+def mark_interrupted(sweep_dir, entries, wait=5.0):
+    """After Ctrl-C stopped and closed the local cluster: the runs its workers were
+    training (still `running`, on this machine, their process gone within `wait` seconds)
+    say `interrupted`, as a stopped `cnnrun train` does, rather than `killed`."""
+    deadline = time.monotonic() + wait
+    for entry in entries:
+        path = os.path.join(sweep_dir, entry["run"], "summary.json")
+        summary = runs.read_json(path, {})
+        if summary.get("status") != "running" or summary.get("host") != socket.gethostname():
+            continue
+        while runs.run_status(summary) == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if runs.run_status(summary) == "killed":
+            summary["status"] = "interrupted"
+            runs.write_json(path, summary)
 
 
 def check_runs(sweep_dir):

@@ -285,6 +285,7 @@ def test_ctrl_c_or_sigterm_stops_the_sweep_and_resume_finishes_it_exactly(tiny, 
     assert f"resume with: cnnrun sweep --resume {sweep_dir}" in err
     [run_dir] = runs.list_runs(sweep_dir)
     assert runs.checkpoint_epoch(run_dir) < 40
+    assert runs.read_json(os.path.join(run_dir, "summary.json"))["status"] == "interrupted"  # not "killed"
     result = cli("sweep", "--resume", sweep_dir, "--workers", 1, "--data-dir", tiny["data"])
     assert result.exit_code == 0, result.output
     reference = reference_run(tiny, long, 0, str(tiny["tmp"] / f"reference-ctrlc-{signum}"))
