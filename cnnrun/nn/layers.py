@@ -118,7 +118,7 @@ def input_grad_scatter(dy, W, stride, padding, in_hw):
     pixel `im2col` read it from (one strided add per kernel offset), padding cut off."""
     f, c, kh, kw = W.shape
     n, _, ho, wo = dy.shape
-    (sh, sw), (ph, pw), (h, w) = stride, padding, in_hw
+    (ph, pw), (h, w) = padding, in_hw
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
     W_cols = np.ascontiguousarray(W.reshape(f, c * kh * kw).T)
     chunks = batch_chunks(n, c * kh * kw * ho * wo * dy.itemsize)
@@ -126,11 +126,19 @@ def input_grad_scatter(dy, W, stride, padding, in_hw):
     for chunk in chunks:
         m = chunk.stop - chunk.start
         np.matmul(W_cols, dy[chunk].reshape(m, f, ho * wo), out=dcols[:m])
-        d, dx = dcols[:m].reshape(m, c, kh, kw, ho, wo), dxp[chunk]
-        for i in range(kh):
-            for j in range(kw):
-                dx[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += d[:, :, i, j]
+        d, dx = dcols[:m].reshape(m, c, kh * kw, ho, wo), dxp[chunk]
+        for k, (rows, cols) in enumerate(kernel_offsets((kh, kw), stride, (ho, wo))):
+            dx[:, :, rows, cols] += d[:, :, k]
     return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def kernel_offsets(kernel, stride, out_hw):
+    """For each kernel offset `(i, j)`, in row-major order: the slices `(rows, cols)` of a
+    padded input that offset reads in every window (the windows' outputs are `out_hw`)."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield slice(i, i + (ho - 1) * sh + 1, sh), slice(j, j + (wo - 1) * sw + 1, sw)
 
 
 def shifted_window(a, start, size):
@@ -313,13 +321,6 @@ class MaxPool2D(Layer):
         self.in_shape = tuple(in_shape)
         return (c, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
 
-    def _offsets(self, ho, wo):
-        """(index, slice rows, slice cols) of each kernel offset, in row-major order."""
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        for i in range(kh):
-            for j in range(kw):
-                yield i * kw + j, slice(i, i + (ho - 1) * sh + 1, sh), slice(j, j + (wo - 1) * sw + 1, sw)
-
     def forward(self, x):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         n, c, h, w = x.shape
@@ -327,7 +328,7 @@ class MaxPool2D(Layer):
         ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         # The window's k-th element for every output position, one contiguous block per k.
         stack = np.empty((kh * kw, n, c, ho, wo), x.dtype)
-        for k, rows, cols in self._offsets(ho, wo):
+        for k, (rows, cols) in enumerate(kernel_offsets(self.kernel, self.stride, (ho, wo))):
             stack[k] = xp[:, :, rows, cols]
         out = stack.max(axis=0)
         # Index of the first maximum = how many offsets come before any maximum is found
@@ -349,7 +350,7 @@ class MaxPool2D(Layer):
         overlapping = sh < kh or sw < kw
         tiled = not overlapping and (ho * sh, wo * sw) == (h + 2 * ph, w + 2 * pw)  # each input in one window
         dxp = (np.empty if tiled else np.zeros)((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
-        for k, rows, cols in self._offsets(ho, wo):
+        for k, (rows, cols) in enumerate(kernel_offsets(self.kernel, self.stride, (ho, wo))):
             if overlapping:
                 dxp[:, :, rows, cols] += (argmax == k) * dy
             else:
