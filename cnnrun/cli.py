@@ -280,13 +280,17 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json):
 @runs_dir_option
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder for the comparison of several runs [default: RUNS_DIR/comparison].")
-def plot_cmd(run_dirs, runs_dir, out):
+@click.option("--at-epoch", type=click.IntRange(min=1),
+              help="Sweeps: also summarise every run's test accuracy at this epoch, finished or not "
+                   "(summary-epoch-N.csv/.md).")
+def plot_cmd(run_dirs, runs_dir, out, at_epoch):
     """Redraw a run's plots (default: the latest); with several runs, compare them.
 
     Per run: curves.png (test accuracy, training error) and filters.png (first conv
     layer). Several runs: comparison.png with a line per run, and comparison.md /
     comparison.csv tables (network, epochs, final and best test accuracy).
-    A sweep folder: its results.csv, summary.csv/.md and curves.png, from its runs.
+    A sweep folder: its results.csv, summary.csv/.md and curves.png, from its runs;
+    with --at-epoch N, also the seeds compared at epoch N while some still train.
     """
     from cnnrun import runs
     from cnnrun.reports import COMPARISON_COLUMNS, compare_runs, redraw_run
@@ -294,10 +298,15 @@ def plot_cmd(run_dirs, runs_dir, out):
     from cnnrun import sweep
 
     sweeps = [d for d in run_dirs if sweep.is_sweep(d)]
+    if at_epoch is not None and (not run_dirs or len(sweeps) < len(run_dirs)):
+        raise CnnrunError("--at-epoch summarises sweep folders; give only sweep folders with it")
     for d in sweeps:
-        table = sweep.write_results(d)
+        table = sweep.write_results(d, at_epoch)
+        if at_epoch is not None:
+            click.echo(f"test accuracy at epoch {at_epoch}:")
         click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))
-        click.echo(f"redrew results.csv, summary.csv, summary.md and curves.png in {d}")
+        extra = f", summary-epoch-{at_epoch}.csv/.md" if at_epoch is not None else ""
+        click.echo(f"redrew results.csv, summary.csv, summary.md{extra} and curves.png in {d}")
     run_dirs = [d for d in run_dirs if d not in sweeps]
     if sweeps and not run_dirs:
         return

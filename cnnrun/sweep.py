@@ -423,23 +423,37 @@ def result_rows(sweep_dir):
     return rows
 
 
-def summary_rows(rows):
+def summary_rows(rows, sweep_dir=None, at_epoch=None):
     """Per (config, setting): n, mean, sample standard deviation (n - 1), min and max of the
-    final test accuracy over its finished runs, and their epochs."""
+    final test accuracy over its finished runs, and their epochs. With `at_epoch`: of the
+    test accuracy at that epoch (metrics.csv in `sweep_dir`), over every run tested there,
+    finished or not, so that seeds still training compare at an epoch they all reached."""
     groups = {}
     for row in rows:
-        groups.setdefault((row["config"], row["setting"]), []).append(row)
+        members = groups.setdefault((row["config"], row["setting"]), [])
+        if at_epoch is not None:
+            acc = accuracy_at_epoch(os.path.join(sweep_dir, row["run"]), at_epoch)
+            if acc is not None:
+                members.append((acc, at_epoch))
+        elif row["status"] == "finished" and isinstance(row["final_test_acc"], (int, float)):
+            members.append((row["final_test_acc"], row["epochs_done"]))
     table = []
     for (config, setting), members in groups.items():
-        accs = [r["final_test_acc"] for r in members if r["status"] == "finished"
-                and isinstance(r["final_test_acc"], (int, float))]
-        epochs = sorted({r["epochs_done"] for r in members if r["status"] == "finished"})
+        accs = [acc for acc, _ in members]
         table.append(dict(config=config, setting=setting, n=len(accs),
                           mean=float(np.mean(accs)) if accs else None,
                           std=float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
                           min=float(np.min(accs)) if accs else None, max=float(np.max(accs)) if accs else None,
-                          epochs="/".join(map(str, epochs))))
+                          epochs="/".join(str(e) for e in sorted({e for _, e in members}))))
     return table
+
+
+def accuracy_at_epoch(run_dir, epoch):
+    """The run's test accuracy after `epoch` (None if it was not tested then)."""
+    for m in runs.read_metrics(run_dir):
+        if m["epoch"] == epoch:
+            return m["test_acc"]
+    return None
 
 
 def curve_groups(sweep_dir, rows):
@@ -459,12 +473,17 @@ def curve_groups(sweep_dir, rows):
     return lines
 
 
-def write_results(sweep_dir):
-    """results.csv, summary.csv, summary.md and curves.png in the sweep folder; returns the summary rows."""
+def write_results(sweep_dir, at_epoch=None):
+    """results.csv, summary.csv, summary.md and curves.png in the sweep folder; returns the summary
+    rows. With `at_epoch` also summary-epoch-E.csv/.md (see `summary_rows`), whose rows it returns."""
     rows = result_rows(sweep_dir)
     write_csv(os.path.join(sweep_dir, "results.csv"), RESULT_COLUMNS, rows)
     table = summary_rows(rows)
     write_tables(sweep_dir, "summary", SUMMARY_COLUMNS, [[r[c] for c in SUMMARY_COLUMNS] for r in table])
+    if at_epoch is not None:
+        table = summary_rows(rows, sweep_dir, at_epoch)
+        write_tables(sweep_dir, f"summary-epoch-{at_epoch}", SUMMARY_COLUMNS,
+                     [[r[c] for c in SUMMARY_COLUMNS] for r in table])
     spec, _ = load_sweep(sweep_dir)
     plots.mean_curves(curve_groups(sweep_dir, rows), os.path.join(sweep_dir, "curves.png"),
                       f"{spec.get('name', 'sweep')}: test accuracy, mean and one standard deviation over seeds")

@@ -102,6 +102,24 @@ def test_a_local_sweep_writes_results_that_match_its_runs(local_sweep):
     assert redrawn.exit_code == 0 and "summary.csv" in redrawn.output
 
 
+def test_plot_at_epoch_compares_every_run_at_an_epoch_they_all_reached(local_sweep):
+    runs_dir, sweep_dir = local_sweep
+    result = cli("plot", sweep_dir, "--at-epoch", 2)
+    assert result.exit_code == 0, result.output
+    at_2 = {r["config"]: r for r in read_csv(os.path.join(sweep_dir, "summary-epoch-2.csv"))}
+    for config in ("a", "b"):  # a trains 3 epochs, b 2: both were tested after epoch 2
+        accs = [runs.read_metrics(os.path.join(sweep_dir, e))[1]["test_acc"]
+                for e in sorted(os.listdir(sweep_dir)) if e.endswith(f"-{config}-s0") or e.endswith(f"-{config}-s1")]
+        assert len(accs) == 2 and at_2[config]["n"] == "2" and at_2[config]["epochs"] == "2"
+        assert float(at_2[config]["mean"]) == pytest.approx(np.mean(accs), abs=5e-5)
+        assert float(at_2[config]["std"]) == pytest.approx(np.std(accs, ddof=1), abs=5e-5)
+    assert cli("plot", sweep_dir, "--at-epoch", 3).exit_code == 0
+    at_3 = {r["config"]: r["n"] for r in read_csv(os.path.join(sweep_dir, "summary-epoch-3.csv"))}
+    assert at_3 == {"a": "2", "b": "0"}  # b never reached epoch 3
+    mixed = cli("plot", sweep_dir, os.path.join(sweep_dir, sorted(os.listdir(sweep_dir))[0]), "--at-epoch", 2)
+    assert mixed.exit_code != 0 and "only sweep folders" in mixed.output
+
+
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
