@@ -473,6 +473,9 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
 @click.option("--name", help="Name of the sweep folder [default: the spec's name, else 'sweep'].")
 @click.option("--resume", "resume_dir", type=click.Path(),
               help="Continue this sweep folder: finished runs are skipped, stopped ones resume.")
+@click.option("--until-epoch", type=click.IntRange(min=1),
+              help="Train every run only up to this epoch and pause it there (seeds advance in step; "
+                   "--resume goes on).")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Worker processes of the local cluster, one BLAS thread each [default: the number of cores].")
 @click.option("--scheduler", metavar="tcp://HOST:PORT",
@@ -483,8 +486,8 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
 @data_dir_option
 @runs_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-run lines.")
-def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, scheduler, timeout, dashboard, data_dir,
-              runs_dir, quiet):
+def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, workers, scheduler, timeout, dashboard,
+              data_dir, runs_dir, quiet):
     """Train every combination of configs, grid settings and seeds as ordinary runs, in
     parallel on Dask distributed, in a sweep folder RUNS_DIR/sweeps/TIMESTAMP-NAME/.
 
@@ -493,6 +496,9 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
     plan), results.csv, summary.csv/.md (mean, standard deviation, min and max of the
     final test accuracy per config and setting) and curves.png. Runs use one BLAS
     thread each; a run whose worker dies is rescheduled and resumes from its checkpoint.
+    With little time for long runs, --until-epoch N brings every run to epoch N first
+    (compare them there with `cnnrun plot SWEEP_DIR --at-epoch N`), and a later
+    --resume, with a larger N or none, goes on.
     """
     from cnnrun import sweep
 
@@ -538,12 +544,13 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, workers, schedu
         if not resume_dir:
             sweep_dir = sweep.create_sweep(runs_dir, spec, entries, configs)
         _, entries = sweep.load_sweep(sweep_dir)
-        todo = sweep.pending_runs(sweep_dir, entries)
-        click.echo(f"sweep {os.path.basename(sweep_dir)}: {len(todo)} of {len(entries)} runs to train on "
+        todo = sweep.pending_runs(sweep_dir, entries, until_epoch)
+        up_to = f" up to epoch {until_epoch}" if until_epoch else ""
+        click.echo(f"sweep {os.path.basename(sweep_dir)}: {len(todo)} of {len(entries)} runs to train{up_to} on "
                    f"{cluster.describe()} -> {sweep_dir}")
         try:
             table, failures = sweep.run_sweep(sweep_dir, client, data_dir, progress=not quiet and sys.stderr.isatty(),
-                                              log=(lambda _: None) if quiet else click.echo)
+                                              log=(lambda _: None) if quiet else click.echo, until=until_epoch)
         except BaseException as e:
             if not interrupted(e):
                 raise

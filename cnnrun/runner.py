@@ -6,7 +6,7 @@ summary.json. Resuming (`train_run(..., resume=True)`) takes a folder from
 whatever state a stop left it in:
 
 - not started (no checkpoint yet): trains from epoch 0 in the same folder;
-- interrupted or killed part-way: continues from the checkpoint's epoch;
+- interrupted, killed or paused (`until`) part-way: continues from the checkpoint's epoch;
 - killed after the last epoch's checkpoint: writes the final weights and summary;
 - finished: changes nothing.
 
@@ -177,11 +177,13 @@ def finish(run_dir, net, config, data, rows, summary):
 
 # --- the run ----------------------------------------------------------------------
 
-def train_run(config, run_dir, data, resume=False, progress=True, log=print, command=""):
+def train_run(config, run_dir, data, resume=False, progress=True, log=print, command="", until=None):
     """Train `config`'s network on `data` in `run_dir`, from scratch or (`resume`) from
-    whatever the folder holds. Returns the summary dict; raises `Stopped` on Ctrl-C or
-    divergence, with the last good checkpoint kept."""
+    whatever the folder holds. With `until`, stop after that epoch (if it comes before
+    the last) with status "paused": resuming goes on exactly. Returns the summary dict;
+    raises `Stopped` on Ctrl-C or divergence, with the last good checkpoint kept."""
     epochs = config["train"]["epochs"]
+    stop = epochs if until is None else min(until, epochs)
     summary_path = os.path.join(run_dir, "summary.json")
     net = build_network(config)
     check_data_fits(net, data)
@@ -195,6 +197,8 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
     elif not runs.is_run(run_dir):
         runs.save_config(run_dir, config)
     start, rows = restore(run_dir, net, optimizer) if resume else (0, [])
+    if stop < epochs and start >= stop:  # already at or past `until`: nothing to train
+        return previous
     if resume:
         runs.save_config(run_dir, config)  # --epochs may have grown it
     summary = new_summary(config, rows, start, previous, data, command, resume)
@@ -202,7 +206,7 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
     samples, seconds = 0, 0.0
     epoch = start
     try:
-        for epoch in range(start, epochs):
+        for epoch in range(start, stop):
             try:
                 row, train_seconds = run_epoch(net, optimizer, config, data, epoch, progress)
             except Diverged as e:
@@ -228,4 +232,8 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
         runs.write_json(summary_path, summary)
         raise Stopped(f"interrupted during epoch {epoch + 1}; the checkpoint holds epoch "
                       f"{summary['epochs_done']}. Resume with: cnnrun train --resume {run_dir}", 130) from None
+    if stop < epochs:
+        summary.update(status="paused")
+        runs.write_json(summary_path, summary)
+        return summary
     return finish(run_dir, net, config, data, rows, summary)

@@ -216,10 +216,10 @@ def run_state(run_dir):
 _DATA = {}  # per worker process: the last data set loaded, reused by the next run that needs it
 
 
-def train_task(run_dir, data_dir=None, threads=1):
+def train_task(run_dir, data_dir=None, threads=1, until=None):
     """Train (or continue) one run folder on this worker, its network on `threads` threads
-    (BLAS runs one thread in each: nn/parallel.py). Returns `{"status", "host", "message"}`;
-    a diverged run is a result, not a failure."""
+    (BLAS runs one thread in each: nn/parallel.py), up to epoch `until` if given. Returns
+    `{"status", "host", "message"}`; a diverged run is a result, not a failure."""
     from cnnrun.data import load_data
     from cnnrun.runner import Stopped, train_run
 
@@ -235,11 +235,11 @@ def train_task(run_dir, data_dir=None, threads=1):
         _DATA[key] = load_data(cfg, data_dir, progress=False)
     try:
         summary = train_run(cfg, run_dir, _DATA[key], resume=True, progress=False, log=lambda _: None,
-                            command=f"cnnrun sweep (worker {socket.gethostname()})")
+                            command=f"cnnrun sweep (worker {socket.gethostname()})", until=until)
     except Stopped as e:
         return dict(status="diverged" if e.exit_code == 1 else "interrupted", host=socket.gethostname(),
                     message=str(e))
-    return dict(status=summary.get("status", "finished"), host=socket.gethostname(), message="")
+    return dict(status=run_state(run_dir)[0], host=socket.gethostname(), message="")
 
 
 # --- running it on a cluster -----------------------------------------------------------
@@ -341,28 +341,31 @@ def check_runs(sweep_dir):
     return entries
 
 
-def pending_runs(sweep_dir, entries):
-    """The entries still to train: not finished and not diverged."""
+def pending_runs(sweep_dir, entries, until=None):
+    """The entries still to train: not finished, not diverged (and short of epoch `until`)."""
     todo = []
     for entry in entries:
-        status, _ = run_state(os.path.join(sweep_dir, entry["run"]))
-        if status not in ("finished", "diverged"):
+        status, done = run_state(os.path.join(sweep_dir, entry["run"]))
+        if status not in ("finished", "diverged") and (until is None or done < until):
             todo.append(entry)
     return todo
 
 
-def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0.5):
-    """Train every pending run of the sweep on `client`'s workers, showing one progress bar
-    (runs and epochs) and a line per finished run; then write results, summary and curves.
-    Returns `(results rows, failures)`; Ctrl-C cancels what is queued and raises KeyboardInterrupt."""
+def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0.5, until=None):
+    """Train every pending run of the sweep on `client`'s workers (with `until`, each up to
+    that epoch and paused there), showing one progress bar (runs and epochs) and a line per
+    finished run; then write results, summary and curves. Returns `(results rows, failures)`;
+    Ctrl-C cancels what is queued and raises KeyboardInterrupt."""
     from distributed import as_completed
     from tqdm import tqdm
 
     _, entries = load_sweep(sweep_dir)
-    todo = pending_runs(sweep_dir, entries)
+    todo = pending_runs(sweep_dir, entries, until)
     epochs = {e["run"]: runs.load_run_config(os.path.join(sweep_dir, e["run"]))["train"]["epochs"] for e in entries}
+    if until is not None:
+        epochs = {run: min(n, until) for run, n in epochs.items()}
     data_dir = os.path.abspath(data_dir) if data_dir else None
-    futures = {client.submit(train_task, os.path.abspath(os.path.join(sweep_dir, e["run"])), data_dir,
+    futures = {client.submit(train_task, os.path.abspath(os.path.join(sweep_dir, e["run"])), data_dir, 1, until,
                              key=f"cnnrun-{os.path.basename(sweep_dir)}-{e['run']}", pure=False): e for e in todo}
     failures = []
     total_epochs = sum(epochs.values())

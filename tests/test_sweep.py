@@ -213,6 +213,32 @@ def test_resume_of_an_interrupted_sweep_trains_only_the_missing_runs(tiny):
     assert [r["status"] for r in read_csv(os.path.join(sweep_dir, "results.csv"))] == ["finished", "finished"]
 
 
+def test_until_epoch_pauses_every_run_there_and_resume_goes_on_exactly(tiny, local_sweep):
+    runs_dir = tiny["tmp"] / "until"
+    common = ["--workers", 2, "--data-dir", tiny["data"], "--runs-dir", runs_dir]
+    result = cli("sweep", tiny["a"], tiny["b"], "--seeds", "0-1", "--until-epoch", 1, *common)
+    assert result.exit_code == 0, result.output
+    assert "4 of 4 runs to train up to epoch 1" in result.output
+    sweep_dir = only_sweep(runs_dir)
+    rows = read_csv(os.path.join(sweep_dir, "results.csv"))
+    assert [(r["status"], r["epochs_done"]) for r in rows] == [("paused", "1")] * 4
+    assert not any(os.path.exists(os.path.join(sweep_dir, r["run"], "weights.npz")) for r in rows)
+    result = cli("sweep", "--resume", sweep_dir, "--until-epoch", 2, *common)
+    assert result.exit_code == 0, result.output
+    rows = read_csv(os.path.join(sweep_dir, "results.csv"))  # b plans 2 epochs: it finishes there
+    assert [(r["config"], r["status"], r["epochs_done"]) for r in rows] == [
+        ("a", "paused", "2"), ("a", "paused", "2"), ("b", "finished", "2"), ("b", "finished", "2")]
+    again = cli("sweep", "--resume", sweep_dir, "--until-epoch", 2, *common)
+    assert again.exit_code == 0 and "0 of 4 runs to train" in again.output
+    assert cli("sweep", "--resume", sweep_dir, *common).exit_code == 0
+    _, uninterrupted = local_sweep
+    for row in read_csv(os.path.join(sweep_dir, "results.csv")):
+        assert row["status"] == "finished"
+        paused, whole = os.path.join(sweep_dir, row["run"]), os.path.join(uninterrupted, row["run"])
+        assert metrics_without_seconds(paused) == metrics_without_seconds(whole)
+        assert all(np.array_equal(weights(paused)[k], w) for k, w in weights(whole).items())
+
+
 @pytest.mark.parametrize("spec,message", [
     ({"configs": ["A"], "colour": 1}, "colour: unknown key"),
     ({"configs": ["A"], "grid": {"train.lr": []}}, "grid.train.lr: expected a non-empty list"),
