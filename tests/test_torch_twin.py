@@ -2,7 +2,7 @@
 logits, loss and parameter gradients as cnnrun (float32 tolerance). PyTorch comes
 with the [bench] extra, which the [test] extra includes: this never skips."""
 
-import glob
+import os
 
 import numpy as np
 import pytest
@@ -11,20 +11,23 @@ import torch
 from cnnrun import torch_twin
 from cnnrun.config import build_network, load_config
 from cnnrun.nn import one_hot
+from cnnrun.sweep import is_spec_file
 
-CONFIGS = sorted(glob.glob("configs/net*.yaml"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.join("configs", name) for name in os.listdir(os.path.join(ROOT, "configs"))
+                 if name.endswith(".yaml") and not is_spec_file(os.path.join(ROOT, "configs", name)))
 BATCH = 70  # two parts of 35 (nn/parallel.py), so the sum of the parts' gradients is compared too
 
 
 def test_every_network_config_is_covered():
     assert {"configs/net1.yaml", "configs/net2.yaml", "configs/net3.yaml", "configs/net4.yaml",
-            "configs/net3-adv.yaml"} <= set(CONFIGS)
+            "configs/net3-adv.yaml", "configs/small-adv.yaml"} <= set(CONFIGS)
 
 
 def _perturbed_network(path, seed=0):
     """The config's network with every parameter (biases, gamma and beta too) nudged
     off its initial value, so that a misplaced or transposed tensor shows."""
-    net = build_network(load_config(path), batch_size=BATCH)
+    net = build_network(load_config(os.path.join(ROOT, path)), batch_size=BATCH)
     rng = np.random.default_rng(seed)
     for p in net.named_parameters().values():
         p += (0.1 * rng.standard_normal(p.shape) * (np.abs(p).mean() + 0.1)).astype(p.dtype)
