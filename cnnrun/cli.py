@@ -298,8 +298,12 @@ def plot_cmd(run_dirs, runs_dir, out, at_epoch):
     from cnnrun import sweep
 
     sweeps = [d for d in run_dirs if sweep.is_sweep(d)]
-    if at_epoch is not None and (not run_dirs or len(sweeps) < len(run_dirs)):
-        raise CnnrunError("--at-epoch summarises sweep folders; give only sweep folders with it")
+    if at_epoch is not None:
+        if not run_dirs:
+            raise CnnrunError("--at-epoch summarises sweep folders: give one or more")
+        for d in run_dirs:
+            if d not in sweeps:
+                raise CnnrunError(f"{d}: not a sweep folder (--at-epoch summarises sweep folders only)")
     for d in sweeps:
         table = sweep.write_results(d, at_epoch)
         if at_epoch is not None:

@@ -117,7 +117,9 @@ def test_plot_at_epoch_compares_every_run_at_an_epoch_they_all_reached(local_swe
     at_3 = {r["config"]: r["n"] for r in read_csv(os.path.join(sweep_dir, "summary-epoch-3.csv"))}
     assert at_3 == {"a": "2", "b": "0"}  # b never reached epoch 3
     mixed = cli("plot", sweep_dir, os.path.join(sweep_dir, sorted(os.listdir(sweep_dir))[0]), "--at-epoch", 2)
-    assert mixed.exit_code != 0 and "only sweep folders" in mixed.output
+    assert mixed.exit_code != 0 and "not a sweep folder" in mixed.output
+    missing = cli("plot", os.path.join(sweep_dir, "no-such-sweep"), "--at-epoch", 2)
+    assert missing.exit_code == 1 and "no-such-sweep: not a sweep folder" in missing.output
 
 
 @pytest.fixture(scope="module")
