@@ -58,7 +58,7 @@ def test_bench_times_the_configured_optimizer_and_the_adversarial_step():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["optimizer"] == "adam"
-    # PGD-7 on half the batch: 7 forward-backward passes of 8 images, against one of 16.
+    # PGD-10 on the whole batch: 10 forward-backward passes of 16 images, against one.
     assert data["adversarial_batch_ms"] > data["eval_step_ms"]
     assert data["adversarial_train_samples_per_s"] == pytest.approx(
         16 / ((data["train_step_ms"] + data["adversarial_batch_ms"]) / 1e3))
