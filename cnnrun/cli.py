@@ -564,8 +564,16 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
             sweep.mark_interrupted(sweep_dir, entries)
         click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
         sys.exit(130)
+    if until_epoch:
+        click.echo(f"test accuracy at epoch {until_epoch}:")
     click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))
-    click.echo(f"saved results.csv, summary.csv, summary.md and curves.png in {sweep_dir}")
+    extra = f", summary-epoch-{until_epoch}.csv/.md" if until_epoch else ""
+    click.echo(f"saved results.csv, summary.csv, summary.md{extra} and curves.png in {sweep_dir}")
+    untested = [e for e in entries if until_epoch
+                and sweep.accuracy_at_epoch(os.path.join(sweep_dir, e["run"]), until_epoch) is None]
+    if untested:
+        click.echo(f"{len(untested)} run(s) have no test accuracy at epoch {until_epoch}: a run is tested "
+                   f"every train.eval_every epochs (and a diverged one stops early)")
     if failures:
         raise CnnrunError(f"{len(failures)} run(s) failed, first {failures[0][0]}: {failures[0][1]}; "
                           f"resume with: cnnrun sweep --resume {sweep_dir}")

@@ -354,8 +354,9 @@ def pending_runs(sweep_dir, entries, until=None):
 def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0.5, until=None):
     """Train every pending run of the sweep on `client`'s workers (with `until`, each up to
     that epoch and paused there), showing one progress bar (runs and epochs) and a line per
-    finished run; then write results, summary and curves. Returns `(results rows, failures)`;
-    Ctrl-C cancels what is queued and raises KeyboardInterrupt."""
+    finished run; then write results, summary (also at epoch `until`) and curves. Returns
+    `(summary rows, failures)`, the rows at epoch `until` if given; Ctrl-C cancels what is
+    queued and raises KeyboardInterrupt."""
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -395,7 +396,7 @@ def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0
             if interrupted(e):
                 client.cancel(list(futures))
             raise
-    return write_results(sweep_dir), failures
+    return write_results(sweep_dir, until), failures
 
 
 def run_line(sweep_dir, entry, result):

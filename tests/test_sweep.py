@@ -222,6 +222,9 @@ def test_until_epoch_pauses_every_run_there_and_resume_goes_on_exactly(tiny, loc
     assert result.exit_code == 0, result.output
     assert "4 of 4 runs to train up to epoch 1" in result.output
     sweep_dir = only_sweep(runs_dir)
+    at_1 = read_csv(os.path.join(sweep_dir, "summary-epoch-1.csv"))  # they test every 2 epochs
+    assert [(r["config"], r["n"]) for r in at_1] == [("a", "0"), ("b", "0")]
+    assert "no test accuracy at epoch 1" in result.output
     rows = read_csv(os.path.join(sweep_dir, "results.csv"))
     assert [(r["status"], r["epochs_done"]) for r in rows] == [("paused", "1")] * 4
     assert not any(os.path.exists(os.path.join(sweep_dir, r["run"], "weights.npz")) for r in rows)
@@ -230,6 +233,9 @@ def test_until_epoch_pauses_every_run_there_and_resume_goes_on_exactly(tiny, loc
     rows = read_csv(os.path.join(sweep_dir, "results.csv"))  # b plans 2 epochs: it finishes there
     assert [(r["config"], r["status"], r["epochs_done"]) for r in rows] == [
         ("a", "paused", "2"), ("a", "paused", "2"), ("b", "finished", "2"), ("b", "finished", "2")]
+    at_2 = read_csv(os.path.join(sweep_dir, "summary-epoch-2.csv"))
+    assert [(r["config"], r["n"], r["epochs"]) for r in at_2] == [("a", "2", "2"), ("b", "2", "2")]
+    assert "test accuracy at epoch 2:" in result.output and "no test accuracy" not in result.output
     again = cli("sweep", "--resume", sweep_dir, "--until-epoch", 2, *common)
     assert again.exit_code == 0 and "0 of 4 runs to train" in again.output
     assert cli("sweep", "--resume", sweep_dir, *common).exit_code == 0
