@@ -15,10 +15,12 @@ rescheduled after its worker died, or re-run by `sweep --resume`, continues from
 the run's last checkpoint, so no epoch is duplicated or missing.
 """
 
+import contextlib
 import itertools
 import os
 import signal
 import socket
+import threading
 import time
 import warnings
 
@@ -379,24 +381,45 @@ def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0
 
         queue = as_completed(list(futures))
         try:
-            while not queue.is_empty():
-                for future in queue.next_batch(block=False):
-                    entry = futures[future]
-                    finished_runs += 1
-                    if future.status == "error":
-                        message = str(future.exception()).splitlines()[0] if future.exception() else "failed"
-                        failures.append((entry["run"], message))
-                        log(f"failed {entry['run']}: {message}")
-                    else:
-                        log(run_line(sweep_dir, entry, future.result()))
-                refresh()
-                time.sleep(poll)
+            with signals_as_a_flag() as caught:
+                while not queue.is_empty() and not caught:
+                    for future in queue.next_batch(block=False):
+                        entry = futures[future]
+                        finished_runs += 1
+                        if future.status == "error":
+                            message = str(future.exception()).splitlines()[0] if future.exception() else "failed"
+                            failures.append((entry["run"], message))
+                            log(f"failed {entry['run']}: {message}")
+                        else:
+                            log(run_line(sweep_dir, entry, future.result()))
+                    refresh()
+                    time.sleep(poll)
+            if caught:
+                raise KeyboardInterrupt
             refresh()
         except BaseException as e:
             if interrupted(e):
                 client.cancel(list(futures))
             raise
     return write_results(sweep_dir, until), failures
+
+
+@contextlib.contextmanager
+def signals_as_a_flag():
+    """Within the block, Ctrl-C and SIGTERM only append their number to the list it yields,
+    for the caller to act on at a point of its choosing: raised inside Dask's client code,
+    a KeyboardInterrupt may not reach the caller. (Main thread only; elsewhere a no-op.)"""
+    caught = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_line(sweep_dir, entry, result):
