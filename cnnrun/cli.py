@@ -275,6 +275,17 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json):
     click.echo(f"saved eval.json, confusion.png, misclassified.png in {run_dir}")
 
 
+def echo_sweep_summary(table, at_epoch, verb, sweep_dir):
+    """Print a sweep's summary rows (at epoch `at_epoch` if given) and the files written."""
+    from cnnrun.sweep import SUMMARY_COLUMNS
+
+    if at_epoch is not None:
+        click.echo(f"test accuracy at epoch {at_epoch}:")
+    click.echo(format_table(SUMMARY_COLUMNS, [[cell(r[c]) for c in SUMMARY_COLUMNS] for r in table]))
+    extra = f", summary-epoch-{at_epoch}.csv/.md" if at_epoch is not None else ""
+    click.echo(f"{verb} results.csv, summary.csv, summary.md{extra} and curves.png in {sweep_dir}")
+
+
 @main.command(name="plot", short_help="Redraw a run's plots; compare several runs.")
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @runs_dir_option
@@ -305,12 +316,7 @@ def plot_cmd(run_dirs, runs_dir, out, at_epoch):
             if d not in sweeps:
                 raise CnnrunError(f"{d}: not a sweep folder (--at-epoch summarises sweep folders only)")
     for d in sweeps:
-        table = sweep.write_results(d, at_epoch)
-        if at_epoch is not None:
-            click.echo(f"test accuracy at epoch {at_epoch}:")
-        click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))
-        extra = f", summary-epoch-{at_epoch}.csv/.md" if at_epoch is not None else ""
-        click.echo(f"redrew results.csv, summary.csv, summary.md{extra} and curves.png in {d}")
+        echo_sweep_summary(sweep.write_results(d, at_epoch), at_epoch, "redrew", d)
     run_dirs = [d for d in run_dirs if d not in sweeps]
     if sweeps and not run_dirs:
         return
@@ -564,11 +570,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
             sweep.mark_interrupted(sweep_dir, entries)
         click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
         sys.exit(130)
-    if until_epoch:
-        click.echo(f"test accuracy at epoch {until_epoch}:")
-    click.echo(format_table(sweep.SUMMARY_COLUMNS, [[cell(r[c]) for c in sweep.SUMMARY_COLUMNS] for r in table]))
-    extra = f", summary-epoch-{until_epoch}.csv/.md" if until_epoch else ""
-    click.echo(f"saved results.csv, summary.csv, summary.md{extra} and curves.png in {sweep_dir}")
+    echo_sweep_summary(table, until_epoch, "saved", sweep_dir)
     untested = [e for e in entries if until_epoch
                 and sweep.accuracy_at_epoch(os.path.join(sweep_dir, e["run"]), until_epoch) is None]
     if untested:
