@@ -17,7 +17,7 @@ A layer's life:
 import copy
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
@@ -52,9 +52,23 @@ def im2col(xp, kernel, stride, out):
     weight tensor reshaped to `(F, C*kh*kw)`.
     """
     (kh, kw), (sh, sw) = kernel, stride
-    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # (n, C, Ho, Wo, kh, kw)
-    n, c, ho, wo = windows.shape[:4]
-    np.copyto(out.reshape(n, c, kh, kw, ho, wo), windows.transpose(0, 1, 4, 5, 2, 3))
+    n, c, hp, wp = xp.shape
+    ho, wo = _out_size(hp, kh, sh, 0), _out_size(wp, kw, sw, 0)
+    # A view (n, C, kh, kw, Ho, Wo) of xp: element [.., i, j, a, b] is xp[.., a*sh + i, b*sw + j].
+    s_n, s_c, s_h, s_w = xp.strides
+    windows = as_strided(xp, (n, c, kh, kw, ho, wo), (s_n, s_c, s_h, s_w, s_h * sh, s_w * sw), writeable=False)
+    np.copyto(out.reshape(n, c, kh, kw, ho, wo), windows)
+    return out
+
+
+def pad_hw(x, padding, value=0.0):
+    """`(N, C, H, W)` -> `(N, C, H + 2*ph, W + 2*pw)`, `value` all around (x itself if no
+    padding). Same as np.pad's constant mode, which costs more in Python than in copying."""
+    (ph, pw), (n, c, h, w) = padding, x.shape
+    if not (ph or pw):
+        return x
+    out = np.full((n, c, h + 2 * ph, w + 2 * pw), value, x.dtype)
+    out[:, :, ph:ph + h, pw:pw + w] = x
     return out
 
 
@@ -273,8 +287,7 @@ class Conv2D(Layer):
         return 0  # the columns are made chunk by chunk, in CHUNK_BYTES
 
     def forward(self, x):
-        (ph, pw) = self.padding
-        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+        xp = pad_hw(x, self.padding)
         self.cache = xp
         y = correlate(xp, self.params["W"], self.stride)
         if self.bias:
@@ -324,7 +337,7 @@ class MaxPool2D(Layer):
     def forward(self, x):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         n, c, h, w = x.shape
-        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
+        xp = pad_hw(x, self.padding, -np.inf)
         ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
         # The window's k-th element for every output position, one contiguous block per k.
         stack = np.empty((kh * kw, n, c, ho, wo), x.dtype)
