@@ -319,6 +319,10 @@ def test_a_diverged_run_is_recorded_and_not_retried(tiny):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_stops_the_sweep_and_resume_finishes_it_exactly(tiny, signum):
     long = write_config(tiny["tmp"] / "ctrlc.yaml", name="ctrlc", train__epochs=40)
+    # Epochs long enough (4096 samples) that the run cannot finish while the signal is handled
+    # (after Ctrl-C, closing the cluster lets a run go on for a second or two).
+    data = make_digits(tiny["tmp"] / "data-4096", n_train=4096)
+    tiny = dict(tiny, data=str(data))
     runs_dir = tiny["tmp"] / f"ctrlc-{signum}"
     command = [sys.executable, "-m", "cnnrun.cli", "sweep", long, "--seeds", "0", "--workers", "1",
                "--data-dir", tiny["data"], "--runs-dir", str(runs_dir), "--quiet"]
