@@ -53,8 +53,8 @@ def test_conv_gradients_for_non_square_and_odd_shapes(kernel, stride, padding, s
 
 @pytest.mark.parametrize("padding", [0, 1, 2])
 def test_conv_gradients_when_the_input_gradient_is_gathered(padding, rng):
-    """At stride 1, dx takes the gather path (flipped-kernel correlation), here with
-    more input than output channels; strides 2 and 3 above take the scatter path."""
+    """At stride 1 with at least as many input as output channels, dx takes the gather
+    path (flipped-kernel correlation); the tests above take the scatter path."""
     layer = built(Conv2D(filters=2, kernel=3, padding=padding), (3, 7, 6), rng)
     assert_gradients_match(layer, (3, 7, 6), rng)
 
