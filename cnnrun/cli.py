@@ -202,7 +202,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     """
     from cnnrun import runs
     from cnnrun.config import apply_override
-    from cnnrun.data import load_data
+    from cnnrun.data import check_data_fits, load_data
     from cnnrun.runner import Stopped, resume_action, train_run
 
     if (config is None) == (resume_dir is None):
@@ -225,8 +225,10 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
             cfg = apply_override(cfg, f"train.epochs={epochs}", "--epochs")
         if seed is not None:
             cfg = apply_override(cfg, f"seed={seed}", "--seed")
-    build_network(cfg)  # a config that does not build, or would not fit in memory, fails before any data is read
+    net = build_network(cfg)  # a config that does not build, or would not fit in memory, fails before any data is read
     data = load_data(cfg, data_dir, progress=not quiet)
+    for images, labels in data.values():  # and data that does not fit it, before a run folder is made
+        check_data_fits(net, images, labels)
     if not resume_dir:
         run_dir = runs.new_run_dir(runs_dir, cfg["name"], cfg)
     show = not quiet
@@ -257,12 +259,13 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json):
     Prints accuracy, loss and per-class accuracy; saves eval.json, confusion.png
     (confusion matrix) and misclassified.png (a grid of mistakes) in the run folder.
     """
-    from cnnrun.data import load_data
+    from cnnrun.data import check_data_fits, load_data
     from cnnrun.reports import evaluate_run
     from cnnrun.runs import load_run
 
     run_dir, cfg, net = load_run(run_dir, runs_dir)
     x, labels = load_data(cfg, data_dir, progress=not as_json, splits=("test",))["test"]
+    check_data_fits(net, x, labels)
     result = evaluate_run(run_dir, cfg, net, x, labels)
     if as_json:
         click.echo(json.dumps(result))
@@ -441,7 +444,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
     RUN_DIR/attacks/...; with several runs, also a comparison plot and table.
     """
     from cnnrun.attacks import METHODS
-    from cnnrun.data import load_data
+    from cnnrun.data import check_data_fits, load_data
     from cnnrun.reports import attack_run, compare_attacks
     from cnnrun.runs import load_run
 
@@ -453,6 +456,8 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
     loaded = [load_run(d, runs_dir) for d in (run_dirs or [None])]
     x, labels = load_data(loaded[0][1], data_dir, progress=not as_json, splits=("test",))["test"]
     x, labels = x[:limit], labels[:limit]
+    for _, _, net in loaded:
+        check_data_fits(net, x, labels)
     progress = not as_json and sys.stderr.isatty()
     reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed, steps=steps,
                           step_size=step_size, restarts=restarts, targets=targets) for run_dir, cfg, net in loaded]
@@ -598,12 +603,13 @@ def export_cmd(run_dir, output, check_images, data_dir, runs_dir):
     (within 1e-5) as cnnrun on the run's first test images.
     """
     from cnnrun import __version__, export, runs
-    from cnnrun.data import load_data
+    from cnnrun.data import check_data_fits, load_data
     from cnnrun.fileio import write_atomic
 
     export.require_onnx()
     run_dir, cfg, net = runs.load_run(run_dir, runs_dir)
     x = load_data(cfg, data_dir, progress=False, splits=("test",))["test"][0][:check_images]
+    check_data_fits(net, x)
     summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
     metadata = dict(config=cfg["name"], run=os.path.basename(os.path.abspath(run_dir)),
                     test_accuracy=summary.get("final_test_acc"), cnnrun_version=__version__)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cnnrun import attacks, plots, runs
 from cnnrun.config import build_network
+from cnnrun.data import check_data_fits
 from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.nn import exponential_lr, make_optimizer
 from cnnrun.training import Diverged, epoch_rng, evaluate, train_epoch
@@ -48,13 +49,6 @@ def git_commit():
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def check_data_fits(net, data):
-    shape = data["train"][0].shape[1:]
-    if tuple(shape) != net.input_shape:
-        raise CnnrunError(f"the data's images are {tuple(shape)} but model.input_shape is "
-                          f"{list(net.input_shape)}")
 
 
 def summarise(rows):
@@ -186,7 +180,8 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
     stop = epochs if until is None else min(until, epochs)
     summary_path = os.path.join(run_dir, "summary.json")
     net = build_network(config)
-    check_data_fits(net, data)
+    for images, labels in data.values():
+        check_data_fits(net, images, labels)
     optimizer = make_optimizer(config["train"])
     previous = {}
     if resume:

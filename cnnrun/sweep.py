@@ -221,27 +221,31 @@ _DATA = {}  # per worker process: the last data set loaded, reused by the next r
 def train_task(run_dir, data_dir=None, threads=1, until=None):
     """Train (or continue) one run folder on this worker, its network on `threads` threads
     (BLAS runs one thread in each: nn/parallel.py), up to epoch `until` if given. Returns
-    `{"status", "host", "message"}`; a diverged run is a result, not a failure."""
+    `{"status", "host", "message"}`; a diverged run is a result, not a failure, and a run
+    that cannot train (its data missing or not fitting its network, say) has status
+    "failed" and the one-line reason (no traceback in the worker's log)."""
     from cnnrun.data import load_data
     from cnnrun.runner import Stopped, train_run
 
     parallel.keep_freed_memory()
     os.environ["CNNRUN_THREADS"] = str(threads)  # the network's own threads (nn/parallel.py)
-    if not runs.is_run(run_dir):
-        raise CnnrunError(f"worker {socket.gethostname()} cannot see the run folder {run_dir}: "
-                          f"--runs-dir must be on a filesystem every worker shares, at the same path")
-    cfg = runs.load_run_config(run_dir)
-    key = (data_dir, os.environ.get("CNNRUN_DATA_DIR"), yaml.safe_dump(cfg["data"]))
-    if key not in _DATA:
-        _DATA.clear()
-        _DATA[key] = load_data(cfg, data_dir, progress=False)
+    host = socket.gethostname()
     try:
-        summary = train_run(cfg, run_dir, _DATA[key], resume=True, progress=False, log=lambda _: None,
-                            command=f"cnnrun sweep (worker {socket.gethostname()})", until=until)
+        if not runs.is_run(run_dir):
+            raise CnnrunError(f"worker {host} cannot see the run folder {run_dir}: "
+                              f"--runs-dir must be on a filesystem every worker shares, at the same path")
+        cfg = runs.load_run_config(run_dir)
+        key = (data_dir, os.environ.get("CNNRUN_DATA_DIR"), yaml.safe_dump(cfg["data"]))
+        if key not in _DATA:
+            _DATA.clear()
+            _DATA[key] = load_data(cfg, data_dir, progress=False)
+        train_run(cfg, run_dir, _DATA[key], resume=True, progress=False, log=lambda _: None,
+                  command=f"cnnrun sweep (worker {host})", until=until)
     except Stopped as e:
-        return dict(status="diverged" if e.exit_code == 1 else "interrupted", host=socket.gethostname(),
-                    message=str(e))
-    return dict(status=run_state(run_dir)[0], host=socket.gethostname(), message="")
+        return dict(status="diverged" if e.exit_code == 1 else "interrupted", host=host, message=str(e))
+    except CnnrunError as e:
+        return dict(status="failed", host=host, message=str(e))
+    return dict(status=run_state(run_dir)[0], host=host, message="")
 
 
 # --- running it on a cluster -----------------------------------------------------------
@@ -386,12 +390,16 @@ def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0
                     for future in queue.next_batch(block=False):
                         entry = futures[future]
                         finished_runs += 1
-                        if future.status == "error":
-                            message = str(future.exception()).splitlines()[0] if future.exception() else "failed"
-                            failures.append((entry["run"], message))
-                            log(f"failed {entry['run']}: {message}")
+                        if future.status == "error":  # an exception the task did not expect
+                            result = dict(status="failed", message=str(future.exception()).splitlines()[0]
+                                          if future.exception() else "failed")
                         else:
-                            log(run_line(sweep_dir, entry, future.result()))
+                            result = future.result()
+                        if result["status"] == "failed":
+                            failures.append((entry["run"], result["message"]))
+                            log(f"failed {entry['run']}: {result['message']}")
+                        else:
+                            log(run_line(sweep_dir, entry, result))
                     refresh()
                     time.sleep(poll)
             if caught:

@@ -162,3 +162,18 @@ def test_a_config_that_is_not_text_is_one_line(setup):
     path.write_bytes(bytes(range(256)) * 4)
     for verb in (["train", path, "--data-dir", setup["data"]], ["bench", path], ["sweep", path]):
         assert_one_line_error(cli(setup, *verb, runs_dir=verb[0] != "bench"), "binary.yaml: not a text file")
+
+
+def test_a_network_with_fewer_outputs_than_the_data_has_classes_is_refused_before_a_run_folder(setup):
+    config = config_with(setup["tmp"], model__layers=["flatten", {"dense": {"units": 9}}, "softmax"])
+    result = cli(setup, "train", config, "--data-dir", setup["data"])
+    assert_one_line_error(result, "the data has labels 0-9 but the network has 9 outputs")
+    assert runs.list_runs(setup["runs"]) == [setup["run"]]
+
+
+@pytest.mark.parametrize("verb", [["eval"], ["attack", "--limit", 4], ["export"], ["train", "--epochs", 2]])
+def test_data_whose_images_do_not_fit_the_runs_network_is_one_line(setup, verb):
+    other = make_digits(setup["tmp"] / "data-32", n_train=16, n_test=8, size=32)
+    args = verb[:1] + (["--resume"] if verb[0] == "train" else []) + [setup["run"]] + verb[1:]
+    result = cli(setup, *args, "--data-dir", other)
+    assert_one_line_error(result, "the data's images are (1, 32, 32) but model.input_shape is [1, 28, 28]")

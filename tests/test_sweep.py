@@ -3,6 +3,7 @@ workers, a worker killed mid-run, --resume, and bad specs."""
 
 import csv
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -282,8 +283,9 @@ def test_an_unreachable_scheduler_is_a_clear_error_within_the_timeout(tiny):
 
 
 def test_a_worker_that_cannot_see_the_run_folder_says_so(tmp_path):
-    with pytest.raises(Exception, match="cannot see the run folder .*shares"):
-        sweep.train_task(str(tmp_path / "elsewhere" / "000-a-s0"))
+    result = sweep.train_task(str(tmp_path / "elsewhere" / "000-a-s0"))
+    assert result["status"] == "failed"
+    assert re.search("cannot see the run folder .*shares", result["message"])
 
 
 def test_without_dask_sweep_says_how_to_install_it(tiny, monkeypatch):
@@ -314,6 +316,20 @@ def test_a_diverged_run_is_recorded_and_not_retried(tiny):
     assert "diverged a [default] seed 0" in result.output
     again = cli("sweep", "--resume", sweep_dir, "--workers", 1, "--data-dir", tiny["data"], "--runs-dir", runs_dir)
     assert again.exit_code == 0 and "0 of 2 runs to train" in again.output
+
+
+def test_a_run_whose_network_does_not_fit_the_data_fails_in_one_line_and_the_others_train(tiny):
+    narrow = write_config(tiny["tmp"] / "narrow.yaml", name="narrow",
+                          model__layers=["flatten", {"dense": {"units": 9}}, "softmax"])
+    runs_dir = tiny["tmp"] / "narrow-runs"
+    command = [sys.executable, "-m", "cnnrun.cli", "sweep", tiny["a"], narrow, "--seeds", "0", "--workers", "1",
+               "--data-dir", tiny["data"], "--runs-dir", str(runs_dir)]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 1
+    assert "failed 001-narrow-s0: the data has labels 0-9 but the network has 9 outputs" in process.stdout
+    assert "Traceback" not in process.stdout + process.stderr, process.stderr
+    statuses = {r["run"]: r["status"] for r in read_csv(os.path.join(only_sweep(str(runs_dir)), "results.csv"))}
+    assert statuses["000-a-s0"] == "finished"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -1,6 +1,7 @@
 """Data sets: MNIST and anything else in its IDX format."""
 
 from cnnrun.data import mnist
+from cnnrun.errors import CnnrunError
 
 
 def load_data(config, data_dir=None, progress=True, splits=("train", "test")):
@@ -10,3 +11,15 @@ def load_data(config, data_dir=None, progress=True, splits=("train", "test")):
     directory = mnist.resolve_data_dir(data_dir, data["dir"])
     return mnist.load(directory, data["dataset"], data["train_limit"], data["test_limit"],
                       progress=progress, splits=splits)
+
+
+def check_data_fits(net, images, labels=None):
+    """A one-line error unless `images` `(N, *input_shape)` are what `net` takes and every
+    label is one of its classes (below the number of its outputs)."""
+    shape = tuple(images.shape[1:])
+    if shape != net.input_shape:
+        raise CnnrunError(f"the data's images are {shape} but model.input_shape is {list(net.input_shape)}")
+    classes = net.output_shape[0]
+    if labels is not None and labels.size and labels.max() >= classes:
+        raise CnnrunError(f"the data has labels 0-{labels.max()} but the network has {classes} outputs "
+                          f"(the units of its last dense layer)")
