@@ -5,12 +5,17 @@ import io
 import os
 import tempfile
 
+from cnnrun.errors import CnnrunError
+
 
 def write_atomic(path, data):
     """Write `data` (str or bytes) to `path` so that a reader (or a kill) never sees half a file."""
     data = data.encode() if isinstance(data, str) else data
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    except OSError as e:  # no such folder, or not writable: name the file asked for, not the temporary one
+        raise CnnrunError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

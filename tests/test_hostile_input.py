@@ -177,3 +177,9 @@ def test_data_whose_images_do_not_fit_the_runs_network_is_one_line(setup, verb):
     args = verb[:1] + (["--resume"] if verb[0] == "train" else []) + [setup["run"]] + verb[1:]
     result = cli(setup, *args, "--data-dir", other)
     assert_one_line_error(result, "the data's images are (1, 32, 32) but model.input_shape is [1, 28, 28]")
+
+
+def test_an_output_file_in_a_folder_that_does_not_exist_is_one_line_naming_it(setup):
+    target = setup["tmp"] / "no-such-folder" / "model.onnx"
+    result = cli(setup, "export", setup["run"], "--output", target, "--data-dir", setup["data"])
+    assert_one_line_error(result, f"{target}: cannot write (No such file or directory)")
