@@ -3,6 +3,7 @@ nothing already written is touched."""
 
 import os
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -183,3 +184,16 @@ def test_an_output_file_in_a_folder_that_does_not_exist_is_one_line_naming_it(se
     target = setup["tmp"] / "no-such-folder" / "model.onnx"
     result = cli(setup, "export", setup["run"], "--output", target, "--data-dir", setup["data"])
     assert_one_line_error(result, f"{target}: cannot write (No such file or directory)")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, "text"])
+def test_weights_holding_nan_infinity_or_text_are_refused_by_every_verb_that_loads_them(setup, value):
+    path = os.path.join(setup["run"], "weights.npz")
+    with np.load(path) as stored:
+        weights = {k: stored[k] for k in stored.files}
+    name = sorted(k for k in weights if k.endswith(".W"))[0]
+    weights[name] = np.full(weights[name].shape, value)
+    np.savez(path, **weights)
+    for verb in (["eval"], ["attack", "--limit", 4], ["export"]):
+        result = cli(setup, verb[0], setup["run"], *verb[1:], "--data-dir", setup["data"])
+        assert_one_line_error(result, f"damaged weights: {name} hold NaN, infinite or non-numeric values")

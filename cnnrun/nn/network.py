@@ -39,6 +39,11 @@ def backward_through(layers, dlogits, need_input_grad=True, need_param_grads=Tru
         yield index, grad
 
 
+def is_finite_real(a):
+    """Whether the array `a` holds real numbers only (ints or floats), none NaN or infinite."""
+    return a.dtype.kind in "iu" or (a.dtype.kind == "f" and bool(np.isfinite(a).all()))
+
+
 class Network:
     """Layers applied in order to `(N, *input_shape)` batches; ends with softmax.
 
@@ -218,6 +223,9 @@ class Network:
         problems += [f"{name} is not in the config" for name in unexpected]
         if problems:
             raise CnnrunError(f"{path}: weights do not fit the config: {'; '.join(problems)}")
+        damaged = [name for name in params if not is_finite_real(stored[name])]
+        if damaged:
+            raise CnnrunError(f"{path}: damaged weights: {', '.join(damaged)} hold NaN, infinite or non-numeric values")
         for name, p in params.items():
             p[...] = stored[name]
         return {k: v for k, v in stored.items() if k not in params}
