@@ -17,6 +17,7 @@ the run's last checkpoint, so no epoch is duplicated or missing.
 
 import contextlib
 import itertools
+import math
 import os
 import signal
 import socket
@@ -35,6 +36,7 @@ from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.reports import write_tables
 
 SPEC_KEYS = ("name", "configs", "seeds", "grid", "set")
+MAX_RUNS = 10_000  # runs in one sweep: a typo in a seed range must not plan a billion
 INSTALL_HINT = "cnnrun sweep needs Dask: pip install -e '.[sweep]' (dask[distributed])"
 RESULT_COLUMNS = ["run", "config", "setting", "overrides", "seed", "status", "epochs_done", "epochs_planned",
                   "final_test_acc", "best_test_acc", "wall_time_s"]  # run: the run's folder in the sweep folder
@@ -58,9 +60,12 @@ def parse_seeds(value, where="seeds"):
         for part in value.split(","):
             low, dash, high = part.strip().partition("-")
             try:
-                seeds += list(range(int(low), int(high) + 1)) if dash else [int(low)]
+                low, high = int(low), int(high) if dash else int(low)
             except ValueError:
                 raise CnnrunError(f"{where}: {value!r}: expected integers, e.g. 0-4 or 0,1,2") from None
+            if high - low >= MAX_RUNS:  # refused before a list of them is made
+                raise CnnrunError(f"{where}: {value!r}: more than {MAX_RUNS:,} seeds (at most {MAX_RUNS:,} runs a sweep)")
+            seeds += list(range(low, high + 1))
     elif isinstance(value, int) and not isinstance(value, bool):
         seeds = [value]
     elif isinstance(value, list):
@@ -141,6 +146,9 @@ def resolve_config_path(path, spec_dir):
 def expand(spec, spec_dir=None):
     """The plan: one entry per (config, grid setting, seed), each config validated and built
     (so every mistake shows before any run starts). Returns `(entries, resolved configs)`."""
+    count = len(spec["configs"]) * math.prod(len(v) for v in spec["grid"].values()) * len(spec["seeds"])
+    if count > MAX_RUNS:
+        raise CnnrunError(f"{count:,} runs (configs x grid settings x seeds): at most {MAX_RUNS:,} in one sweep")
     keys = list(spec["grid"])
     settings = [dict(zip(keys, values)) for values in itertools.product(*spec["grid"].values())]
     entries, configs = [], []
@@ -266,6 +274,8 @@ class Cluster:
         if self.address:
             try:
                 self.client = Client(self.address, timeout=self.timeout)
+            except ValueError as e:  # not an address at all
+                raise CnnrunError(f"--scheduler {self.address}: expected an address like tcp://HOST:PORT ({e})") from None
             except (OSError, TimeoutError) as e:
                 raise CnnrunError(f"--scheduler {self.address}: cannot reach the scheduler within "
                                   f"{self.timeout:g}s ({type(e).__name__})") from None

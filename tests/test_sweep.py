@@ -378,3 +378,16 @@ def test_a_damaged_sweep_folder_is_one_line_before_a_cluster_starts(tiny, local_
     result = cli("plot", copy)  # the summary reads only what it needs: it may succeed, but never with a traceback
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.exit_code == 0 or (result.exit_code == 1 and result.output.count("\n") == 1), result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seeds", "0-100000000"], "--seeds: '0-100000000': more than 10,000 seeds"),
+    (["--seeds", "0-9999", "--grid", "train.lr=0.1,0.2"], "20,000 runs (configs x grid settings x seeds)"),
+    (["--scheduler", "not-an-address"], "--scheduler not-an-address: expected an address like tcp://HOST:PORT"),
+])
+def test_a_sweep_too_large_to_plan_or_an_address_that_is_not_one_is_one_line(tiny, args, message):
+    started = time.monotonic()
+    result = cli("sweep", tiny["a"], *args, "--runs-dir", tiny["tmp"] / "refused")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert message in result.output and time.monotonic() - started < 30
+    assert not os.path.exists(tiny["tmp"] / "refused")
