@@ -60,6 +60,16 @@ def test_bad_magic_and_bad_gzip_and_label_range_are_clear_errors(tmp_path):
         mnist.load(str(d), dataset="digits")
 
 
+def test_a_file_that_unpacks_to_more_than_half_the_memory_is_refused_without_unpacking_it_all(tmp_path, monkeypatch):
+    d = make_digits(tmp_path, n_train=20, n_test=7)
+    path = d / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:  # 4 MB of zeros in a few kB, as a damaged or hostile file may be
+        f.write(bytes(4 << 20))
+    monkeypatch.setattr(mnist, "available_memory", lambda: 2 << 20)
+    with pytest.raises(CnnrunError, match=r"train-images-idx3-ubyte.gz: holds more than 1,048,576 bytes, half the"):
+        mnist.load(str(d), dataset="digits", allow_download=False)
+
+
 def test_mnist_checksums_reject_files_that_are_not_mnist(tmp_path):
     d = make_digits(tmp_path, n_train=4, n_test=4)
     with pytest.raises(CnnrunError, match="does not match the published MD5"):

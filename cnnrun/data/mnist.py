@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 
+from cnnrun.config import available_memory
 from cnnrun.errors import CnnrunError
 
 FILES = {
@@ -54,15 +55,19 @@ def find_file(directory, name):
 
 
 def read_bytes(path):
-    """A file's uncompressed content (gunzipped if it ends in .gz)."""
+    """A file's uncompressed content (gunzipped if it ends in .gz). A file that holds more
+    than half the memory available is an error, found without unpacking more than that
+    (a small damaged or hostile .gz can unpack to gigabytes)."""
+    limit = (available_memory() or 1 << 40) // 2
     try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            content = f.read(limit + 1)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise CnnrunError(f"{path}: cannot read ({e}); delete it and download again") from None
+    if len(content) > limit:
+        raise CnnrunError(f"{path}: holds more than {limit:,} bytes, half the memory available "
+                          f"(a damaged file?); delete it and download again")
+    return content
 
 
 def parse_idx(content, path, dims):
