@@ -29,7 +29,7 @@ def read_image(path, max_pixels=MAX_PIXELS):
     rgb, alpha = image[..., :3], image[..., 3:]
     image = (rgb * alpha + (1 - alpha)) @ np.array([0.299, 0.587, 0.114])  # transparent reads as white paper
     if min(image.shape) < 2:
-        raise CnnrunError(f"{path}: not a readable image (shape {image.shape})")
+        raise CnnrunError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels is too small for a digit (2x2 at least)")
     return image
 
 

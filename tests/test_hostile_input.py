@@ -86,6 +86,14 @@ def test_predict_refuses_a_huge_image_before_decoding_it(setup, tmp_path):
 
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 500), (300, 1)])
+def test_predict_says_an_image_one_pixel_wide_or_high_is_too_small(setup, tmp_path, size):
+    from PIL import Image
+    Image.new("L", size, 255).save(tmp_path / "tiny.png")
+    result = cli(setup, "predict", setup["run"], tmp_path / "tiny.png")
+    assert_one_line_error(result, f"{size[0]}x{size[1]} pixels is too small for a digit")
+
+
 @pytest.mark.parametrize("verb", [["eval"], ["attack"], ["plot"], ["predict"], ["train", "--resume"]])
 def test_a_run_folder_that_is_missing_or_a_file_is_a_clear_error(setup, verb, tmp_path):
     (tmp_path / "afile").write_text("x")
