@@ -5,7 +5,9 @@ part runs through its own copy of the layers (`Layer.replica`: same parameters,
 its own cache and gradients), the parts side by side in threads. NumPy releases
 the GIL in its array loops and matrix products, so the threads use several cores
 in the elementwise passes too, where a BLAS library's own threads only speed up
-the matrix products. BLAS runs one thread in each part.
+the matrix products. BLAS runs one thread in each part. What the threads cannot
+run side by side is the Python between NumPy calls, which holds the GIL: the
+layers keep it short (no np.pad or sliding_window_view in a hot path: layers.py).
 
 The parts depend only on the batch size, and BLAS's threads are always one, so
 a batch gives the same numbers on 1 thread or on 8 (OpenBLAS on 2 threads sums
