@@ -152,3 +152,12 @@ def test_real_mnist_passes_its_checksums_and_has_the_standard_shape():
     (x, y), (xt, yt) = data["train"], data["test"]
     assert x.shape == (60000, 1, 28, 28) and xt.shape == (10000, 1, 28, 28)
     assert np.bincount(y).tolist()[:2] == [5923, 6742] and yt[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_a_data_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with pytest.raises(CnnrunError, match="a-file: not a folder"):
+        mnist.load(str(a_file), allow_download=True, progress=False)
+    with pytest.raises(CnnrunError, match="a-file/mnist: cannot make the data folder"):
+        mnist.load(str(a_file / "mnist"), allow_download=True, progress=False)

@@ -100,7 +100,10 @@ def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=Tr
     move it into `directory` atomically. A failure leaves no partial file behind."""
     from tqdm import tqdm
 
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise CnnrunError(f"{directory}: cannot make the data folder ({e.strerror or e})") from None
     for name in names:
         errors = []
         for mirror in mirrors:
@@ -135,6 +138,8 @@ def load(directory, dataset="mnist", train_limit=None, test_limit=None, num_clas
     with x float32 `(N, 1, H, W)` in [0, 1] and labels int64 `(N,)`.
     """
     checksums = MNIST_MD5 if dataset == "mnist" else None
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CnnrunError(f"{directory}: not a folder (the data folder: --data-dir, CNNRUN_DATA_DIR or data.dir)")
     wanted = {key: name for key, name in FILES.items() if key.split("_")[0] in splits}
     missing = [name for name in wanted.values() if find_file(directory, name) is None]
     if missing:
