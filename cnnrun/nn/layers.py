@@ -150,9 +150,54 @@ def kernel_offsets(kernel, stride, out_hw):
     """For each kernel offset `(i, j)`, in row-major order: the slices `(rows, cols)` of a
     padded input that offset reads in every window (the windows' outputs are `out_hw`)."""
     (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
-    for i in range(kh):
-        for j in range(kw):
-            yield slice(i, i + (ho - 1) * sh + 1, sh), slice(j, j + (wo - 1) * sw + 1, sw)
+    for rows in axis_offsets(kh, sh, ho):
+        for cols in axis_offsets(kw, sw, wo):
+            yield rows, cols
+
+
+def axis_offsets(kernel, stride, n_out):
+    """Along one axis: for each offset `i` in a window, the slice of the input it reads in
+    each of the `n_out` windows (`i, i + stride, ...`)."""
+    return [slice(i, i + (n_out - 1) * stride + 1, stride) for i in range(kernel)]
+
+
+def first_max(views):
+    """Elementwise max of same-shaped arrays, and the index (uint8) of the first one holding it."""
+    top = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
+    for v in views[2:]:
+        np.maximum(top, v, out=top)
+    # The index = how many arrays come before the first holding the max (bools read as 0/1).
+    later = views[0] != top
+    first = later.astype(np.uint8)
+    for v in views[1:-1]:
+        later &= v != top
+        first += later.view(np.uint8)
+    return top, first
+
+
+def route_to_first(dy, first, kernel, stride, size, axis):
+    """Backward of `first_max` over windows along `axis` (2: H, 3: W): each entry of dy
+    goes to offset `first` of its window; `size` is the input's length along `axis`."""
+    n_out = dy.shape[axis]
+    tiled = stride == kernel and n_out * stride == size  # each input in exactly one window
+    shape = dy.shape[:axis] + (size,) + dy.shape[axis + 1:]
+    dx = (np.empty if tiled else np.zeros)(shape, dy.dtype)
+    parts = [dx[(slice(None),) * axis + (s,)] for s in axis_offsets(kernel, stride, n_out)]
+    if not tiled:
+        for i, part in enumerate(parts):
+            part += dy * (first == i)
+        return dx
+    for i, part in enumerate(parts[:-1]):
+        np.multiply(dy, first == i, out=part)
+    # The last offset gets what no other took (exact: at most one of them holds dy, the rest 0).
+    last = parts[-1]
+    if len(parts) == 1:
+        np.copyto(last, dy)
+    else:
+        np.subtract(dy, parts[0], out=last)
+    for part in parts[1:-1]:
+        last -= part
+    return dx
 
 
 def shifted_window(a, start, size):
@@ -336,38 +381,23 @@ class MaxPool2D(Layer):
 
     def forward(self, x):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        n, c, h, w = x.shape
+        ho, wo = _out_size(x.shape[2], kh, sh, ph), _out_size(x.shape[3], kw, sw, pw)
         xp = pad_hw(x, self.padding, -np.inf)
-        ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
-        # The window's k-th element for every output position, one contiguous block per k.
-        stack = np.empty((kh * kw, n, c, ho, wo), x.dtype)
-        for k, (rows, cols) in enumerate(kernel_offsets(self.kernel, self.stride, (ho, wo))):
-            stack[k] = xp[:, :, rows, cols]
-        out = stack.max(axis=0)
-        # Index of the first maximum = how many offsets come before any maximum is found
-        # (bool arrays are read as uint8 0/1: no conversion pass).
-        found = stack[0] == out
-        argmax = (~found).view(np.uint8).copy()
-        for v in stack[1:-1]:
-            found |= v == out
-            argmax += (~found).view(np.uint8)
-        self.cache = argmax                                          # (N, C, Ho, Wo)
+        # Max is separable: first the max of each window's rows (along W), then the max of
+        # those (along H). The window's first maximum in row-major order is then in the
+        # first row holding the max, at that row's first maximum.
+        row_max, col_first = first_max([xp[:, :, :, cols] for cols in axis_offsets(kw, sw, wo)])  # (N, C, Hp, Wo)
+        out, row_first = first_max([row_max[:, :, rows] for rows in axis_offsets(kh, sh, ho)])    # (N, C, Ho, Wo)
+        self.cache = row_first, col_first
         return out
 
     def backward(self, dy, need_dx=True, need_grads=True):
         if not need_dx:
             return None
-        argmax, (ph, pw), (c, h, w) = self.cache, self.padding, self.in_shape
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        n, _, ho, wo = dy.shape
-        overlapping = sh < kh or sw < kw
-        tiled = not overlapping and (ho * sh, wo * sw) == (h + 2 * ph, w + 2 * pw)  # each input in one window
-        dxp = (np.empty if tiled else np.zeros)((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
-        for k, (rows, cols) in enumerate(kernel_offsets(self.kernel, self.stride, (ho, wo))):
-            if overlapping:
-                dxp[:, :, rows, cols] += (argmax == k) * dy
-            else:
-                np.multiply(dy, argmax == k, out=dxp[:, :, rows, cols])
+        (row_first, col_first), (kh, kw), (sh, sw) = self.cache, self.kernel, self.stride
+        (ph, pw), (c, h, w) = self.padding, self.in_shape
+        d_row_max = route_to_first(dy, row_first, kh, sh, h + 2 * ph, axis=2)   # (N, C, Hp, Wo)
+        dxp = route_to_first(d_row_max, col_first, kw, sw, w + 2 * pw, axis=3)  # (N, C, Hp, Wp)
         return dxp[:, :, ph:ph + h, pw:pw + w]
 
 
