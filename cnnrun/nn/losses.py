@@ -3,17 +3,18 @@
 import numpy as np
 
 
-def softmax_cross_entropy(logits, y):
+def softmax_cross_entropy(logits, y, batch_size=None):
     """Mean categorical cross-entropy of softmax(logits) against one-hot `y`.
 
     logits, y: `(N, K)`. Returns `(loss, dlogits)`. Computed from log-softmax
     (max subtracted), so logits of +-1e4 stay finite; the softmax and the
-    cross-entropy gradients fuse to `(p - y) / N`.
+    cross-entropy gradients fuse to `(p - y) / N`. `batch_size`: the N to
+    average over when these rows are part of a larger batch (default: N).
     """
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     log_p = shifted - log_sum
-    n = logits.shape[0]
+    n = logits.shape[0] if batch_size is None else batch_size
     loss = -np.sum(y * log_p) / n
     dlogits = (np.exp(log_p) - y) / n
     return float(loss), dlogits

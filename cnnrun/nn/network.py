@@ -138,24 +138,41 @@ class Network:
 
     # --- passes -----------------------------------------------------------
 
-    def _replicas_for(self, parts):
-        while len(self.replicas) < len(parts):
+    def _start_batch(self, x):
+        """Cut the batch `x` into parts, with a replica of the layers for each; x as an array."""
+        x = np.asarray(x, self.dtype)
+        self.parts = parallel.parts(len(x))
+        while len(self.replicas) < len(self.parts):
             self.replicas.append([layer.replica() for layer in self.layers])
-        return self.replicas[:len(parts)]
+        return x
+
+    def _forward_part(self, i, x):
+        """Logits of part `i` of the batch `x`, through that part's replica."""
+        h = x[self.parts[i]]
+        for layer in self.replicas[i][:-1]:
+            h = layer.forward(h)
+        return h
+
+    def _backward_part(self, i, dlogits, need_input_grad, need_param_grads):
+        """Back-propagate part `i`'s rows `dlogits` through its replica; its input gradient."""
+        grad = dlogits
+        for _, grad in backward_through(self.replicas[i], grad, need_input_grad, need_param_grads):
+            pass
+        return grad
+
+    def _sum_part_grads(self):
+        """`grads` of each layer: the sum of its replicas' over the parts."""
+        for index, layer in enumerate(self.layers):
+            for name in layer.params:
+                total = self.replicas[0][index].grads[name]
+                for replica in self.replicas[1:len(self.parts)]:
+                    total = total + replica[index].grads[name]
+                layer.grads[name] = total
 
     def logits(self, x):
         """Scores before the final softmax: `(N, *input_shape)` -> `(N, K)`."""
-        x = np.asarray(x, self.dtype)
-        self.parts = parallel.parts(len(x))
-        replicas = self._replicas_for(self.parts)
-
-        def part_logits(i):
-            h = x[self.parts[i]]
-            for layer in replicas[i][:-1]:
-                h = layer.forward(h)
-            return h
-
-        return np.concatenate(parallel.run(part_logits, range(len(self.parts)), self.threads))
+        x = self._start_batch(x)
+        return np.concatenate(parallel.run(lambda i: self._forward_part(i, x), range(len(self.parts)), self.threads))
 
     def forward(self, x):
         """Class probabilities `(N, K)`."""
@@ -168,32 +185,33 @@ class Network:
         or None if not needed."""
         if len(dlogits) != (self.parts[-1].stop if self.parts else -1):
             raise ValueError(f"backward of {len(dlogits)} samples: the last forward pass was not of this batch")
-        replicas = self.replicas[:len(self.parts)]
-
-        def part_backward(i):
-            grad = dlogits[self.parts[i]]
-            for _, grad in backward_through(replicas[i], grad, need_input_grad, need_param_grads):
-                pass
-            return grad
-
-        input_grads = parallel.run(part_backward, range(len(self.parts)), self.threads)
+        input_grads = parallel.run(
+            lambda i: self._backward_part(i, dlogits[self.parts[i]], need_input_grad, need_param_grads),
+            range(len(self.parts)), self.threads)
         if need_param_grads:
-            for index, layer in enumerate(self.layers):
-                for name in layer.params:
-                    total = replicas[0][index].grads[name]
-                    for replica in replicas[1:]:
-                        total = total + replica[index].grads[name]
-                    layer.grads[name] = total
+            self._sum_part_grads()
         return np.concatenate(input_grads) if need_input_grad else None
 
     def loss_and_backward(self, x, y, need_input_grad=False, need_param_grads=True):
         """Forward, loss against one-hot `y` `(N, K)`, backward.
 
         Returns `(loss, logits, input_grad)`; `input_grad` is None unless asked for.
+        Each part goes forward and back in one task: the loss gradient of a row
+        needs only that row, so the parts never wait for each other in between.
         """
-        logits = self.logits(x)
-        loss, dlogits = softmax_cross_entropy(logits, np.asarray(y, self.dtype))
-        return loss, logits, self.backward(dlogits, need_input_grad, need_param_grads)
+        x, y = self._start_batch(x), np.asarray(y, self.dtype)
+
+        def part_step(i):
+            logits = self._forward_part(i, x)
+            _, dlogits = softmax_cross_entropy(logits, y[self.parts[i]], batch_size=len(x))
+            return logits, self._backward_part(i, dlogits, need_input_grad, need_param_grads)
+
+        logits, input_grads = zip(*parallel.run(part_step, range(len(self.parts)), self.threads))
+        if need_param_grads:
+            self._sum_part_grads()
+        logits = np.concatenate(logits)
+        loss, _ = softmax_cross_entropy(logits, y)  # the mean over the whole batch, as one sum
+        return loss, logits, np.concatenate(input_grads) if need_input_grad else None
 
     # --- weights on disk --------------------------------------------------
 
