@@ -453,12 +453,12 @@ class InstanceNorm(Layer):
             self.grads["beta"] = mean_dy.sum(axis=(0, 2)) * (h * w)
         if not need_dx:
             return None
-        # With dxhat = gamma * dy, through the mean and the variance:
-        # dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / std
-        scale = self.params["gamma"][:, None] * inv_std if self.affine else inv_std  # gamma / std
-        dx = centred * (-scale * inv_std * mean_dy_xhat)               # -xhat * mean(dy xhat) * gamma / std
-        dx += dy * scale
-        dx -= scale * mean_dy
+        # Through the mean and the variance: dx = (dy - mean(dy) - xhat * mean(dy * xhat)) * gamma / std
+        # (in place after the first product: one new array, four passes).
+        dx = centred * (-inv_std * mean_dy_xhat)                      # -xhat * mean(dy xhat)
+        dx += dy
+        dx -= mean_dy
+        dx *= self.params["gamma"][:, None] * inv_std if self.affine else inv_std
         return dx.reshape(n, c, h, w)
 
 
