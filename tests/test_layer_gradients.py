@@ -33,11 +33,12 @@ def assert_gradients_match(layer, in_shape, rng, n=2, samples=40):
         assert error < TOLERANCE, f"{name}: relative error {error:.2e}"
 
 
+@pytest.mark.parametrize("channels", [1, 2])  # dx scattered per sample (one channel) or with the batch last
 @pytest.mark.parametrize("padding", [0, 1, 2])
 @pytest.mark.parametrize("stride", [1, 2, 3])
-def test_conv_gradients_for_every_padding_and_stride(padding, stride, rng):
-    layer = built(Conv2D(filters=3, kernel=3, stride=stride, padding=padding), (2, 9, 8), rng)
-    assert_gradients_match(layer, (2, 9, 8), rng)
+def test_conv_gradients_for_every_padding_and_stride(padding, stride, channels, rng):
+    layer = built(Conv2D(filters=3, kernel=3, stride=stride, padding=padding), (channels, 9, 8), rng)
+    assert_gradients_match(layer, (channels, 9, 8), rng)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,shape", [
@@ -59,16 +60,24 @@ def test_conv_gradients_when_the_input_gradient_is_gathered(padding, rng):
     assert_gradients_match(layer, (3, 7, 6), rng)
 
 
-@pytest.mark.parametrize("kernel,padding", [(3, 0), (3, 1), ([2, 3], [0, 2]), (5, 2), (1, 0)])
-def test_gathered_and_scattered_input_gradients_agree(kernel, padding, rng):
-    kernel, padding = layers._pair(kernel), layers._pair(padding)
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (3, 1, 0), (3, 1, 1), ([2, 3], 1, [0, 2]), (5, 1, 2), (1, 1, 0), (3, 2, 1), ([3, 2], [2, 3], [1, 0]),
+])
+def test_the_input_gradient_paths_agree(kernel, stride, padding, monkeypatch, rng):
+    """Scatter per sample, scatter with the batch last (in chunks of 2 samples here, the
+    last one partial) and, at stride 1, gather: the same dL/dx."""
+    kernel, stride, padding = layers._pair(kernel), layers._pair(stride), layers._pair(padding)
     W = rng.standard_normal((4, 3) + kernel)
     h, w = 7, 6
-    dy = rng.standard_normal((5, 4, h + 2 * padding[0] - kernel[0] + 1, w + 2 * padding[1] - kernel[1] + 1))
-    gathered = layers.input_grad_gather(dy, W, padding, (h, w))
-    scattered = layers.input_grad_scatter(dy, W, (1, 1), padding, (h, w))
-    assert gathered.shape == scattered.shape == (5, 3, h, w)
-    np.testing.assert_allclose(gathered, scattered, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal((5, 4, (h + 2 * padding[0] - kernel[0]) // stride[0] + 1,
+                              (w + 2 * padding[1] - kernel[1]) // stride[1] + 1))
+    scattered = layers.input_grad_scatter(dy, W, stride, padding, (h, w))
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 2 * 3 * kernel[0] * kernel[1] * dy.shape[2] * dy.shape[3] * dy.itemsize)
+    batch_last = layers.input_grad_scatter_batch_last(dy, W, stride, padding, (h, w))
+    assert scattered.shape == batch_last.shape == (5, 3, h, w)
+    np.testing.assert_allclose(batch_last, scattered, rtol=1e-12, atol=1e-12)
+    if stride == (1, 1):
+        np.testing.assert_allclose(layers.input_grad_gather(dy, W, padding, (h, w)), scattered, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_without_bias_has_only_weights(rng):

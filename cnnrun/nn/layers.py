@@ -110,12 +110,15 @@ def correlate_weight_grad(xp, dy, kernel, stride):
 
 def conv_input_grad(dy, W, stride, padding, in_hw):
     """dL/dx `(N, C, H, W)` of a convolution layer given dL/dy `(N, F, Ho, Wo)`, by
-    whichever of the two ways below is faster for its shape (measured: scatter for
-    strides above 1 and for fewer input than output channels, gather otherwise)."""
+    whichever of the three ways below is fastest for its shape (measured): gather for
+    stride 1 with at least as many input as output channels; scatter per sample for one
+    input channel (a first convolution); scatter with the batch last otherwise."""
     f, c = W.shape[:2]
     if stride == (1, 1) and c >= f:
         return input_grad_gather(dy, W, padding, in_hw)
-    return input_grad_scatter(dy, W, stride, padding, in_hw)
+    if c == 1:
+        return input_grad_scatter(dy, W, stride, padding, in_hw)
+    return input_grad_scatter_batch_last(dy, W, stride, padding, in_hw)
 
 
 def input_grad_gather(dy, W, padding, in_hw):
@@ -144,6 +147,28 @@ def input_grad_scatter(dy, W, stride, padding, in_hw):
         for k, (rows, cols) in enumerate(kernel_offsets((kh, kw), stride, (ho, wo))):
             dx[:, :, rows, cols] += d[:, :, k]
     return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+def input_grad_scatter_batch_last(dy, W, stride, padding, in_hw):
+    """The col2im of `input_grad_scatter` with the samples as the last axis, a chunk of
+    them at a time: the columns' gradient of a chunk of m samples is one product
+    `W_rows.T @ dy` `(C*kh*kw, Ho*Wo*m)`, and each kernel offset's strided add runs along
+    rows of Wo*m values instead of Wo (NumPy's cost per row dominates rows of 14 values).
+    For one input channel, the two transposes cost more than that saves."""
+    f, c, kh, kw = W.shape
+    n, _, ho, wo = dy.shape
+    (ph, pw), (h, w) = padding, in_hw
+    W_cols = np.ascontiguousarray(W.reshape(f, c * kh * kw).T)
+    dx = np.empty((n, c, h, w), dy.dtype)
+    for chunk in batch_chunks(n, c * kh * kw * ho * wo * dy.itemsize):
+        m = chunk.stop - chunk.start
+        dy_last = np.ascontiguousarray(np.moveaxis(dy[chunk], 0, -1))           # (F, Ho, Wo, m)
+        dcols = (W_cols @ dy_last.reshape(f, ho * wo * m)).reshape(c, kh * kw, ho, wo, m)
+        dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, m), dy.dtype)
+        for k, (rows, cols) in enumerate(kernel_offsets((kh, kw), stride, (ho, wo))):
+            dxp[:, rows, cols] += dcols[:, k]
+        np.copyto(dx[chunk], np.moveaxis(dxp[:, ph:ph + h, pw:pw + w], -1, 0))
+    return dx
 
 
 def kernel_offsets(kernel, stride, out_hw):
