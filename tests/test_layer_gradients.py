@@ -266,6 +266,15 @@ def test_maxpool_backward_matches_a_naive_loop_with_ties(kernel, stride, padding
         np.testing.assert_array_equal(dx, expected[:, :, ph:ph + shape[1], pw:pw + shape[2]])
 
 
+def test_maxpool_window_wider_than_256_finds_its_maximum_beyond_index_255(rng):
+    layer = built(MaxPool2D(kernel=[1, 300]), (1, 2, 300), rng)
+    x = np.zeros((1, 1, 2, 300))
+    x[0, 0, 0, 280], x[0, 0, 1, 299] = 1.0, 2.0
+    np.testing.assert_array_equal(layer.forward(x).ravel(), [1.0, 2.0])
+    dx = layer.backward(np.array([[[[3.0], [5.0]]]]))
+    assert dx[0, 0, 0, 280] == 3.0 and dx[0, 0, 1, 299] == 5.0 and np.count_nonzero(dx) == 2
+
+
 def test_flatten_and_reshape_skip_the_input_gradient_when_not_needed(rng):
     for layer in (built(Flatten(), (3, 4, 5), rng), built(Reshape(shape=[6, 10]), (3, 4, 5), rng)):
         y = layer.forward(rng.standard_normal((2, 3, 4, 5)))

@@ -187,13 +187,14 @@ def axis_offsets(kernel, stride, n_out):
 
 
 def first_max(views):
-    """Elementwise max of same-shaped arrays, and the index (uint8) of the first one holding it."""
+    """Elementwise max of same-shaped arrays, and the index of the first one holding it
+    (uint8 unless there are more than 256 arrays)."""
     top = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
     for v in views[2:]:
         np.maximum(top, v, out=top)
     # The index = how many arrays come before the first holding the max (bools read as 0/1).
     later = views[0] != top
-    first = later.astype(np.uint8)
+    first = later.astype(np.uint8 if len(views) <= 256 else np.intp)
     for v in views[1:-1]:
         later &= v != top
         first += later.view(np.uint8)
