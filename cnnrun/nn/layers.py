@@ -15,9 +15,10 @@ A layer's life:
 """
 
 import copy
+import functools
+import math
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
@@ -55,8 +56,9 @@ def im2col(xp, kernel, stride, out):
     n, c, hp, wp = xp.shape
     ho, wo = _out_size(hp, kh, sh, 0), _out_size(wp, kw, sw, 0)
     # A view (n, C, kh, kw, Ho, Wo) of xp: element [.., i, j, a, b] is xp[.., a*sh + i, b*sw + j].
+    xp = np.ascontiguousarray(xp)  # (the view below assumes C order; a no-op if it is)
     s_n, s_c, s_h, s_w = xp.strides
-    windows = as_strided(xp, (n, c, kh, kw, ho, wo), (s_n, s_c, s_h, s_w, s_h * sh, s_w * sw), writeable=False)
+    windows = np.ndarray((n, c, kh, kw, ho, wo), xp.dtype, buffer=xp, strides=(s_n, s_c, s_h, s_w, s_h * sh, s_w * sw))
     np.copyto(out.reshape(n, c, kh, kw, ho, wo), windows)
     return out
 
@@ -171,19 +173,19 @@ def input_grad_scatter_batch_last(dy, W, stride, padding, in_hw):
     return dx
 
 
+@functools.cache  # (a few shapes per network, asked for at every batch)
 def kernel_offsets(kernel, stride, out_hw):
     """For each kernel offset `(i, j)`, in row-major order: the slices `(rows, cols)` of a
     padded input that offset reads in every window (the windows' outputs are `out_hw`)."""
     (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
-    for rows in axis_offsets(kh, sh, ho):
-        for cols in axis_offsets(kw, sw, wo):
-            yield rows, cols
+    return tuple((rows, cols) for rows in axis_offsets(kh, sh, ho) for cols in axis_offsets(kw, sw, wo))
 
 
+@functools.cache
 def axis_offsets(kernel, stride, n_out):
     """Along one axis: for each offset `i` in a window, the slice of the input it reads in
     each of the `n_out` windows (`i, i + stride, ...`)."""
-    return [slice(i, i + (n_out - 1) * stride + 1, stride) for i in range(kernel)]
+    return tuple(slice(i, i + (n_out - 1) * stride + 1, stride) for i in range(kernel))
 
 
 def first_max(views):
@@ -495,10 +497,10 @@ class Flatten(Layer):
 
     def build(self, in_shape):
         self.in_shape = tuple(in_shape)
-        return (int(np.prod(in_shape)),)
+        return (math.prod(in_shape),)
 
     def forward(self, x):
-        return x.reshape(x.shape[0], int(np.prod(self.in_shape)))  # not -1: a batch may be empty
+        return x.reshape(x.shape[0], math.prod(self.in_shape))  # not -1: a batch may be empty
 
     def backward(self, dy, need_dx=True, need_grads=True):
         return dy.reshape((dy.shape[0],) + self.in_shape) if need_dx else None
@@ -515,8 +517,8 @@ class Reshape(Layer):
         self.shape = tuple(shape)
 
     def build(self, in_shape):
-        if int(np.prod(in_shape)) != int(np.prod(self.shape)):
-            self._fail(in_shape, f"cannot reshape {int(np.prod(in_shape))} values to {self.shape}")
+        if math.prod(in_shape) != math.prod(self.shape):
+            self._fail(in_shape, f"cannot reshape {math.prod(in_shape)} values to {self.shape}")
         self.in_shape = tuple(in_shape)
         return self.shape
 

@@ -14,6 +14,7 @@ a batch gives the same numbers on 1 thread or on 8 (OpenBLAS on 2 threads sums
 some products in another order).
 """
 
+import contextlib
 import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 PART_SIZE = 64
 
 _pools = {}         # threads -> ThreadPoolExecutor, made on first use
-_blas = []          # the threadpoolctl controller, made on first use
+_blas = []          # the BLAS libraries' threadpoolctl controllers, found on first use
 
 
 def parts(n):
@@ -45,15 +46,29 @@ def default_threads():
 def run(fn, items, threads):
     """`[fn(item) for item in items]`, on up to `threads` threads at once, BLAS on one."""
     items = list(items)
-    if not _blas:
-        from threadpoolctl import ThreadpoolController
-        _blas.append(ThreadpoolController())
-    with _blas[0].limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         if threads <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
         if threads not in _pools:
             _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="cnnrun-part")
         return list(_pools[threads].map(fn, items))
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS on one thread inside the block, as many as before after it. It calls the
+    libraries' controllers directly: threadpoolctl's `limit` runs three times the Python."""
+    if not _blas:
+        from threadpoolctl import ThreadpoolController
+        _blas.append(ThreadpoolController().select(user_api="blas").lib_controllers)
+    before = [lib.get_num_threads() for lib in _blas[0]]
+    for lib in _blas[0]:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas[0], before):
+            lib.set_num_threads(n)
 
 
 def keep_freed_memory():
