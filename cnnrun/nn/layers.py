@@ -457,12 +457,13 @@ class InstanceNorm(Layer):
 
     def forward(self, x):
         n, c, h, w = x.shape
-        flat = x.reshape(n, c, h * w)
-        centred = flat - np.einsum("ncp->nc", flat)[..., None] / (h * w)
-        variance = np.einsum("ncp,ncp->nc", centred, centred) / (h * w)  # no squared copy
-        inv_std = (1.0 / np.sqrt(variance + self.eps))[..., None].astype(x.dtype)  # (N, C, 1)
-        self.cache = centred, inv_std                                 # xhat = centred * inv_std
-        scale = inv_std * self.params["gamma"][:, None] if self.affine else inv_std
+        p = h * w
+        flat = x.reshape(n, c, p)
+        centred = flat - np.einsum("ncp->nc", flat)[..., None] / p
+        sum_sq = np.einsum("ncp,ncp->nc", centred, centred)[..., None]  # (N, C, 1), no squared copy
+        inv_std = 1.0 / np.sqrt(sum_sq / p + self.eps)
+        scale = inv_std * self.params["gamma"][:, None] if self.affine else inv_std  # gamma / std
+        self.cache = centred, inv_std, scale                            # xhat = centred * inv_std
         y = centred * scale
         if self.affine:
             y += self.params["beta"][:, None]
@@ -472,21 +473,22 @@ class InstanceNorm(Layer):
         if not need_dx and not (self.affine and need_grads):
             return None
         n, c, h, w = dy.shape
-        dy = dy.reshape(n, c, h * w)
-        centred, inv_std = self.cache
-        mean_dy = np.einsum("ncp->nc", dy)[..., None] / (h * w)                      # (N, C, 1)
-        mean_dy_xhat = np.einsum("ncp,ncp->nc", dy, centred)[..., None] * inv_std / (h * w)
+        p = h * w
+        dy = dy.reshape(n, c, p)
+        centred, inv_std, scale = self.cache
+        sum_dy = np.einsum("ncp->nc", dy)[..., None]                                 # (N, C, 1)
+        sum_dy_xhat = np.einsum("ncp,ncp->nc", dy, centred)[..., None] * inv_std
         if self.affine and need_grads:
-            self.grads["gamma"] = mean_dy_xhat.sum(axis=(0, 2)) * (h * w)
-            self.grads["beta"] = mean_dy.sum(axis=(0, 2)) * (h * w)
+            self.grads["gamma"] = sum_dy_xhat.sum(axis=(0, 2))
+            self.grads["beta"] = sum_dy.sum(axis=(0, 2))
         if not need_dx:
             return None
         # Through the mean and the variance: dx = (dy - mean(dy) - xhat * mean(dy * xhat)) * gamma / std
         # (in place after the first product: one new array, four passes).
-        dx = centred * (-inv_std * mean_dy_xhat)                      # -xhat * mean(dy xhat)
+        dx = centred * (sum_dy_xhat * inv_std * (-1.0 / p))           # -xhat * mean(dy xhat)
         dx += dy
-        dx -= mean_dy
-        dx *= self.params["gamma"][:, None] * inv_std if self.affine else inv_std
+        dx -= sum_dy / p
+        dx *= scale
         return dx.reshape(n, c, h, w)
 
 
