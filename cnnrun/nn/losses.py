@@ -3,21 +3,30 @@
 import numpy as np
 
 
-def softmax_cross_entropy(logits, y, batch_size=None):
+def log_softmax(logits):
+    """log(softmax(logits)) of each row `(N, K)`, with the row's max subtracted first
+    (so logits of +-1e4 stay finite)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(logits, y):
     """Mean categorical cross-entropy of softmax(logits) against one-hot `y`.
 
-    logits, y: `(N, K)`. Returns `(loss, dlogits)`. Computed from log-softmax
-    (max subtracted), so logits of +-1e4 stay finite; the softmax and the
-    cross-entropy gradients fuse to `(p - y) / N`. `batch_size`: the N to
-    average over when these rows are part of a larger batch (default: N).
+    logits, y: `(N, K)`. Returns `(loss, dlogits)`; the softmax and the
+    cross-entropy gradients fuse to `(p - y) / N`.
     """
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_p = shifted - log_sum
-    n = logits.shape[0] if batch_size is None else batch_size
+    log_p = log_softmax(logits)
+    n = logits.shape[0]
     loss = -np.sum(y * log_p) / n
     dlogits = (np.exp(log_p) - y) / n
     return float(loss), dlogits
+
+
+def softmax_cross_entropy_grad(logits, y, batch_size):
+    """The `dlogits` of `softmax_cross_entropy` for rows `(n, K)` of a batch of
+    `batch_size`, without the loss (a part of a batch computes only this)."""
+    return (np.exp(log_softmax(logits)) - y) / batch_size
 
 
 def accuracy(scores, labels):
@@ -33,8 +42,7 @@ def one_hot(labels, k, dtype=np.float32):
 def cross_entropy_per_sample(logits, labels):
     """Cross-entropy of each row: logits `(N, K)`, integer labels `(N,)` ->
     `(losses (N,), gradient of their sum on the logits (N, K))`."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = log_softmax(logits)
     rows = np.arange(len(labels))
     dlogits = np.exp(log_p)
     dlogits[rows, labels] -= 1.0

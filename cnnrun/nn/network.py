@@ -11,7 +11,7 @@ from cnnrun.nn.layers import (
     Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, Normalize, ReLU, Reshape, Softmax,
 )
 from cnnrun.nn import parallel
-from cnnrun.nn.losses import softmax_cross_entropy
+from cnnrun.nn.losses import softmax_cross_entropy, softmax_cross_entropy_grad
 
 # Config name -> layer class. A config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
 LAYERS = {cls.kind: cls for cls in (
@@ -203,7 +203,7 @@ class Network:
 
         def part_step(i):
             logits = self._forward_part(i, x)
-            _, dlogits = softmax_cross_entropy(logits, y[self.parts[i]], batch_size=len(x))
+            dlogits = softmax_cross_entropy_grad(logits, y[self.parts[i]], len(x))
             return logits, self._backward_part(i, dlogits, need_input_grad, need_param_grads)
 
         logits, input_grads = zip(*parallel.run(part_step, range(len(self.parts)), self.threads))
