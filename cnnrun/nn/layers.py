@@ -55,8 +55,8 @@ def im2col(xp, kernel, stride, out):
     (kh, kw), (sh, sw) = kernel, stride
     n, c, hp, wp = xp.shape
     ho, wo = _out_size(hp, kh, sh, 0), _out_size(wp, kw, sw, 0)
+    xp = np.ascontiguousarray(xp)  # (the view below reads xp's memory in C order; a no-op if it is)
     # A view (n, C, kh, kw, Ho, Wo) of xp: element [.., i, j, a, b] is xp[.., a*sh + i, b*sw + j].
-    xp = np.ascontiguousarray(xp)  # (the view below assumes C order; a no-op if it is)
     s_n, s_c, s_h, s_w = xp.strides
     windows = np.ndarray((n, c, kh, kw, ho, wo), xp.dtype, buffer=xp, strides=(s_n, s_c, s_h, s_w, s_h * sh, s_w * sw))
     np.copyto(out.reshape(n, c, kh, kw, ho, wo), windows)
