@@ -20,7 +20,8 @@ from cnnrun.reports import cell
 class Group(click.Group):
     """A click group that turns a `CnnrunError`, an operating-system error (a folder that
     cannot be written, a full disk) or running out of memory into one line on stderr
-    and exit code 1, and Ctrl-C (or SIGTERM) into exit code 130."""
+    and exit code 1, and Ctrl-C (or SIGTERM) into exit code 130. Any other exception is
+    a bug: one line saying so, exit code 1."""
 
     def invoke(self, ctx):
         try:
@@ -43,6 +44,11 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:  # a bug, not bad input: still one line (CNNRUN_DEBUG=1 shows the traceback)
+            if os.environ.get("CNNRUN_DEBUG"):
+                raise
+            fail(f"internal error, a bug in cnnrun ({type(e).__name__}: {e}); "
+                 f"CNNRUN_DEBUG=1 shows where, and a report of it is welcome")
 
 
 def fail(message):
@@ -58,6 +64,12 @@ def format_table(headers, rows):
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def engine_option(f):
+    return click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+                        help="fast: layers.py on kernels.py. reference: nn/reference.py, every layer written "
+                             "as its equations; the same numbers to float tolerance, several times slower.")(f)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,7 +101,10 @@ def stop_as_on_ctrl_c(signum, frame):
               help="Also time the PyTorch twin (same layers, same weights) in alternation with "
                    "cnnrun and print both and their ratio (needs pip install -e '.[bench]').")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def bench_cmd(config, batch_size, repeats, warmup, against, as_json):
+@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+              help="The engine to time; reference (nn/reference.py) also times the fast one and prints "
+                   "how many times slower the reference is.")
+def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
     """Measure training and evaluation throughput of CONFIG's network (samples/s).
 
     Uses random float32 inputs of the config's shape, so no data is needed, and
@@ -106,9 +121,12 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json):
             raise CnnrunError("--against torch needs PyTorch: pip install -e '.[bench]'") from None
     cfg = load_config(config)
     batch_size = batch_size or cfg["train"]["batch_size"]
-    net = build_network(cfg, batch_size=batch_size)
+    net = build_network(cfg, batch_size=batch_size, engine=engine)
     result = benchmark(net, cfg["train"], batch_size, repeats, warmup)
-    result["config"] = cfg["name"]
+    result["config"], result["engine"] = cfg["name"], engine
+    if engine == "reference":
+        fast = benchmark(build_network(cfg, batch_size=batch_size), cfg["train"], batch_size, repeats, warmup)
+        result["fast"] = {k: fast[k] for k in ("train_samples_per_s", "eval_samples_per_s")}
     if against:
         result["against_torch"] = against_torch(net, cfg["train"], batch_size, repeats, warmup)
     if as_json:
@@ -128,6 +146,11 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json):
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
     click.echo(f"GEMMs: {result['gemm_ms']:.1f} ms of the training step ({100 * result['gemm_share']:.0f} %), "
                f"the same matrix products timed alone")
+    if engine == "reference":
+        fast = result["fast"]
+        click.echo(f"reference engine: {fast['train_samples_per_s'] / result['train_samples_per_s']:.1f}x slower "
+                   f"than the fast one in training ({fast['train_samples_per_s']:,.0f} samples/s fast), "
+                   f"{fast['eval_samples_per_s'] / result['eval_samples_per_s']:.1f}x in evaluation")
     if against:
         vs = result["against_torch"]
         rows = [(name, f"{vs[name]['cnnrun']:,.0f}", f"{vs[name]['torch']:,.0f}", f"{vs[name]['ratio']:.2f}x")
@@ -144,7 +167,8 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json):
 @click.option("--samples", type=click.IntRange(min=1), default=20, show_default=True,
               help="Entries checked per tensor.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def gradcheck_cmd(config, batch_size, samples, seed):
+@engine_option
+def gradcheck_cmd(config, batch_size, samples, seed, engine):
     """Check CONFIG's backward pass against finite differences (float64).
 
     Each layer on its own, then the whole network on the cross-entropy loss:
@@ -154,7 +178,7 @@ def gradcheck_cmd(config, batch_size, samples, seed):
     from cnnrun.nn.gradcheck import TOLERANCE, check_all
 
     cfg = load_config(config)
-    net = build_network(cfg, dtype=np.float64, seed=seed, batch_size=batch_size)
+    net = build_network(cfg, dtype=np.float64, seed=seed, batch_size=batch_size, engine=engine)
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size,) + net.input_shape)
     k = net.output_shape[0]
@@ -193,7 +217,8 @@ def data_dir_option(f):
 @data_dir_option
 @runs_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-epoch lines.")
-def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet):
+@engine_option
+def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet, engine):
     """Train CONFIG's network on MNIST in a new run folder under --runs-dir.
 
     Evaluates on the test set every train.eval_every epochs and after the last;
@@ -238,7 +263,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     command = " ".join(["cnnrun"] + [shlex.quote(a) for a in sys.argv[1:]])
     try:
         summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=show and sys.stderr.isatty(),
-                            log=click.echo if show else (lambda _: None), command=command)
+                            log=click.echo if show else (lambda _: None), command=command, engine=engine)
     except Stopped as e:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
@@ -253,7 +278,8 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
 @data_dir_option
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
-def eval_cmd(run_dir, data_dir, runs_dir, as_json):
+@engine_option
+def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine):
     """Evaluate a run's weights on the test set (default: the latest run).
 
     Prints accuracy, loss and per-class accuracy; saves eval.json, confusion.png
@@ -263,7 +289,7 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json):
     from cnnrun.reports import evaluate_run
     from cnnrun.runs import load_run
 
-    run_dir, cfg, net = load_run(run_dir, runs_dir)
+    run_dir, cfg, net = load_run(run_dir, runs_dir, engine=engine)
     x, labels = load_data(cfg, data_dir, progress=not as_json, splits=("test",))["test"]
     check_data_fits(net, x, labels)
     result = evaluate_run(run_dir, cfg, net, x, labels)

@@ -255,8 +255,9 @@ def available_memory():
         return None
 
 
-def build_network(config, dtype=np.float32, seed=None, batch_size=None):
-    """The config's network with freshly initialised weights (seeded by the config).
+def build_network(config, dtype=np.float32, seed=None, batch_size=None, engine="fast"):
+    """The config's network with freshly initialised weights (seeded by the config),
+    on the fast engine or the reference one (`engine="reference"`, nn/reference.py).
 
     Before any parameter is allocated, the memory that training at `batch_size`
     (default: the config's) would need is estimated; more than the machine has
@@ -265,4 +266,4 @@ def build_network(config, dtype=np.float32, seed=None, batch_size=None):
     seed = config["seed"] if seed is None else seed
     batch_size = config["train"]["batch_size"] if batch_size is None else batch_size
     return Network(layer_specs(config), config["model"]["input_shape"], seed=seed, dtype=dtype,
-                   batch_size=batch_size, memory_limit=available_memory())
+                   batch_size=batch_size, memory_limit=available_memory(), engine=engine)

@@ -171,15 +171,18 @@ def finish(run_dir, net, config, data, rows, summary):
 
 # --- the run ----------------------------------------------------------------------
 
-def train_run(config, run_dir, data, resume=False, progress=True, log=print, command="", until=None):
+def train_run(config, run_dir, data, resume=False, progress=True, log=print, command="", until=None,
+              engine="fast"):
     """Train `config`'s network on `data` in `run_dir`, from scratch or (`resume`) from
     whatever the folder holds. With `until`, stop after that epoch (if it comes before
-    the last) with status "paused": resuming goes on exactly. Returns the summary dict;
-    raises `Stopped` on Ctrl-C or divergence, with the last good checkpoint kept."""
+    the last) with status "paused": resuming goes on exactly. `engine`: "fast" or
+    "reference" (nn/reference.py, the same numbers to float tolerance, slower).
+    Returns the summary dict; raises `Stopped` on Ctrl-C or divergence, with the last
+    good checkpoint kept."""
     epochs = config["train"]["epochs"]
     stop = epochs if until is None else min(until, epochs)
     summary_path = os.path.join(run_dir, "summary.json")
-    net = build_network(config)
+    net = build_network(config, engine=engine)
     for images, labels in data.values():
         check_data_fits(net, images, labels)
     optimizer = make_optimizer(config["train"])

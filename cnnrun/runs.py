@@ -92,7 +92,7 @@ def load_run_config(run_dir):
         raise CnnrunError(f"{path}: cannot read the run's config ({e})") from None
 
 
-def load_run(run_dir, runs_dir, need_weights=True, batch_size=500):
+def load_run(run_dir, runs_dir, need_weights=True, batch_size=500, engine="fast"):
     """`(run folder, config, network)` of a run folder (default: the latest in `runs_dir`)
     with the run's weights loaded. A run with no weights yet is an error, or, with
     `need_weights=False`, gives None for the network; weights that do not fit are always an error."""
@@ -101,7 +101,7 @@ def load_run(run_dir, runs_dir, need_weights=True, batch_size=500):
     path = weights_path(run_dir, required=need_weights)
     if path is None:
         return run_dir, cfg, None
-    net = build_network(cfg, batch_size=batch_size)
+    net = build_network(cfg, batch_size=batch_size, engine=engine)
     net.load(path)
     return run_dir, cfg, net
 

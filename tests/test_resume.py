@@ -165,6 +165,7 @@ def test_a_run_killed_at_random_moments_always_resumes_to_the_uninterrupted_resu
     assert run(["train", config], ref_dir).returncode == 0
     duration = time.monotonic() - started
     [reference] = runs.list_runs(ref_dir)
+    epoch_seconds = min(row["seconds"] for row in runs.read_metrics(reference))
     rng = random.Random(0)
     states = []  # what each kill left: the checkpoint's epoch, or "finished"
     for attempt in range(20):
@@ -172,7 +173,15 @@ def test_a_run_killed_at_random_moments_always_resumes_to_the_uninterrupted_resu
         process = subprocess.Popen(command + ["train", config, "--data-dir", str(data), "--runs-dir", runs_dir,
                                               "--quiet"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.1, 1.0) * duration)
+        # A random moment within a chosen epoch (0: before the first checkpoint), found by
+        # watching the run's summary, so the kills spread over every stage even on a
+        # machine whose speed changes under other load.
+        target, deadline = attempt % 7, time.monotonic() + 10 * duration + 30
+        while target and process.poll() is None and time.monotonic() < deadline and not any(
+                runs.read_json(str(p), {}).get("epochs_done", 0) >= target
+                for p in Path(runs_dir).glob("*/summary.json")):
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 1.0) * (epoch_seconds if target else duration / 4))
         process.send_signal(signal.SIGKILL)
         process.wait()
         folders = [os.path.join(runs_dir, d) for d in os.listdir(runs_dir)] if os.path.isdir(runs_dir) else []

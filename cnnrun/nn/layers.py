@@ -12,244 +12,22 @@ A layer's life:
 - `forward(x)` keeps in `self.cache` exactly what `backward` needs;
   `backward(dy)` fills `self.grads` (same keys as `self.params`) and returns
   the gradient with respect to the layer's input.
+
+Each class here reads in a screen: the arithmetic of convolution and max-pool is
+in kernels.py (the fast variants), and every layer's plain definition, the one
+the tests hold these against, is in reference.py.
 """
 
 import copy
-import functools
 import math
 
 import numpy as np
 
 from cnnrun.errors import CnnrunError
+from cnnrun.nn.kernels import (
+    axis_offsets, conv_input_grad, correlate, correlate_weight_grad, first_max, out_size, pad_hw, route_to_first,
+)
 from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
-
-
-def _pair(v):
-    """An int or a pair `[h, w]` -> a tuple `(h, w)`."""
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _out_size(size, kernel, stride, padding):
-    """Output length of a sliding window along one axis."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-# The columns of one chunk of samples take at most this many bytes, so that they stay in
-# the cache between being written and being multiplied (a whole batch's do not).
-CHUNK_BYTES = 4 << 20
-
-
-def batch_chunks(n, bytes_per_sample):
-    """Slices of a batch of `n` whose work buffers take at most CHUNK_BYTES each."""
-    size = max(1, CHUNK_BYTES // bytes_per_sample)
-    return [slice(start, min(start + size, n)) for start in range(0, max(n, 1), size)]
-
-
-def im2col(xp, kernel, stride, out):
-    """Unfold windows, per sample: `(n, C, Hp, Wp)` -> columns `(n, C*kh*kw, Ho*Wo)` in `out`.
-
-    Column `(a, b)` of sample `n` holds the window whose top-left corner is at
-    `(a*sh, b*sw)`, flattened in `(c, i, j)` order to match a `(F, C, kh, kw)`
-    weight tensor reshaped to `(F, C*kh*kw)`.
-    """
-    (kh, kw), (sh, sw) = kernel, stride
-    n, c, hp, wp = xp.shape
-    ho, wo = _out_size(hp, kh, sh, 0), _out_size(wp, kw, sw, 0)
-    xp = np.ascontiguousarray(xp)  # (the view below reads xp's memory in C order; a no-op if it is)
-    # A view (n, C, kh, kw, Ho, Wo) of xp: element [.., i, j, a, b] is xp[.., a*sh + i, b*sw + j].
-    s_n, s_c, s_h, s_w = xp.strides
-    windows = np.ndarray((n, c, kh, kw, ho, wo), xp.dtype, buffer=xp, strides=(s_n, s_c, s_h, s_w, s_h * sh, s_w * sw))
-    np.copyto(out.reshape(n, c, kh, kw, ho, wo), windows)
-    return out
-
-
-def pad_hw(x, padding, value=0.0):
-    """`(N, C, H, W)` -> `(N, C, H + 2*ph, W + 2*pw)`, `value` all around (x itself if no
-    padding). Same as np.pad's constant mode, which costs more in Python than in copying."""
-    (ph, pw), (n, c, h, w) = padding, x.shape
-    if not (ph or pw):
-        return x
-    out = np.full((n, c, h + 2 * ph, w + 2 * pw), value, x.dtype)
-    out[:, :, ph:ph + h, pw:pw + w] = x
-    return out
-
-
-def correlate(xp, W, stride):
-    """Cross-correlation over the valid positions (a convolution layer's forward, no padding):
-    xp `(N, C, Hp, Wp)`, W `(F, C, kh, kw)` -> `(N, F, Ho, Wo)`.
-
-    Chunk by chunk of samples: unfold into columns, then one matrix product per
-    sample, `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)`, written straight into the output.
-    """
-    f, c, kh, kw = W.shape
-    n, _, hp, wp = xp.shape
-    ho, wo = _out_size(hp, kh, stride[0], 0), _out_size(wp, kw, stride[1], 0)
-    y = np.empty((n, f, ho, wo), xp.dtype)
-    W_rows = np.ascontiguousarray(W).reshape(f, c * kh * kw)
-    chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
-    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
-    for chunk in chunks:
-        m = chunk.stop - chunk.start
-        im2col(xp[chunk], (kh, kw), stride, cols[:m])
-        np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, ho * wo))
-    return y
-
-
-def correlate_weight_grad(xp, dy, kernel, stride):
-    """dL/dW of `correlate(xp, W, stride)` given dL/dy `(N, F, Ho, Wo)`:
-    the sum over samples of `dy_n (F, Ho*Wo) @ columns_n.T` -> `(F, C, kh, kw)`,
-    computed transposed (`columns_n @ dy_n.T`), the faster shape for BLAS."""
-    (kh, kw), (n, f, ho, wo), c = kernel, dy.shape, xp.shape[1]
-    dW_t = np.zeros((c * kh * kw, f), dy.dtype)
-    chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
-    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
-    for chunk in chunks:
-        m = chunk.stop - chunk.start
-        im2col(xp[chunk], kernel, stride, cols[:m])
-        dW_t += np.matmul(cols[:m], dy[chunk].reshape(m, f, ho * wo).transpose(0, 2, 1)).sum(axis=0)
-    return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
-
-
-def conv_input_grad(dy, W, stride, padding, in_hw):
-    """dL/dx `(N, C, H, W)` of a convolution layer given dL/dy `(N, F, Ho, Wo)`, by
-    whichever of the three ways below is fastest for its shape (measured): gather for
-    stride 1 with at least as many input as output channels; scatter per sample for one
-    input channel (a first convolution); scatter with the batch last otherwise."""
-    f, c = W.shape[:2]
-    if stride == (1, 1) and c >= f:
-        return input_grad_gather(dy, W, padding, in_hw)
-    if c == 1:
-        return input_grad_scatter(dy, W, stride, padding, in_hw)
-    return input_grad_scatter_batch_last(dy, W, stride, padding, in_hw)
-
-
-def input_grad_gather(dy, W, padding, in_hw):
-    """dL/dx of a stride-1 convolution: the correlation of dy (zero-padded) with the
-    flipped kernel, its input and output channels swapped: dx[h] = sum_i dy[h + p - i] * W[i]."""
-    (kh, kw), (ph, pw), (h, w) = W.shape[2:], padding, in_hw
-    window = shifted_window(dy, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
-    return correlate(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), (1, 1))
-
-
-def input_grad_scatter(dy, W, stride, padding, in_hw):
-    """dL/dx of a convolution (col2im, any stride): per sample, the columns' gradient
-    `W_rows.T @ dy_n` `(C*kh*kw, Ho*Wo)`, each entry added back to the padded-input
-    pixel `im2col` read it from (one strided add per kernel offset), padding cut off."""
-    f, c, kh, kw = W.shape
-    n, _, ho, wo = dy.shape
-    (ph, pw), (h, w) = padding, in_hw
-    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dy.dtype)
-    W_cols = np.ascontiguousarray(W.reshape(f, c * kh * kw).T)
-    chunks = batch_chunks(n, c * kh * kw * ho * wo * dy.itemsize)
-    dcols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), dy.dtype)
-    for chunk in chunks:
-        m = chunk.stop - chunk.start
-        np.matmul(W_cols, dy[chunk].reshape(m, f, ho * wo), out=dcols[:m])
-        d, dx = dcols[:m].reshape(m, c, kh * kw, ho, wo), dxp[chunk]
-        for k, (rows, cols) in enumerate(kernel_offsets((kh, kw), stride, (ho, wo))):
-            dx[:, :, rows, cols] += d[:, :, k]
-    return dxp[:, :, ph:ph + h, pw:pw + w]
-
-
-def input_grad_scatter_batch_last(dy, W, stride, padding, in_hw):
-    """The col2im of `input_grad_scatter` with the samples as the last axis, a chunk of
-    them at a time: the columns' gradient of a chunk of m samples is one product
-    `W_rows.T @ dy` `(C*kh*kw, Ho*Wo*m)`, and each kernel offset's strided add runs along
-    rows of Wo*m values instead of Wo (NumPy's cost per row dominates rows of 14 values).
-    For one input channel, the two transposes cost more than that saves."""
-    f, c, kh, kw = W.shape
-    n, _, ho, wo = dy.shape
-    (ph, pw), (h, w) = padding, in_hw
-    W_cols = np.ascontiguousarray(W.reshape(f, c * kh * kw).T)
-    dx = np.empty((n, c, h, w), dy.dtype)
-    for chunk in batch_chunks(n, c * kh * kw * ho * wo * dy.itemsize):
-        m = chunk.stop - chunk.start
-        dy_last = np.ascontiguousarray(np.moveaxis(dy[chunk], 0, -1))           # (F, Ho, Wo, m)
-        dcols = (W_cols @ dy_last.reshape(f, ho * wo * m)).reshape(c, kh * kw, ho, wo, m)
-        dxp = np.zeros((c, h + 2 * ph, w + 2 * pw, m), dy.dtype)
-        for k, (rows, cols) in enumerate(kernel_offsets((kh, kw), stride, (ho, wo))):
-            dxp[:, rows, cols] += dcols[:, k]
-        np.copyto(dx[chunk], np.moveaxis(dxp[:, ph:ph + h, pw:pw + w], -1, 0))
-    return dx
-
-
-@functools.cache  # (a few shapes per network, asked for at every batch)
-def kernel_offsets(kernel, stride, out_hw):
-    """For each kernel offset `(i, j)`, in row-major order: the slices `(rows, cols)` of a
-    padded input that offset reads in every window (the windows' outputs are `out_hw`)."""
-    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
-    return tuple((rows, cols) for rows in axis_offsets(kh, sh, ho) for cols in axis_offsets(kw, sw, wo))
-
-
-@functools.cache
-def axis_offsets(kernel, stride, n_out):
-    """Along one axis: for each offset `i` in a window, the slice of the input it reads in
-    each of the `n_out` windows (`i, i + stride, ...`)."""
-    return tuple(slice(i, i + (n_out - 1) * stride + 1, stride) for i in range(kernel))
-
-
-def first_max(views):
-    """Elementwise max of same-shaped arrays, and the index of the first one holding it
-    (uint8 unless there are more than 256 arrays)."""
-    top = np.maximum(views[0], views[1]) if len(views) > 1 else views[0].copy()
-    for v in views[2:]:
-        np.maximum(top, v, out=top)
-    # The index = how many arrays come before the first holding the max (bools read as 0/1).
-    later = views[0] != top
-    first = later.astype(np.uint8 if len(views) <= 256 else np.intp)
-    for v in views[1:-1]:
-        later &= v != top
-        first += later.view(np.uint8)
-    return top, first
-
-
-def route_to_first(dy, first, kernel, stride, size, axis):
-    """Backward of `first_max` over windows along `axis` (2: H, 3: W): each entry of dy
-    goes to offset `first` of its window; `size` is the input's length along `axis`."""
-    n_out = dy.shape[axis]
-    tiled = stride == kernel and n_out * stride == size  # each input in exactly one window
-    shape = dy.shape[:axis] + (size,) + dy.shape[axis + 1:]
-    dx = (np.empty if tiled else np.zeros)(shape, dy.dtype)
-    parts = [dx[(slice(None),) * axis + (s,)] for s in axis_offsets(kernel, stride, n_out)]
-    if not tiled:
-        for i, part in enumerate(parts):
-            part += dy * (first == i)
-        return dx
-    for i, part in enumerate(parts[:-1]):
-        np.multiply(dy, first == i, out=part)
-    # The last offset gets what no other took (exact: at most one of them holds dy, the rest 0).
-    last = parts[-1]
-    if len(parts) == 1:
-        np.copyto(last, dy)
-    else:
-        np.subtract(dy, parts[0], out=last)
-    for part in parts[1:-1]:
-        last -= part
-    return dx
-
-
-def shifted_window(a, start, size):
-    """`a[..., start_h : start_h + size_h, start_w : start_w + size_w]` of
-    `(N, C, H, W)` where indices outside `a` read as zero (start may be negative)."""
-    out = np.zeros(a.shape[:2] + tuple(size), dtype=a.dtype)
-    src, dst = [], []
-    for axis, (s, n) in enumerate(zip(start, size)):
-        lo, hi = max(s, 0), min(s + n, a.shape[2 + axis])
-        src.append(slice(lo, max(hi, lo)))
-        dst.append(slice(lo - s, lo - s + max(hi - lo, 0)))
-    out[:, :, dst[0], dst[1]] = a[:, :, src[0], src[1]]
-    return out
-
-
-def init_weights(rng, shape, fan_in, fan_out, scheme):
-    """Random weights of `shape`: "he" (normal, variance 2 / fan_in: keeps the activation
-    variance through ReLUs, He et al. 2015) or "glorot" (uniform, variance 2 / (fan_in + fan_out))."""
-    if scheme == "he":
-        return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-    if scheme == "glorot":
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-limit, limit, shape)
-    raise CnnrunError(f"init {scheme!r}: expected 'he' or 'glorot'")
 
 
 class Layer:
@@ -297,6 +75,23 @@ class Layer:
         raise CnnrunError(f"input shape {tuple(in_shape)}: {why}")
 
 
+def _pair(v):
+    """An int or a pair `[h, w]` -> a tuple `(h, w)`."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def init_weights(rng, shape, fan_in, fan_out, scheme):
+    """Random weights of `shape`: "he" (normal, variance 2 / fan_in: keeps the activation
+    variance through ReLUs, He et al. 2015) or "glorot" (uniform, variance 2 / (fan_in + fan_out))."""
+    if scheme == "he":
+        return rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+    if scheme == "glorot":
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, shape)
+    raise CnnrunError(f"init {scheme!r}: expected 'he' or 'glorot'")
+
+
+
 class Normalize(Layer):
     """Fixed standardisation (x - mean) / std, no parameters: inputs stay in pixel units
     for users and attacks while the first layer sees zero-mean, unit-variance values."""
@@ -340,7 +135,7 @@ class Conv2D(Layer):
             self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
                                  f"{h + 2 * ph}x{w + 2 * pw}")
         self.in_shape = tuple(in_shape)
-        return (self.filters, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
+        return (self.filters, out_size(h, kh, sh, ph), out_size(w, kw, sw, pw))
 
     def param_shapes(self):
         c, (kh, kw) = self.in_shape[0], self.kernel
@@ -405,11 +200,11 @@ class MaxPool2D(Layer):
             self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
                                  f"{h + 2 * ph}x{w + 2 * pw}")
         self.in_shape = tuple(in_shape)
-        return (c, _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw))
+        return (c, out_size(h, kh, sh, ph), out_size(w, kw, sw, pw))
 
     def forward(self, x):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        ho, wo = _out_size(x.shape[2], kh, sh, ph), _out_size(x.shape[3], kw, sw, pw)
+        ho, wo = out_size(x.shape[2], kh, sh, ph), out_size(x.shape[3], kw, sw, pw)
         xp = pad_hw(x, self.padding, -np.inf)
         # Max is separable: first the max of each window's rows (along W), then the max of
         # those (along H). The window's first maximum in row-major order is then in the

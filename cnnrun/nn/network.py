@@ -10,12 +10,14 @@ from cnnrun.fileio import write_atomic
 from cnnrun.nn.layers import (
     Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, Normalize, ReLU, Reshape, Softmax,
 )
-from cnnrun.nn import parallel
+from cnnrun.nn import parallel, reference
 from cnnrun.nn.losses import softmax_cross_entropy, softmax_cross_entropy_grad
 
 # Config name -> layer class. A config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
 LAYERS = {cls.kind: cls for cls in (
     Normalize, Conv2D, MaxPool2D, InstanceNorm, Flatten, Reshape, Dense, ReLU, Softmax)}
+# The two engines: the fast layers, and the same layers written as their equations (reference.py).
+ENGINES = {"fast": LAYERS, "reference": reference.LAYERS}
 
 
 def gib(n):
@@ -55,10 +57,16 @@ class Network:
     (default: `CNNRUN_THREADS`, else every core; see parallel.py); each part has
     its own copy of the layers, and `layers` holds the parameters and the summed
     gradients.
+
+    `engine` is "fast" (layers.py on kernels.py) or "reference" (reference.py: the
+    equations, slower); both build the same layers with the same initial weights.
     """
 
     def __init__(self, layer_specs, input_shape, seed=0, dtype=np.float32, batch_size=1, memory_limit=None,
-                 threads=None):
+                 threads=None, engine="fast"):
+        if engine not in ENGINES:
+            raise CnnrunError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+        self.engine, classes = engine, ENGINES[engine]
         self.input_shape, self.dtype = tuple(input_shape), np.dtype(dtype)
         self.threads = parallel.default_threads() if threads is None else threads
         self.replicas, self.parts = [], []  # copies of the layers, one per part of the last batch
@@ -70,7 +78,7 @@ class Network:
                 inspect.signature(LAYERS[kind]).bind(**kwargs)
             except TypeError as e:  # an argument the layer does not take, or one missing
                 raise CnnrunError(f"layer {index} ({kind}): {e}") from None
-            layer = LAYERS[kind](**kwargs)
+            layer = classes[kind](**kwargs)
             try:
                 shape = layer.build(self.shapes[-1])
             except CnnrunError as e:  # shapes that do not fit

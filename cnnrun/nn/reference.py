@@ -1,0 +1,273 @@
+"""The engine as its equations: every layer's forward and backward pass written
+straight from its definition, as sums over kernel offsets and `einsum`.
+
+No chunking, no strided views, no layout tricks: this is the engine to read, and
+the one the fast engine (layers.py, kernels.py) is tested against, layer by layer
+and for whole networks (tests/test_reference.py). `Network(..., engine="reference")`
+or `cnnrun train --engine reference` runs it: the same numbers to float tolerance,
+only slower (`cnnrun bench CONFIG --engine reference` says how much).
+
+Shapes: images `(N, C, H, W)`, flat vectors `(N, D)`; a convolution's weights
+`(F, C, kh, kw)`. In the sums, `n` is the sample, `f` an output channel, `c` an
+input channel, `(a, b)` an output position, `(i, j)` a kernel offset, and `xp`
+the input padded with `ph` rows and `pw` columns on each side.
+"""
+
+import numpy as np
+
+from cnnrun.nn import layers
+
+
+def out_size(size, kernel, stride, padding):
+    """Windows along one axis: `(size + 2 * padding - kernel) // stride + 1`."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pad(x, padding, value=0.0):
+    """`(N, C, H, W)` -> `(N, C, H + 2*ph, W + 2*pw)`, `value` all around."""
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+def offset_slices(i, j, stride, out_hw):
+    """The pixels of a padded input that kernel offset `(i, j)` reads in every window:
+    rows `i, i + sh, ..., i + (Ho - 1) * sh`, and columns likewise."""
+    (sh, sw), (ho, wo) = stride, out_hw
+    return slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
+
+
+# --- convolution ---------------------------------------------------------------
+
+def conv_forward(x, W, b, stride, padding):
+    """Cross-correlation, x `(N, C, H, W)`, W `(F, C, kh, kw)`, b `(F,)` or None -> `(N, F, Ho, Wo)`:
+
+        y[n, f, a, b] = bias[f] + sum_{c, i, j} W[f, c, i, j] * xp[n, c, a*sh + i, b*sw + j]
+    """
+    f, _, kh, kw = W.shape
+    xp = pad(x, padding)
+    ho, wo = out_size(x.shape[2], kh, stride[0], padding[0]), out_size(x.shape[3], kw, stride[1], padding[1])
+    y = np.zeros((x.shape[0], f, ho, wo), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = offset_slices(i, j, stride, (ho, wo))
+            y += np.einsum("fc,ncab->nfab", W[:, :, i, j], xp[:, :, rows, cols], optimize=True)
+    if b is not None:
+        y += b[None, :, None, None]
+    return y
+
+
+def conv_backward(dy, x, W, stride, padding):
+    """Gradients of `conv_forward` given dL/dy `(N, F, Ho, Wo)` -> `(dx, dW, db)`:
+
+        dW[f, c, i, j] = sum_{n, a, b} dy[n, f, a, b] * xp[n, c, a*sh + i, b*sw + j]
+        db[f]          = sum_{n, a, b} dy[n, f, a, b]
+        dxp[n, c, a*sh + i, b*sw + j] += sum_f W[f, c, i, j] * dy[n, f, a, b]   (for every a, b, i, j)
+
+    and dx is dxp without its padding: each input pixel collects the gradient of
+    every window that read it (the "col2im" of the fast engine).
+    """
+    _, _, kh, kw = W.shape
+    (ph, pw), (h, w) = padding, x.shape[2:]
+    xp = pad(x, padding)
+    dxp, dW = np.zeros_like(xp), np.zeros_like(W)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = offset_slices(i, j, stride, dy.shape[2:])
+            dW[:, :, i, j] = np.einsum("nfab,ncab->fc", dy, xp[:, :, rows, cols], optimize=True)
+            dxp[:, :, rows, cols] += np.einsum("fc,nfab->ncab", W[:, :, i, j], dy, optimize=True)
+    return dxp[:, :, ph:ph + h, pw:pw + w], dW, dy.sum(axis=(0, 2, 3))
+
+
+# --- max-pool ------------------------------------------------------------------
+
+def maxpool_forward(x, kernel, stride, padding):
+    """x `(N, C, H, W)` -> `(y, first)`, both `(N, C, Ho, Wo)`, padding reading -inf:
+
+        y[n, c, a, b] = max_{i, j} xp[n, c, a*sh + i, b*sw + j]
+
+    and `first` the offset `k = i * kw + j` of the window's FIRST maximum in
+    row-major order (argmax returns the first), where its gradient goes.
+    """
+    (kh, kw), xp = kernel, pad(x, padding, -np.inf)
+    ho, wo = out_size(x.shape[2], kh, stride[0], padding[0]), out_size(x.shape[3], kw, stride[1], padding[1])
+    windows = np.stack([xp[(..., *offset_slices(i, j, stride, (ho, wo)))]
+                        for i in range(kh) for j in range(kw)])                # (kh*kw, N, C, Ho, Wo)
+    return windows.max(axis=0), windows.argmax(axis=0)
+
+
+def maxpool_backward(dy, first, in_shape, kernel, stride, padding):
+    """dL/dx `(N, C, H, W)`: each window's gradient goes to its first maximum only (a tie,
+    such as a flat black background, sends it to ONE input); overlapping windows add up:
+
+        dxp[n, c, a*sh + i, b*sw + j] += dy[n, c, a, b]   where i * kw + j == first[n, c, a, b]
+    """
+    (kh, kw), (ph, pw), (h, w) = kernel, padding, in_shape
+    dxp = np.zeros(dy.shape[:2] + (h + 2 * ph, w + 2 * pw), dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[(..., *offset_slices(i, j, stride, dy.shape[2:]))] += dy * (first == i * kw + j)
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+# --- instance norm ---------------------------------------------------------------
+
+def instance_norm_forward(x, gamma, beta, eps):
+    """Each sample's channel normalised over its H*W pixels -> `(y, xhat, std)`:
+
+        mu = mean_{h, w} x,  var = mean_{h, w} (x - mu)^2,  std = sqrt(var + eps)
+        xhat = (x - mu) / std,  y = gamma[c] * xhat + beta[c]   (gamma, beta None: y = xhat)
+    """
+    mu = x.mean(axis=(2, 3), keepdims=True)
+    std = np.sqrt(((x - mu) ** 2).mean(axis=(2, 3), keepdims=True) + eps)
+    xhat = (x - mu) / std
+    y = xhat if gamma is None else gamma[None, :, None, None] * xhat + beta[None, :, None, None]
+    return y, xhat, std
+
+
+def instance_norm_backward(dy, xhat, std, gamma):
+    """Gradients of `instance_norm_forward` -> `(dx, dgamma, dbeta)`, means over H*W:
+
+        dgamma[c] = sum_{n, h, w} dy * xhat,   dbeta[c] = sum_{n, h, w} dy
+        g  = dy * gamma[c]   (the gradient on xhat)
+        dx = (g - mean(g) - xhat * mean(g * xhat)) / std
+
+    (mu and var depend on every pixel: the two means are their share of the chain rule.
+    It is sqrt(var + eps), not sigma + eps, that divides.)
+    """
+    g = dy if gamma is None else dy * gamma[None, :, None, None]
+    dx = (g - g.mean(axis=(2, 3), keepdims=True) - xhat * (g * xhat).mean(axis=(2, 3), keepdims=True)) / std
+    return dx, (dy * xhat).sum(axis=(0, 2, 3)), dy.sum(axis=(0, 2, 3))
+
+
+# --- softmax and cross-entropy ---------------------------------------------------
+
+def softmax(z):
+    """p[n, k] = exp(z[n, k]) / sum_j exp(z[n, j]) of logits `(N, K)` (the row's max
+    subtracted first: the same p, and no overflow)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_backward(dy, p):
+    """dx[n, k] = p[n, k] * (dy[n, k] - sum_j dy[n, j] * p[n, j]) (the softmax's Jacobian times dy)."""
+    return p * (dy - (dy * p).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy(z, y):
+    """Mean cross-entropy of softmax(z) against one-hot `y`, both `(N, K)` -> `(loss, dz)`:
+
+        loss = -1/N sum_{n, k} y[n, k] * log p[n, k]
+        dz   = (p - y) / N     (the softmax's Jacobian and the log's 1/p cancel)
+    """
+    p = softmax(z)
+    return float(-(y * np.log(p)).sum() / len(z)), (p - y) / len(z)
+
+
+# --- the layers, on these functions ----------------------------------------------
+# Each subclasses its fast twin: the same arguments, shapes and parameters (so the
+# same seed gives the same initial weights); only forward and backward differ.
+# A `dy` of None means nothing before this layer needs a gradient.
+
+class Conv2D(layers.Conv2D):
+    def forward(self, x):
+        self.cache = x
+        return conv_forward(x, self.params["W"], self.params.get("b"), self.stride, self.padding)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        dx, dW, db = conv_backward(dy, self.cache, self.params["W"], self.stride, self.padding)
+        if need_grads:
+            self.grads["W"] = dW
+            if self.bias:
+                self.grads["b"] = db
+        return dx if need_dx else None
+
+
+class MaxPool2D(layers.MaxPool2D):
+    def forward(self, x):
+        y, self.cache = maxpool_forward(x, self.kernel, self.stride, self.padding)
+        return y
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if dy is None or not need_dx:
+            return None
+        return maxpool_backward(dy, self.cache, self.in_shape[1:], self.kernel, self.stride, self.padding)
+
+
+class InstanceNorm(layers.InstanceNorm):
+    def forward(self, x):
+        y, *self.cache = instance_norm_forward(x, self.params.get("gamma"), self.params.get("beta"), self.eps)
+        return y
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if dy is None:
+            return None
+        dx, dgamma, dbeta = instance_norm_backward(dy, *self.cache, self.params.get("gamma"))
+        if self.affine and need_grads:
+            self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        return dx if need_dx else None
+
+
+class Dense(layers.Dense):
+    """y = x @ W + b;  dW = x.T @ dy,  db = sum_n dy,  dx = dy @ W.T."""
+
+    def forward(self, x):
+        self.cache = x
+        return x @ self.params["W"] + (self.params["b"] if self.bias else 0)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if need_grads:
+            self.grads["W"] = self.cache.T @ dy
+            if self.bias:
+                self.grads["b"] = dy.sum(axis=0)
+        return dy @ self.params["W"].T if need_dx else None
+
+
+class ReLU(layers.ReLU):
+    """y = max(x, 0);  dx = dy where x > 0, else 0."""
+
+    def forward(self, x):
+        self.cache = x
+        return np.maximum(x, 0)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return np.where(self.cache > 0, dy, 0) if dy is not None and need_dx else None
+
+
+class Normalize(layers.Normalize):
+    """y = (x - mean) / std;  dx = dy / std."""
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return dy / self.std if dy is not None and need_dx else None
+
+
+class Flatten(layers.Flatten):
+    """A reshape to `(N, D)`, and back."""
+
+    def forward(self, x):
+        return x.reshape(len(x), int(np.prod(self.in_shape)))  # not -1: a batch may be empty
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return dy.reshape((len(dy),) + self.in_shape) if dy is not None and need_dx else None
+
+
+class Reshape(layers.Reshape):
+    def forward(self, x):
+        return x.reshape((len(x),) + self.shape)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return dy.reshape((len(dy),) + self.in_shape) if dy is not None and need_dx else None
+
+
+class Softmax(layers.Softmax):
+    def forward(self, x):
+        self.cache = softmax(x)
+        return self.cache
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return softmax_backward(dy, self.cache) if need_dx else None
+
+
+LAYERS = {cls.kind: cls for cls in (Normalize, Conv2D, MaxPool2D, InstanceNorm, Flatten, Reshape, Dense, ReLU, Softmax)}

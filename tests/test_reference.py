@@ -1,0 +1,205 @@
+"""The fast engine (layers.py on kernels.py) against the reference engine (reference.py,
+the equations), layer by layer and for whole networks: forward, dx and every parameter
+gradient, in float64, on odd shapes, strides, padding and ties. The reference itself is
+held to finite differences here, so the chain is: definition -> finite differences ->
+reference -> fast."""
+
+import glob
+
+import numpy as np
+import pytest
+
+from cnnrun.config import build_network, load_config
+from cnnrun.nn import kernels, layers, losses, reference
+from cnnrun.nn.gradcheck import TOLERANCE, check_layer
+from cnnrun.nn.network import Network
+
+RTOL = ATOL = 1e-10  # float64: the two engines sum in other orders, nothing more
+
+
+def twins(kind, kwargs, in_shape, rng):
+    """The fast layer and its reference twin, built for `in_shape`, with the same random
+    parameters (biases and affine parameters non-zero)."""
+    fast, ref = layers_of("fast")[kind](**kwargs), reference.LAYERS[kind](**kwargs)
+    for layer in (fast, ref):
+        layer.build(in_shape)
+    fast.init_params(rng, np.float64)
+    for name, p in fast.params.items():
+        p += rng.standard_normal(p.shape) * 0.1
+        ref.params[name] = p.copy()
+    return fast, ref
+
+
+def layers_of(engine):
+    from cnnrun.nn.network import ENGINES
+    return ENGINES[engine]
+
+
+def assert_same_layer(fast, ref, x, rng):
+    y_fast, y_ref = fast.forward(x.copy()), ref.forward(x.copy())
+    assert y_fast.shape == y_ref.shape
+    np.testing.assert_allclose(y_fast, y_ref, rtol=RTOL, atol=ATOL)
+    dy = rng.standard_normal(y_ref.shape)
+    dx_fast, dx_ref = fast.backward(dy.copy()), ref.backward(dy.copy())
+    np.testing.assert_allclose(dx_fast, dx_ref, rtol=RTOL, atol=ATOL)
+    assert set(fast.grads) == set(ref.grads) == set(fast.params)
+    for name in fast.params:
+        np.testing.assert_allclose(fast.grads[name], ref.grads[name], rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+CONV_CASES = [  # (filters, kernel, stride, padding, input shape)
+    (3, 3, 1, 1, (1, 28, 28)),         # a first convolution: dx scattered per sample
+    (8, 3, 1, 1, (8, 14, 14)),         # C == F, stride 1: dx gathered
+    (16, 3, 1, 1, (8, 7, 7)),          # C < F: dx scattered with the batch last
+    (4, 3, 2, 1, (3, 9, 8)),           # stride 2, odd and even sizes
+    (2, 5, 2, 2, (1, 11, 13)),         # kernel 5, stride not dividing the input
+    (2, 4, 1, 2, (3, 6, 5)),           # even kernel
+    (3, 1, 1, 0, (4, 5, 5)),           # 1x1
+    (2, 2, 1, 0, (2, 5, 4)),           # kernel 2
+    (3, 3, 3, 0, (2, 10, 11)),         # stride 3, rows no window reads
+    (2, 3, 1, 3, (2, 4, 4)),           # padding larger than kernel - 1
+    (5, [2, 3], [1, 2], [0, 1], (3, 7, 10)),   # non-square kernel, stride and padding
+    (2, [3, 1], [2, 1], [2, 0], (2, 6, 5)),
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
+def test_fast_conv_matches_the_reference(filters, kernel, stride, padding, shape, bias, rng):
+    fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding, bias=bias),
+                      shape, rng)
+    assert_same_layer(fast, ref, rng.standard_normal((3,) + shape), rng)
+
+
+@pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES[:6])
+def test_fast_conv_matches_the_reference_in_chunks_of_samples(filters, kernel, stride, padding, shape,
+                                                              monkeypatch, rng):
+    """With chunks of 2 samples (the last one partial) the fast kernels still agree."""
+    fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one sample a chunk
+    assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,shape", [
+    (2, None, 0, (3, 8, 8)),               # the usual 2x2
+    (2, None, 0, (2, 7, 9)),               # odd sizes: the last row and column dropped
+    (3, 2, 0, (2, 9, 9)),                  # overlapping windows
+    (3, 2, 1, (3, 8, 7)),                  # overlapping and padded
+    ([2, 3], [1, 2], [1, 1], (1, 6, 7)),   # non-square everything
+    (2, 3, 0, (2, 9, 9)),                  # gaps between windows, the last one ending at the edge
+    ([3, 1], [2, 3], [1, 0], (2, 7, 8)),   # gaps along W only, overlap along H only
+    (1, 1, 0, (1, 3, 4)),                  # 1x1: the identity
+])
+def test_fast_maxpool_matches_the_reference_with_ties(kernel, stride, padding, shape, rng):
+    """Inputs of 0, 1 and 2 only: most windows hold tied maxima, and each window's gradient
+    must go to its first maximum in row-major order in both engines; inputs no window
+    reads (gaps, cropped edges) get exactly zero."""
+    fast, ref = twins("maxpool", dict(kernel=kernel, stride=stride, padding=padding), shape, rng)
+    x = rng.integers(0, 3, (3,) + shape).astype(np.float64)
+    for _ in range(2):  # twice: a stale buffer from the first call must not leak into the second
+        assert_same_layer(fast, ref, x, rng)
+    dy = rng.standard_normal(ref.forward(x).shape)
+    fast.forward(x)
+    if fast.stride == fast.kernel:  # one window per input: a copy or an exact zero, never a sum
+        np.testing.assert_array_equal(fast.backward(dy), ref.backward(dy))
+
+
+def test_the_reference_maxpool_sends_a_tie_to_the_first_maximum_only():
+    y, first = reference.maxpool_forward(np.array([[[[0.0, 0.0, 1.0, 5.0],
+                                                     [0.0, 0.0, 5.0, 2.0]]]]), (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(y, [[[[0.0, 5.0]]]])
+    dx = reference.maxpool_backward(np.array([[[[3.0, 7.0]]]]), first, (2, 4), (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(dx, [[[[3.0, 0.0, 0.0, 7.0],
+                                          [0.0, 0.0, 0.0, 0.0]]]])
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(3, 5, 5), (2, 7, 4), (16, 28, 28)])
+def test_fast_instance_norm_matches_the_reference(affine, shape, rng):
+    fast, ref = twins("instance_norm", dict(affine=affine), shape, rng)
+    assert_same_layer(fast, ref, rng.standard_normal((3,) + shape) * 5 + 2, rng)
+
+
+@pytest.mark.parametrize("kind,kwargs,shape", [
+    ("dense", dict(units=7), (11,)),
+    ("dense", dict(units=3, bias=False), (5,)),
+    ("relu", {}, (3, 4, 5)),
+    ("normalize", dict(mean=0.1307, std=0.3081), (1, 5, 4)),
+    ("flatten", {}, (3, 4, 5)),
+    ("reshape", dict(shape=[6, 10]), (3, 4, 5)),
+    ("softmax", {}, (10,)),
+])
+def test_fast_simple_layers_match_the_reference(kind, kwargs, shape, rng):
+    fast, ref = twins(kind, kwargs, shape, rng)
+    x = rng.standard_normal((3,) + shape)
+    if kind == "relu":
+        x[0, 0] = 0.0  # the kink: both engines pass no gradient at exactly 0
+    assert_same_layer(fast, ref, x, rng)
+
+
+@pytest.mark.parametrize("kind,kwargs,shape", [
+    ("conv", dict(filters=3, kernel=3, stride=2, padding=1), (2, 7, 6)),
+    ("conv", dict(filters=2, kernel=[2, 3], stride=[1, 2], padding=[1, 0]), (3, 5, 7)),
+    ("maxpool", dict(kernel=3, stride=2, padding=1), (2, 7, 8)),
+    ("instance_norm", {}, (3, 5, 4)),
+    ("dense", dict(units=4), (6,)),
+    ("relu", {}, (2, 3, 3)),
+    ("softmax", {}, (5,)),
+])
+def test_the_reference_layers_pass_finite_differences(kind, kwargs, shape, rng):
+    _, ref = twins(kind, kwargs, shape, rng)
+    rows = check_layer(ref, rng.standard_normal((2,) + shape), rng, samples=30)
+    assert {name for name, _ in rows} == set(ref.params) | {"dx"}
+    for name, error in rows:
+        assert error < TOLERANCE, f"{kind} {name}: relative error {error:.2e}"
+
+
+def test_the_reference_loss_matches_the_fused_one(rng):
+    z, y = rng.standard_normal((6, 10)) * 4, losses.one_hot(rng.integers(0, 10, 6), 10, np.float64)
+    loss_ref, dz_ref = reference.softmax_cross_entropy(z, y)
+    loss, dz = losses.softmax_cross_entropy(z, y)
+    assert loss == pytest.approx(loss_ref, rel=1e-12)
+    np.testing.assert_allclose(dz, dz_ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/net*.yaml")) + ["configs/small-adv.yaml"])
+def test_every_shipped_network_gives_the_same_loss_and_gradients_on_both_engines(path, rng):
+    cfg = load_config(path)
+    fast = build_network(cfg, dtype=np.float64, batch_size=4)
+    ref = build_network(cfg, dtype=np.float64, batch_size=4, engine="reference")
+    assert ref.engine == "reference" and isinstance(ref.layers[0], tuple(reference.LAYERS.values()))
+    for a, b in zip(fast.named_parameters().values(), ref.named_parameters().values()):
+        np.testing.assert_array_equal(a, b)  # same seed, same initial weights
+    x = rng.random((4,) + fast.input_shape)
+    y = losses.one_hot(rng.integers(0, 10, 4), 10, np.float64)
+    loss_fast, logits_fast, dx_fast = fast.loss_and_backward(x, y, need_input_grad=True)
+    loss_ref, logits_ref, dx_ref = ref.loss_and_backward(x, y, need_input_grad=True)
+    assert loss_fast == pytest.approx(loss_ref, rel=1e-10)
+    np.testing.assert_allclose(logits_fast, logits_ref, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dx_fast, dx_ref, rtol=1e-8, atol=1e-12)
+    for name, g in fast.named_gradients().items():
+        np.testing.assert_allclose(g, ref.named_gradients()[name], rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_training_on_the_reference_engine_follows_the_fast_one(rng):
+    """Three SGD steps in float32 on each engine from the same seed: the same weights to
+    float32 tolerance."""
+    from cnnrun.nn import SGD
+    specs = [("conv", dict(filters=4, kernel=3, padding=1)), ("instance_norm", {}), ("maxpool", dict(kernel=2)),
+             ("relu", {}), ("flatten", {}), ("dense", dict(units=10)), ("softmax", {})]
+    x = rng.random((16, 1, 8, 8)).astype(np.float32)
+    y = losses.one_hot(rng.integers(0, 10, 16), 10)
+    nets = [Network(specs, (1, 8, 8), seed=3, engine=e) for e in ("fast", "reference")]
+    for net in nets:
+        opt = SGD(lr=0.1)
+        for _ in range(3):
+            net.loss_and_backward(x, y)
+            opt.step(net.param_grad_pairs())
+    for name, p in nets[0].named_parameters().items():
+        np.testing.assert_allclose(p, nets[1].named_parameters()[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_an_unknown_engine_is_a_clear_error():
+    from cnnrun.errors import CnnrunError
+    with pytest.raises(CnnrunError, match="engine 'slow': expected one of fast, reference"):
+        Network([("flatten", {}), ("dense", dict(units=2)), ("softmax", {})], (1, 2, 2), engine="slow")
