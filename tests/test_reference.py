@@ -203,3 +203,33 @@ def test_an_unknown_engine_is_a_clear_error():
     from cnnrun.errors import CnnrunError
     with pytest.raises(CnnrunError, match="engine 'slow': expected one of fast, reference"):
         Network([("flatten", {}), ("dense", dict(units=2)), ("softmax", {})], (1, 2, 2), engine="slow")
+
+
+def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
+    """train, eval, gradcheck and bench with --engine reference: the run trains to the
+    fast engine's figures (float32 tolerance), and the other verbs work on it."""
+    import json
+
+    from cnnrun import runs
+    from helpers import cli
+
+    for engine in ("fast", "reference"):
+        result = cli(setup, "train", setup["config"], "--data-dir", setup["data"], "--quiet", "--engine", engine)
+        assert result.exit_code == 0, result.output
+    fast_run, ref_run = runs.list_runs(setup["runs"])
+    fast_rows, ref_rows = runs.read_metrics(fast_run), runs.read_metrics(ref_run)
+    for a, b in zip(fast_rows, ref_rows):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1 / 64 + 1e-9)  # one image of 64 at most
+    evals = [json.loads(cli(setup, "eval", fast_run, "--data-dir", setup["data"], "--json", "--engine", e).output)
+             for e in ("fast", "reference")]
+    assert evals[0]["loss"] == pytest.approx(evals[1]["loss"], rel=1e-5)
+    from click.testing import CliRunner
+
+    from cnnrun.cli import main
+    result = CliRunner().invoke(main, ["gradcheck", setup["config"], "--engine", "reference"])
+    assert result.exit_code == 0 and "checks pass" in result.output, result.output
+    result = CliRunner().invoke(main, ["bench", setup["config"], "--engine", "reference", "--repeats", "1",
+                                       "--warmup", "0", "--json"])
+    out = json.loads(result.output)
+    assert out["engine"] == "reference" and out["fast"]["train_samples_per_s"] > 0
