@@ -239,9 +239,13 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
         cfg = runs.load_run_config(run_dir)
         if epochs is not None:
             cfg = apply_override(cfg, f"train.epochs={epochs}", "--epochs")
-        if resume_action(run_dir, cfg["train"]["epochs"]) == "nothing":  # refuses a shrink, changing nothing
+        action = resume_action(run_dir, cfg["train"]["epochs"])  # refuses a shrink, changing nothing
+        if action == "nothing":
             click.echo(f"{run_dir}: already finished ({cfg['train']['epochs']} epochs); nothing to do")
             return
+        if action == "repair":
+            click.echo(f"{run_dir}: weights.npz is damaged; writing it again from the checkpoint, which holds "
+                       f"the same numbers", err=True)
     else:
         cfg = load_config(config)
         for assignment in overrides:
@@ -376,7 +380,7 @@ def runs_cmd(runs_dir):
         s = runs.read_json(os.path.join(d, "summary.json"), {})
         acc = [s.get("final_test_acc"), s.get("best_test_acc")]
         rows.append((os.path.basename(d), s.get("name", "?"), f"{s.get('epochs_done', 0)}/{s.get('epochs_planned', '?')}",
-                     *("" if not isinstance(a, (int, float)) else f"{a:.4f}" for a in acc), runs.run_status(s)))
+                     *("" if not isinstance(a, (int, float)) else f"{a:.4f}" for a in acc), runs.run_status(s, d)))
     if rows:
         click.echo(format_table(["run", "config", "epochs", "final acc", "best acc", "status"], rows))
     if sweeps:
@@ -392,6 +396,56 @@ def runs_cmd(runs_dir):
                 counts[r["status"]] = counts.get(r["status"], 0) + 1
             rows.append((os.path.basename(d), len(results), ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))))
         click.echo(("\n" if found else "") + format_table(["sweep", "runs", "status"], rows))
+
+
+@main.command(name="verify", short_help="Check that a run's files are what was written.")
+@click.argument("run_dirs", nargs=-1, type=click.Path())
+@runs_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file checked.")
+def verify_cmd(run_dirs, runs_dir, as_json):
+    """Check every file of run folders or sweep folders (default: every run and sweep in
+    --runs-dir): config.yaml and metrics.csv readable, summary.json a summary, and
+    weights.npz and checkpoint.npz the very bytes written (the SHA-256 that summary.json
+    recorded) and loadable into the config's network.
+
+    Prints each file's state: intact, missing, unrecorded (no digest: written by a cnnrun
+    before 0.2.0) or damaged. Exits 1 if anything is damaged. A finished run whose
+    weights.npz is damaged is repaired by `cnnrun train --resume RUN_DIR` from an intact
+    checkpoint.
+    """
+    from cnnrun import runs, sweep
+
+    if run_dirs:
+        folders = []
+        for d in run_dirs:
+            if sweep.is_sweep(d):
+                _, entries = sweep.load_sweep(d)
+                folders += [os.path.join(d, e["run"]) for e in entries]
+            else:
+                folders.append(runs.resolve_run(d, runs_dir))
+    else:
+        folders = runs.list_runs(runs_dir)
+        for d in sweep.list_sweeps(runs_dir):
+            folders += [os.path.join(d, e["run"]) for e in sweep.load_sweep(d)[1]]
+        if not folders:
+            raise CnnrunError(f"{runs_dir}: no runs to verify")
+    rows = []
+    for d in folders:
+        checks = runs.verify_run(d) if runs.is_run(d) else [("config.yaml", "missing", f"{d}: not a run folder")]
+        rows += [(d, name, state, detail) for name, state, detail in checks]
+    if as_json:
+        for d, name, state, detail in rows:
+            click.echo(json.dumps(dict(run=d, file=name, state=state, detail=detail)))
+    else:
+        click.echo(format_table(["run", "file", "state", "detail"],
+                                [(d, n, st, det if st != "intact" else "") for d, n, st, det in rows]))
+    damaged = sorted({d for d, _, state, _ in rows if state == "damaged"})
+    runs_word = "run" if len(folders) == 1 else "runs"
+    if damaged:
+        click.echo(f"{len(damaged)} of {len(folders)} {runs_word} damaged: {', '.join(damaged)}", err=True)
+        sys.exit(1)
+    if not as_json:
+        click.echo(f"{len(folders)} {runs_word}: every file intact or not yet written")
 
 
 @main.command(name="predict", short_help="Classify your own digit images.")

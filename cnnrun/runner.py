@@ -28,6 +28,7 @@ from cnnrun import attacks, plots, runs
 from cnnrun.config import build_network
 from cnnrun.data import check_data_fits
 from cnnrun.errors import CnnrunError, interrupted
+from cnnrun.fileio import write_atomic
 from cnnrun.nn import exponential_lr, make_optimizer
 from cnnrun.training import Diverged, epoch_rng, evaluate, train_epoch
 
@@ -74,8 +75,10 @@ def epoch_line(row, epochs):
 def resume_action(run_dir, epochs):
     """What resuming `run_dir` to `epochs` epochs does: "train" (from the checkpoint,
     or from the start if there is none), "finish" (the checkpoint already holds the
-    last epoch: write the final weights) or "nothing" (finished). Refuses, changing
-    nothing, if the checkpoint is past `epochs`."""
+    last epoch: write the final weights), "repair" (finished, but its final weights are
+    damaged: write them again from the checkpoint, which holds the same numbers) or
+    "nothing" (finished). Refuses, changing nothing, if the checkpoint is past `epochs`
+    or damaged where it is needed."""
     done = runs.checkpoint_epoch(run_dir)
     runs.read_metrics(run_dir)  # a damaged metrics file is an error now, before anything is written
     if done > epochs:
@@ -84,8 +87,23 @@ def resume_action(run_dir, epochs):
     if done < epochs:
         return "train"
     summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
-    finished = summary.get("status") == "finished" and os.path.isfile(os.path.join(run_dir, "weights.npz"))
-    return "nothing" if finished else "finish"
+    if summary.get("status") != "finished" or not os.path.isfile(os.path.join(run_dir, "weights.npz")):
+        return "finish"
+    if runs.file_state(run_dir, "weights.npz", summary)[0] == "damaged" or not _loads(run_dir, "weights.npz"):
+        runs.check_file(run_dir, "checkpoint.npz", summary)  # nothing intact to rebuild from: refuse
+        if not _loads(run_dir, "checkpoint.npz"):
+            raise CnnrunError(f"{run_dir}: weights.npz and checkpoint.npz are both damaged; nothing to rebuild from")
+        return "repair"
+    return "nothing"
+
+
+def _loads(run_dir, name):
+    """Whether `name` in the run folder is a readable .npz of finite numbers."""
+    try:
+        with np.load(os.path.join(run_dir, name), allow_pickle=False) as data:
+            return all(np.isfinite(data[k]).all() for k in data.files if data[k].dtype.kind == "f")
+    except Exception:
+        return False
 
 
 def restore(run_dir, net, optimizer):
@@ -94,6 +112,7 @@ def restore(run_dir, net, optimizer):
     path = os.path.join(run_dir, "checkpoint.npz")
     if not os.path.isfile(path):
         return 0, []
+    runs.check_file(run_dir, "checkpoint.npz")
     state = net.load(path)
     try:
         epoch = int(state["epoch"])
@@ -133,11 +152,17 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
     return row, train_seconds
 
 
-def save_epoch(run_dir, net, optimizer, rows):
-    """Metrics first, then the checkpoint: on resume, rows past the checkpoint are dropped."""
+def save_epoch(run_dir, net, optimizer, rows, summary):
+    """Metrics first, then the checkpoint: on resume, rows past the checkpoint are dropped.
+    The summary announces the new checkpoint's digest (the old one still accepted) before
+    the rename, so a kill at any moment leaves a checkpoint it vouches for; the caller
+    writes the summary again once the epoch is counted, with the new digest alone."""
     runs.write_metrics(run_dir, rows)
-    net.save(os.path.join(run_dir, "checkpoint.npz"),
-             extra={"epoch": np.array(rows[-1]["epoch"]), **optimizer.state(list(net.named_parameters()))})
+    data = net.to_npz(extra={"epoch": np.array(rows[-1]["epoch"]), **optimizer.state(list(net.named_parameters()))})
+    runs.record_digest(summary, "checkpoint.npz", data, keep_previous=True)
+    runs.write_json(os.path.join(run_dir, "summary.json"), summary)
+    write_atomic(os.path.join(run_dir, "checkpoint.npz"), data)
+    runs.record_digest(summary, "checkpoint.npz", data)
 
 
 def new_summary(config, rows, epoch, previous, data, command, resume):
@@ -152,6 +177,8 @@ def new_summary(config, rows, epoch, previous, data, command, resume):
         pid=os.getpid(), host=socket.gethostname(),
         train_samples=len(data["train"][0]), test_samples=len(data["test"][0]),
         adversarial=config["train"]["adversarial"],
+        digests={k: v for k, v in previous.get("digests", {}).items() if k == "checkpoint.npz"}
+        if isinstance(previous.get("digests"), dict) else {},
     )
 
 
@@ -161,7 +188,7 @@ def finish(run_dir, net, config, data, rows, summary):
     if rows and rows[-1]["test_acc"] is None:
         rows[-1]["test_loss"], rows[-1]["test_acc"], _ = evaluate(net, *data["test"])
         runs.write_metrics(run_dir, rows)
-    net.save(os.path.join(run_dir, "weights.npz"))
+    runs.record_digest(summary, "weights.npz", net.save(os.path.join(run_dir, "weights.npz")))
     if rows:
         plots.training_curves(rows, os.path.join(run_dir, "curves.png"), config["name"])
     summary.update(status="finished", epochs_done=len(rows), **summarise(rows))
@@ -214,7 +241,7 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
                               f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}. "
                               f"Try a smaller train.lr.", 1) from None
             rows.append(row)
-            save_epoch(run_dir, net, optimizer, rows)
+            save_epoch(run_dir, net, optimizer, rows, summary)
             samples, seconds = samples + len(data["train"][0]), seconds + train_seconds
             summary.update(epochs_done=epoch + 1, **summarise(rows),
                            wall_time_s=round(summary["wall_time_s"] + row["seconds"], 3),

@@ -8,12 +8,17 @@
     curves.png       test accuracy and training error against epoch
 
 Every file is written to a temporary name and renamed, so a kill never leaves a broken one.
+summary.json records the SHA-256 of weights.npz and checkpoint.npz as written
+(`digests`), and every verb that loads them checks it: a file changed since is
+"damaged", never used as if it were the run's.
 """
 
 import csv
+import hashlib
 import json
 import os
 import socket
+import sys
 import time
 
 import numpy as np
@@ -102,8 +107,67 @@ def load_run(run_dir, runs_dir, need_weights=True, batch_size=500, engine="fast"
     if path is None:
         return run_dir, cfg, None
     net = build_network(cfg, batch_size=batch_size, engine=engine)
+    check_file(run_dir, os.path.basename(path))
     net.load(path)
     return run_dir, cfg, net
+
+
+DIGESTED = ("weights.npz", "checkpoint.npz")
+
+
+def digest(data):
+    """`"sha256:<hex>"` of bytes."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def record_digest(summary, name, data, keep_previous=False):
+    """Note in `summary` (a dict, written by the caller) the digest of the bytes `data` that
+    `name` now holds; with `keep_previous`, the one before stays accepted too (for the
+    moment between announcing a new file and its rename)."""
+    digests = summary.setdefault("digests", {})
+    accepted = [digest(data)]
+    if keep_previous:
+        accepted += [d for d in digests.get(name, [])[:1] if d != accepted[0]]
+    digests[name] = accepted
+
+
+def file_state(run_dir, name, summary=None):
+    """`(state, detail)` of weights.npz or checkpoint.npz against the summary's digests:
+    "intact", "missing", "unrecorded" (no digest: written before cnnrun 0.2.0, or the
+    summary is unreadable) or "damaged" (its bytes are not what was written)."""
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        return "missing", f"{path}: missing"
+    summary = read_json(os.path.join(run_dir, "summary.json"), {}) if summary is None else summary
+    accepted = summary.get("digests", {}).get(name) if isinstance(summary.get("digests"), dict) else None
+    if not accepted:
+        return "unrecorded", f"{path}: no digest recorded (written before cnnrun 0.2.0); not checked"
+    try:
+        actual = file_digest(path)
+    except OSError as e:
+        return "damaged", f"{path}: unreadable ({e.strerror})"
+    if actual not in accepted:
+        return "damaged", (f"{path}: damaged: its SHA-256 is not the one recorded in summary.json when it "
+                           f"was written")
+    return "intact", f"{path}: intact"
+
+
+def check_file(run_dir, name, summary=None):
+    """`file_state`, as an error if damaged and a note on stderr if unrecorded."""
+    state, detail = file_state(run_dir, name, summary)
+    if state == "damaged":
+        raise CnnrunError(f"{detail}; `cnnrun verify {run_dir}` checks the whole folder")
+    if state == "unrecorded":
+        print(f"note: {detail}", file=sys.stderr)
+    return state
 
 
 def weights_path(run_dir, required=True):
@@ -123,6 +187,8 @@ def checkpoint_epoch(run_dir):
     path = os.path.join(run_dir, "checkpoint.npz")
     if not os.path.isfile(path):
         return 0
+    if file_state(run_dir, "checkpoint.npz")[0] == "damaged":
+        check_file(run_dir, "checkpoint.npz")
     try:
         with np.load(path, allow_pickle=False) as data:
             return int(data["epoch"])
@@ -130,12 +196,15 @@ def checkpoint_epoch(run_dir):
         raise CnnrunError(f"{path}: not a readable checkpoint ({e})") from None
 
 
-def run_status(summary):
+def run_status(summary, run_dir=None):
     """finished / interrupted / diverged / running; `killed` if it says running but its
     process is gone; `unknown` if that cannot be told (no pid recorded); `not started`
-    without a summary."""
+    without a summary; given `run_dir`, `damaged` if its weights or checkpoint are not
+    what was written."""
     if not summary:
         return "not started"
+    if run_dir is not None and any(file_state(run_dir, name, summary)[0] == "damaged" for name in DIGESTED):
+        return "damaged"
     status = summary.get("status", "unknown")
     if status != "running":
         return status
@@ -191,3 +260,37 @@ def read_json(path, default=None):
     except (OSError, ValueError):
         return default
     return value if default is None or isinstance(value, type(default)) else default
+
+
+def verify_run(run_dir):
+    """Every file of a run folder checked: `[(file, state, detail), ...]`, state one of
+    intact, missing, unrecorded (no digest: older cnnrun) or damaged. The weights and the
+    checkpoint must also match their digest and load into the config's network."""
+    checks, cfg = [], None
+    try:
+        cfg = load_run_config(run_dir)
+        checks.append(("config.yaml", "intact", "a valid config"))
+    except CnnrunError as e:
+        checks.append(("config.yaml", "damaged", str(e)))
+    try:
+        rows = read_metrics(run_dir)
+        checks.append(("metrics.csv", "intact" if rows else "missing", f"{len(rows)} epochs"))
+    except CnnrunError as e:
+        checks.append(("metrics.csv", "damaged", str(e)))
+    summary_path = os.path.join(run_dir, "summary.json")
+    summary = read_json(summary_path, {})
+    if not os.path.isfile(summary_path):
+        checks.append(("summary.json", "missing", "not started"))
+    elif not summary:
+        checks.append(("summary.json", "damaged", f"{summary_path}: not a readable summary"))
+    else:
+        checks.append(("summary.json", "intact", f"status {summary.get('status', '?')}"))
+    for name in DIGESTED:
+        state, detail = file_state(run_dir, name, summary)
+        if state in ("intact", "unrecorded") and cfg is not None:
+            try:
+                build_network(cfg, batch_size=1).load(os.path.join(run_dir, name))
+            except CnnrunError as e:
+                state, detail = "damaged", str(e)
+        checks.append((name, state, detail))
+    return checks

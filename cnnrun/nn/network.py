@@ -223,14 +223,21 @@ class Network:
 
     # --- weights on disk --------------------------------------------------
 
-    def save(self, path, extra=None):
-        """Write every parameter to `.npz` under its qualified name, atomically
-        (temporary file + rename): a kill never leaves a broken file."""
+    def to_npz(self, extra=None):
+        """Every parameter (and the arrays of `extra`) as the bytes of an `.npz` file, under
+        qualified names."""
         arrays = dict(self.named_parameters())
         arrays.update(extra or {})
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        write_atomic(path, buffer.getvalue())
+        return buffer.getvalue()
+
+    def save(self, path, extra=None):
+        """Write `to_npz(extra)` to `path` atomically (temporary file + rename): a kill
+        never leaves a broken file. Returns the bytes written."""
+        data = self.to_npz(extra)
+        write_atomic(path, data)
+        return data
 
     def load(self, path):
         """Read parameters saved by `save`; every name and shape must match this network."""
