@@ -127,7 +127,7 @@ def test_export_verb_writes_a_model_with_metadata(trained):
 
 
 @pytest.mark.parametrize("damage,message", [
-    ("weights", "not a readable .npz"), ("config", "cannot read the run's config"), ("missing", "no such run folder")])
+    ("weights", "weights.npz: damaged"), ("config", "cannot read the run's config"), ("missing", "no such run folder")])
 def test_a_damaged_run_folder_is_one_line(trained, damage, message):
     run = trained["run"]
     if damage == "weights":

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from cnnrun import runner, runs
 from cnnrun.cli import main
 from helpers import cli, metrics_without_seconds
+from idx import write_config
 
 
 def train(s, *extra):
@@ -277,3 +278,45 @@ def test_curves_panels_leave_room_for_each_others_labels():
     right_label = right.yaxis.label.get_window_extent(renderer)
     left_box = left.get_tightbbox(renderer)
     assert right_label.x0 > left_box.x1  # the right panel's y label starts after the left panel ends
+
+
+def test_best_accuracy_and_best_epoch_are_the_first_maximum_of_metrics():
+    from cnnrun.runner import summarise
+    rows = [dict(epoch=e, test_acc=a, test_loss=1 - (a or 0)) for e, a in
+            enumerate([0.5, None, 0.9, 0.7, 0.9, None, 0.8], start=1)]
+    s = summarise(rows)
+    assert (s["best_test_acc"], s["best_epoch"]) == (0.9, 3)  # the first of two equal maxima
+    assert (s["final_test_acc"], s["final_test_loss"]) == (0.8, pytest.approx(0.2))
+    assert summarise([dict(epoch=1, test_acc=None, test_loss=None)])["best_epoch"] is None
+
+
+def test_a_runs_summary_agrees_with_its_metrics_file(setup):
+    config = write_config(setup["tmp"] / "every.yaml", train__epochs=5, train__eval_every=1, train__lr=0.3)
+    assert cli(setup, "train", config, "--data-dir", setup["data"], "--quiet").exit_code == 0
+    run_dir = runs.list_runs(setup["runs"])[-1]
+    rows = runs.read_metrics(run_dir)
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+    accs = [r["test_acc"] for r in rows]
+    assert summary["best_test_acc"] == max(accs) and summary["best_epoch"] == accs.index(max(accs)) + 1
+    assert summary["final_test_acc"] == accs[-1] and summary["epochs_done"] == len(rows) == 5
+
+
+def test_a_last_epoch_without_test_figures_is_evaluated_when_the_run_finishes(setup):
+    """Paused at epoch 3 of 6 (eval_every 2: no test at 3), then finished there with
+    --epochs 3: the last row gets its test figures, which the summary reports."""
+    from cnnrun.config import apply_override, load_config
+    from cnnrun.data import load_data
+    from cnnrun.runner import train_run
+    from cnnrun.training import evaluate
+    cfg = apply_override(load_config(setup["config"]), "train.epochs=6")
+    data = load_data(cfg, setup["data"], progress=False)
+    run_dir = runs.new_run_dir(setup["runs"], "tiny", cfg)
+    train_run(cfg, run_dir, data, progress=False, log=lambda _: None, until=3)
+    assert runs.read_metrics(run_dir)[-1]["test_acc"] is None
+    summary = train_run(apply_override(cfg, "train.epochs=3"), run_dir, data, resume=True, progress=False,
+                        log=lambda _: None)
+    last = runs.read_metrics(run_dir)[-1]
+    _, cfg3, net = runs.load_run(run_dir, setup["runs"])
+    loss, acc, _ = evaluate(net, *data["test"])
+    assert last["epoch"] == 3 and last["test_acc"] == acc and last["test_loss"] == pytest.approx(loss)
+    assert summary["status"] == "finished" and summary["final_test_acc"] == acc

@@ -95,6 +95,8 @@ def test_a_local_sweep_writes_results_that_match_its_runs(local_sweep):
         assert float(r["mean"]) == pytest.approx(np.mean(accs), abs=5e-5)
         assert float(r["std"]) == pytest.approx(np.std(accs, ddof=1), abs=5e-5)
         assert float(r["min"]) == pytest.approx(min(accs), abs=5e-5)
+        assert float(r["max"]) == pytest.approx(max(accs), abs=5e-5)
+        assert r["epochs"] == {"a": "3", "b": "2"}[r["config"]]
     assert os.path.getsize(os.path.join(sweep_dir, "curves.png")) > 10000
     assert "| config | setting |" in open(os.path.join(sweep_dir, "summary.md")).read()
     listing = cli("runs", "--runs-dir", runs_dir)
@@ -391,3 +393,43 @@ def test_a_sweep_too_large_to_plan_or_an_address_that_is_not_one_is_one_line(tin
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert message in result.output and time.monotonic() - started < 30
     assert not os.path.exists(tiny["tmp"] / "refused")
+
+
+def test_every_column_of_a_sweeps_summary_is_the_statistics_of_its_runs():
+    """Hand-made result rows with distinct accuracies: n, mean, sample std, min, max and
+    epochs per (config, setting), recomputed here; unfinished runs are left out."""
+    rows = [dict(run=f"r{i}", config=c, setting=st, status=status, final_test_acc=acc, epochs_done=ep)
+            for i, (c, st, status, acc, ep) in enumerate([
+                ("a", "default", "finished", 0.91, 3), ("a", "default", "finished", 0.97, 3),
+                ("a", "default", "finished", 0.94, 4), ("a", "default", "interrupted", 0.99, 1),
+                ("a", "train.lr=0.1", "finished", 0.80, 3), ("b", "default", "diverged", None, 2)])]
+    table = {(r["config"], r["setting"]): r for r in sweep.summary_rows(rows)}
+    accs = [0.91, 0.97, 0.94]
+    a = table[("a", "default")]
+    assert (a["n"], a["epochs"]) == (3, "3/4")
+    assert a["mean"] == pytest.approx(np.mean(accs)) and a["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert (a["min"], a["max"]) == (0.91, 0.97)
+    one = table[("a", "train.lr=0.1")]
+    assert (one["n"], one["mean"], one["std"], one["min"], one["max"]) == (1, 0.80, None, 0.80, 0.80)
+    assert table[("b", "default")]["n"] == 0 and table[("b", "default")]["mean"] is None
+
+
+def test_a_grid_sweep_has_a_label_and_a_summary_row_per_setting_and_takes_its_name(tiny):
+    runs_dir = tiny["tmp"] / "grid"
+    result = cli("sweep", tiny["b"], "--grid", "train.lr=0.05,0.2", "--grid", "train.batch_size=16,64",
+                 "--seeds", "0", "--name", "lrgrid", "--workers", 2, "--data-dir", tiny["data"],
+                 "--runs-dir", runs_dir, "--quiet")
+    assert result.exit_code == 0, result.output
+    sweep_dir = only_sweep(runs_dir)
+    assert sweep_dir.endswith("-lrgrid")
+    results = read_csv(os.path.join(sweep_dir, "results.csv"))
+    settings = {r["setting"] for r in results}
+    assert settings == {f"train.lr={lr} train.batch_size={bs}" for lr in (0.05, 0.2) for bs in (16, 64)}
+    for row in results:
+        cfg = runs.load_run_config(os.path.join(sweep_dir, row["run"]))
+        assert row["setting"] == f"train.lr={cfg['train']['lr']} train.batch_size={cfg['train']['batch_size']}"
+    summary = read_csv(os.path.join(sweep_dir, "summary.csv"))
+    assert sorted(r["setting"] for r in summary) == sorted(settings)
+    for r in summary:
+        [run] = [x for x in results if x["setting"] == r["setting"]]
+        assert r["n"] == "1" and float(r["mean"]) == pytest.approx(float(run["final_test_acc"]), abs=5e-5)
