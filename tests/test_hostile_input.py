@@ -219,3 +219,23 @@ def test_weights_holding_nan_infinity_or_text_are_refused_by_every_verb_that_loa
     for verb in (["eval"], ["attack", "--limit", 4], ["export"]):
         result = cli(setup, verb[0], setup["run"], *verb[1:], "--data-dir", setup["data"])
         assert_one_line_error(result, f"damaged weights: {name} hold NaN, infinite or non-numeric values")
+
+
+def test_the_real_console_script_prints_one_line_and_no_traceback(setup, tmp_path):
+    """Through a real process, not CliRunner (which keeps an escaped exception in
+    `result.exception` and prints no traceback): damaged weights, a run folder that is a
+    file, a config that is not text."""
+    import subprocess
+    import sys
+    with open(os.path.join(setup["run"], "weights.npz"), "wb") as f:
+        f.write(b"\x00 not a zip")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    for args in (["eval", setup["run"], "--data-dir", setup["data"]], ["eval", str(tmp_path / "afile")],
+                 ["train", str(tmp_path / "binary.yaml")], ["verify", setup["run"]]):
+        done = subprocess.run([sys.executable, "-m", "cnnrun.cli", *args, "--runs-dir", setup["runs"]],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, (args, done.stderr)
+        assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
+        if args[0] != "verify":
+            assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
