@@ -205,7 +205,13 @@ def train_run(config, run_dir, data, resume=False, progress=True, log=print, com
     the last) with status "paused": resuming goes on exactly. `engine`: "fast" or
     "reference" (nn/reference.py, the same numbers to float tolerance, slower).
     Returns the summary dict; raises `Stopped` on Ctrl-C or divergence, with the last
-    good checkpoint kept."""
+    good checkpoint kept. One process at a time: a second one on the same folder is
+    refused while the first trains (`runs.training_lock`)."""
+    with runs.training_lock(run_dir):
+        return _train_run(config, run_dir, data, resume, progress, log, command, until, engine)
+
+
+def _train_run(config, run_dir, data, resume, progress, log, command, until, engine):
     epochs = config["train"]["epochs"]
     stop = epochs if until is None else min(until, epochs)
     summary_path = os.path.join(run_dir, "summary.json")

@@ -13,6 +13,7 @@ summary.json records the SHA-256 of weights.npz and checkpoint.npz as written
 "damaged", never used as if it were the run's.
 """
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -113,6 +114,34 @@ def load_run(run_dir, runs_dir, need_weights=True, batch_size=500, engine="fast"
 
 
 DIGESTED = ("weights.npz", "checkpoint.npz")
+
+
+@contextlib.contextmanager
+def training_lock(run_dir):
+    """Held while a process trains the run in `run_dir` (an flock on RUN_DIR/.lock): a second
+    `train --resume` of the same folder is refused in one line instead of racing the first.
+    The operating system releases it when the process ends, however it ends (kill -9
+    included), so a killed run resumes as before."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    try:
+        handle = open(os.path.join(run_dir, ".lock"), "a")
+    except OSError as e:
+        raise CnnrunError(f"{run_dir}: cannot write in the run folder ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CnnrunError(f"{run_dir}: another cnnrun process is training this run now; resume it "
+                              f"once that one has stopped") from None
+        except OSError:  # a filesystem without locks: go on without one
+            pass
+        yield
+    finally:
+        handle.close()
 
 
 def digest(data):

@@ -131,3 +131,24 @@ def test_a_run_folder_written_before_digests_still_loads_with_a_note(run):
     assert "no digest recorded" in result.stderr and json.loads(result.stdout)["n"] == 16
     result = invoke(run, "verify", run["run"])
     assert result.exit_code == 0 and "unrecorded" in result.output
+
+
+def test_a_second_resume_of_a_run_in_training_is_refused_and_the_run_ends_intact(run):
+    """Two `train --resume` of one folder at once: the second is one line and changes
+    nothing; the first finishes exactly, and every file verifies."""
+    import subprocess
+    import sys
+    import time
+    base = [sys.executable, "-m", "cnnrun.cli", "train", "--resume", run["run"], "--epochs", "40",
+            "--data-dir", run["data"], "--runs-dir", run["runs"], "--quiet"]
+    first = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and runs.read_json(os.path.join(run["run"], "summary.json"), {}).get(
+            "epochs_done", 0) < 3:
+        time.sleep(0.01)
+    second = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1, second.stderr
+    assert "another cnnrun process is training this run now" in second.stderr
+    assert first.wait(timeout=300) == 0, first.communicate()[1]
+    assert runs.read_json(os.path.join(run["run"], "summary.json"))["epochs_done"] == 40
+    assert invoke(run, "verify", run["run"]).exit_code == 0
