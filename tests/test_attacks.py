@@ -212,7 +212,7 @@ def test_dlr_targeted_gradient_matches_finite_differences(rng):
     losses, dlogits = dlr_targeted(logits, labels, targets)
     assert losses.shape == (6,)
     h = 1e-6
-    for i, j in [(0, 0), (1, 3), (2, labels[2]), (3, targets[3]), (4, int(np.argmax(logits[4]))), (5, 9)]:
+    for i, j in np.ndindex(logits.shape):  # every entry: pi1, pi3 and pi4 move too
         up, down = logits.copy(), logits.copy()
         up[i, j] += h
         down[i, j] -= h
@@ -328,3 +328,15 @@ def test_pgd_training_beats_noise_training_under_pgd_on_a_toy_problem(tmp_path):
                                rng=np.random.default_rng(0))
         robust[name] = float(np.mean(net.logits(x_adv).argmax(axis=1) == labels_test))
     assert robust["pgd"] > 0.9 and robust["noise"] < 0.3, robust
+
+
+def test_dlr_targeted_and_accuracy_equal_their_definitions_on_a_hand_example():
+    from cnnrun.nn.losses import accuracy, dlr_targeted, one_hot
+    z = np.array([[5.0, 1.0, 4.0, 2.0, 0.0], [0.0, 3.0, 1.0, 2.0, 9.0]])
+    # Row 0: y=0, t=2; classes by decreasing logit 0, 2, 3, 1: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)
+    losses, _ = dlr_targeted(z, np.array([0, 1]), np.array([2, 3]))
+    assert losses[0] == pytest.approx(-(5 - 4) / (5 - (2 + 1) / 2))
+    assert losses[1] == pytest.approx(-(3 - 2) / (9 - (2 + 1) / 2))
+    assert accuracy(z, np.array([0, 1])) == 0.5 and accuracy(z, np.array([0, 4])) == 1.0
+    hot = one_hot(np.array([2, 0]), 4)
+    assert hot.dtype == np.float32 and hot.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0]]
