@@ -15,7 +15,7 @@ from helpers import real_mnist_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-SMALL = ["--set", "data.train_limit=1000", "--set", "data.test_limit=500"]
+SMALL = ["--set", "data.train_limit=300", "--set", "data.test_limit=100"]
 
 
 def code_blocks(page, language):
