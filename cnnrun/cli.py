@@ -31,12 +31,17 @@ class Group(click.Group):
                 if interrupted(e):  # Ctrl-C that landed inside an import
                     raise KeyboardInterrupt from None
                 raise
+        except (click.exceptions.Exit, click.exceptions.Abort):  # click's own ends: its exit code
+            raise
         except CnnrunError as e:
             fail(str(e))
         except click.UsageError as e:  # a mistyped option: one line, and where to read more
             command = f"cnnrun {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "cnnrun"
             click.echo(f"error: {e.format_message()} (see: {command} --help)", err=True)
             sys.exit(2)
+        except click.ClickException as e:  # click's other errors (a file it could not open): one line
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
         except OSError as e:
             fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
         except MemoryError:

@@ -239,3 +239,24 @@ def test_the_real_console_script_prints_one_line_and_no_traceback(setup, tmp_pat
         assert "Traceback" not in done.stderr and "internal error" not in done.stderr, done.stderr
         if args[0] != "verify":
             assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_help_exits_0_and_a_mistyped_option_exits_2_as_the_console_script_runs_them(capsys):
+    """`--help` ends through click's own Exit(0): it must reach the shell as exit 0 with
+    the help on stdout, not as an error line; a mistyped option is exit 2 with the hint.
+    `main.main(args)` is what the console script runs (CliRunner turns exits into
+    results on its own terms)."""
+    from cnnrun.cli import main
+    for verb in [[]] + [[name] for name in main.commands]:
+        with pytest.raises(SystemExit) as done:
+            main.main([*verb, "--help"], prog_name="cnnrun")
+        out, err = capsys.readouterr()
+        assert done.value.code == 0 and err == "", (verb, err)
+        assert out.startswith("Usage: cnnrun"), (verb, out[:200])
+    with pytest.raises(SystemExit) as done:
+        main.main(["eval", "--no-such-option"], prog_name="cnnrun")
+    out, err = capsys.readouterr()
+    assert done.value.code == 2 and "cnnrun eval --help" in err and "internal error" not in err, err
+    with pytest.raises(SystemExit) as done:
+        main.main(["--version"], prog_name="cnnrun")
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("cnnrun")
