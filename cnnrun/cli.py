@@ -5,6 +5,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 
 import click
 import numpy as np
@@ -203,6 +204,27 @@ def runs_dir_option(f):
                         help="Folder holding the run folders.")(f)
 
 
+def tracking_options(f):
+    """--mlflow [URI] and --tensorboard (cnnrun/tracking.py)."""
+    f = click.option("--tensorboard", is_flag=True,
+                     help="Also write TensorBoard event files in RUN_DIR/tb/ (needs pip install -e "
+                          "'.[tensorboard]'); view them with: tensorboard --logdir RUNS_DIR.")(f)
+    return click.option("--mlflow", "mlflow", is_flag=False, flag_value="", default=None, metavar="[URI]",
+                        help="Also log to MLflow (needs pip install -e '.[mlflow]'): URI, else "
+                             "$MLFLOW_TRACKING_URI, else sqlite:///RUNS_DIR/mlflow.db. The run folder stays the "
+                             "record; a tracker that fails is one warning, never a failed run.")(f)
+
+
+def trackers_for(mlflow, tensorboard, runs_dir, cfg=None):
+    """The trackers the flags (or else the config's `track:` section) ask for."""
+    from cnnrun.tracking import make_trackers
+    track = (cfg or {}).get("track") or {}
+    if mlflow is None and track.get("mlflow"):
+        mlflow = "" if track["mlflow"] is True else track["mlflow"]
+    return make_trackers(mlflow, tensorboard or bool(track.get("tensorboard")), runs_dir,
+                         log=lambda line: click.echo(line, err=True))
+
+
 def data_dir_option(f):
     return click.option("--data-dir", type=click.Path(file_okay=False),
                         help="MNIST folder (default: $CNNRUN_DATA_DIR, the config's data.dir, "
@@ -223,7 +245,8 @@ def data_dir_option(f):
 @runs_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-epoch lines.")
 @engine_option
-def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet, engine):
+@tracking_options
+def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet, engine, mlflow, tensorboard):
     """Train CONFIG's network on MNIST in a new run folder under --runs-dir.
 
     Evaluates on the test set every train.eval_every epochs and after the last;
@@ -260,6 +283,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
         if seed is not None:
             cfg = apply_override(cfg, f"seed={seed}", "--seed")
     net = build_network(cfg)  # a config that does not build, or would not fit in memory, fails before any data is read
+    trackers = trackers_for(mlflow, tensorboard, runs_dir, cfg)  # a bad URI too
     data = load_data(cfg, data_dir, progress=not quiet)
     for images, labels in data.values():  # and data that does not fit it, before a run folder is made
         check_data_fits(net, images, labels)
@@ -272,7 +296,8 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     command = " ".join(["cnnrun"] + [shlex.quote(a) for a in sys.argv[1:]])
     try:
         summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=show and sys.stderr.isatty(),
-                            log=click.echo if show else (lambda _: None), command=command, engine=engine)
+                            log=click.echo if show else (lambda _: None), command=command, engine=engine,
+                            trackers=trackers)
     except Stopped as e:
         click.echo(str(e), err=True)
         sys.exit(e.exit_code)
@@ -288,7 +313,8 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @engine_option
-def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine):
+@tracking_options
+def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, mlflow, tensorboard):
     """Evaluate a run's weights on the test set (default: the latest run).
 
     Prints accuracy, loss and per-class accuracy; saves eval.json, confusion.png
@@ -298,10 +324,12 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine):
     from cnnrun.reports import evaluate_run
     from cnnrun.runs import load_run
 
+    trackers = trackers_for(mlflow, tensorboard, runs_dir)
     run_dir, cfg, net = load_run(run_dir, runs_dir, engine=engine)
     x, labels = load_data(cfg, data_dir, progress=not as_json, splits=("test",))["test"]
     check_data_fits(net, x, labels)
     result = evaluate_run(run_dir, cfg, net, x, labels)
+    trackers.sync_run(run_dir)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -519,8 +547,9 @@ def parse_eps(values):
 @data_dir_option
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@tracking_options
 def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, targets, limit, seed, out, data_dir,
-               runs_dir, as_json):
+               runs_dir, as_json, mlflow, tensorboard):
     """Attack a run's network with adversarial examples (default: the latest run).
 
     Reports, per method and eps, the accuracy on the attacked test images and the
@@ -538,6 +567,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
     for m in methods:
         if m not in METHODS:
             raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
+    trackers = trackers_for(mlflow, tensorboard, runs_dir)
     loaded = [load_run(d, runs_dir) for d in (run_dirs or [None])]
     x, labels = load_data(loaded[0][1], data_dir, progress=not as_json, splits=("test",))["test"]
     x, labels = x[:limit], labels[:limit]
@@ -546,6 +576,8 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
     progress = not as_json and sys.stderr.isatty()
     reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed, steps=steps,
                           step_size=step_size, restarts=restarts, targets=targets) for run_dir, cfg, net in loaded]
+    for run_dir, _, _ in loaded:
+        trackers.sync_run(run_dir)
     if as_json:
         click.echo(json.dumps(reports[0] if len(reports) == 1 else reports))
         return
@@ -586,8 +618,9 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
 @data_dir_option
 @runs_dir_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-run lines.")
+@tracking_options
 def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, workers, scheduler, timeout, dashboard,
-              data_dir, runs_dir, quiet):
+              data_dir, runs_dir, quiet, mlflow, tensorboard):
     """Train every combination of configs, grid settings and seeds as ordinary runs, in
     parallel on Dask distributed, in a sweep folder RUNS_DIR/sweeps/TIMESTAMP-NAME/.
 
@@ -600,7 +633,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
     (compare them there with `cnnrun plot SWEEP_DIR --at-epoch N`), and a later
     --resume, with a larger N or none, goes on.
     """
-    from cnnrun import sweep
+    from cnnrun import runs, sweep
 
     sweep.require_dask()
     if resume_dir:
@@ -638,6 +671,12 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
             spec["name"] = name
         spec = sweep.check_spec(spec, "the sweep")
         entries, configs = sweep.expand(spec, spec_dir)
+    if resume_dir:  # the runs' `track:` section, as the sweep was planned
+        _, planned = sweep.load_sweep(resume_dir)
+        first = runs.load_run_config(os.path.join(resume_dir, planned[0]["run"])) if planned else None
+    else:
+        first = configs[0] if configs else None
+    trackers = trackers_for(mlflow, tensorboard, runs_dir, first)
     cluster = sweep.Cluster(scheduler, workers, dashboard, timeout)
     stopped = local = False
     with cluster as client:
@@ -650,7 +689,8 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
                    f"{cluster.describe()} -> {sweep_dir}")
         try:
             table, failures = sweep.run_sweep(sweep_dir, client, data_dir, progress=not quiet and sys.stderr.isatty(),
-                                              log=(lambda _: None) if quiet else click.echo, until=until_epoch)
+                                              log=(lambda _: None) if quiet else click.echo, until=until_epoch,
+                                              trackers=trackers)
         except BaseException as e:
             if not interrupted(e):
                 raise
@@ -678,7 +718,8 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
               help="Test images onnxruntime must classify as cnnrun does before the file is written.")
 @data_dir_option
 @runs_dir_option
-def export_cmd(run_dir, output, check_images, data_dir, runs_dir):
+@tracking_options
+def export_cmd(run_dir, output, check_images, data_dir, runs_dir, mlflow, tensorboard):
     """Export a run's network (default: the latest run) to ONNX (opset 17).
 
     The model takes `image`, float32 (N, C, H, W) in [0, 1] with a dynamic batch
@@ -692,6 +733,7 @@ def export_cmd(run_dir, output, check_images, data_dir, runs_dir):
     from cnnrun.fileio import write_atomic
 
     export.require_onnx()
+    trackers = trackers_for(mlflow, tensorboard, runs_dir)
     run_dir, cfg, net = runs.load_run(run_dir, runs_dir)
     x = load_data(cfg, data_dir, progress=False, splits=("test",))["test"][0][:check_images]
     check_data_fits(net, x)
@@ -703,6 +745,47 @@ def export_cmd(run_dir, output, check_images, data_dir, runs_dir):
     write_atomic(output, data)
     click.echo(f"wrote {output} ({len(data):,} bytes, opset {export.OPSET}); onnxruntime agrees with cnnrun on "
                f"{len(x)} test images (largest probability difference {difference:.1e})")
+    trackers.sync_run(run_dir)
+
+
+@main.command(name="track", short_help="Log run folders or sweeps to MLflow / TensorBoard, afterwards.")
+@click.argument("paths", nargs=-1, type=click.Path())
+@runs_dir_option
+@tracking_options
+def track_cmd(paths, runs_dir, mlflow, tensorboard):
+    """Log run folders, or sweep folders (a parent run and a child per run), to the
+    trackers given (default: every run and sweep under --runs-dir), from what the
+    folders hold: config, metrics.csv, summary, eval and attack results, pictures,
+    weights and model.onnx. Run again, it logs only what is new: no run or step twice.
+    """
+    from cnnrun import runs, sweep
+
+    if mlflow is None and not tensorboard:
+        raise CnnrunError("give --mlflow [URI], --tensorboard or both")
+    trackers = trackers_for(mlflow, tensorboard, runs_dir)
+    if not paths:
+        paths = [d for d in runs.list_runs(runs_dir)] + sweep.list_sweeps(runs_dir)
+        if not paths:
+            raise CnnrunError(f"no runs or sweeps in {runs_dir}")
+    folders = []
+    for path in paths:
+        if sweep.is_sweep(path):
+            _, entries = sweep.load_sweep(path)
+            folders.append((path, [os.path.join(path, e["run"]) for e in entries]))
+        else:
+            folders.append((None, [runs.resolve_run(path, runs_dir)]))
+    started, count = time.perf_counter(), 0
+    for sweep_dir, run_dirs in folders:
+        run_dirs = [d for d in run_dirs if runs.is_run(d)]
+        if sweep_dir:
+            trackers.sync_sweep(sweep_dir, run_dirs)
+        else:
+            trackers.sync_run(run_dirs[0])
+        count += len(run_dirs)
+        if not trackers:
+            sys.exit(1)
+    where = ", ".join(t.name + (f" ({t.uri})" if hasattr(t, "uri") else "") for t in trackers.trackers)
+    click.echo(f"logged {count} run(s) to {where} in {time.perf_counter() - started:.1f}s")
 
 
 if __name__ == "__main__":

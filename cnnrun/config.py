@@ -76,7 +76,13 @@ ADVERSARIAL = {
     "steps": (POSITIVE_INT, 10),
     "warmup": (NON_NEGATIVE_INT, 0),
 }
-TOP_LEVEL = {"name": (NAME, REQUIRED), "seed": (NON_NEGATIVE_INT, 0)}
+# track: what `train` and `sweep` log to, as their --mlflow and --tensorboard flags do
+# (mlflow: true for the default URI, or a tracking URI); a flag on the command line wins.
+TRACK = {
+    "mlflow": (("true, false or a tracking URI", lambda v: isinstance(v, (bool, str)) or v is None), False),
+    "tensorboard": (BOOL, False),
+}
+TOP_LEVEL = {"name": (NAME, REQUIRED), "seed": (NON_NEGATIVE_INT, 0), "track": (MAPPING_OR_NULL, None)}
 
 
 def _fields(values, rules, path, source):
@@ -138,6 +144,8 @@ def validate(raw, source="config"):
     if config["train"]["adversarial"] is not None:
         config["train"]["adversarial"] = _fields(config["train"]["adversarial"], ADVERSARIAL,
                                                  "train.adversarial", source)
+    if config["track"] is not None:
+        config["track"] = _fields(config["track"], TRACK, "track", source)
     config["model"]["layers"] = [_layer(entry, f"model.layers[{i}]", source)
                                  for i, entry in enumerate(config["model"]["layers"])]
     return config

@@ -199,19 +199,25 @@ def finish(run_dir, net, config, data, rows, summary):
 # --- the run ----------------------------------------------------------------------
 
 def train_run(config, run_dir, data, resume=False, progress=True, log=print, command="", until=None,
-              engine="fast"):
+              engine="fast", trackers=None):
     """Train `config`'s network on `data` in `run_dir`, from scratch or (`resume`) from
     whatever the folder holds. With `until`, stop after that epoch (if it comes before
     the last) with status "paused": resuming goes on exactly. `engine`: "fast" or
     "reference" (nn/reference.py, the same numbers to float tolerance, slower).
     Returns the summary dict; raises `Stopped` on Ctrl-C or divergence, with the last
     good checkpoint kept. One process at a time: a second one on the same folder is
-    refused while the first trains (`runs.training_lock`)."""
+    refused while the first trains (`runs.training_lock`). `trackers` (tracking.Trackers)
+    are shown the folder after every epoch and at the end; they never stop a run."""
+    from cnnrun.tracking import Trackers
+    trackers = trackers or Trackers([])
     with runs.training_lock(run_dir):
-        return _train_run(config, run_dir, data, resume, progress, log, command, until, engine)
+        try:
+            return _train_run(config, run_dir, data, resume, progress, log, command, until, engine, trackers)
+        finally:
+            trackers.sync_run(run_dir)  # the state it ended in: finished, interrupted, paused, diverged
 
 
-def _train_run(config, run_dir, data, resume, progress, log, command, until, engine):
+def _train_run(config, run_dir, data, resume, progress, log, command, until, engine, trackers):
     epochs = config["train"]["epochs"]
     stop = epochs if until is None else min(until, epochs)
     summary_path = os.path.join(run_dir, "summary.json")
@@ -234,6 +240,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
         runs.save_config(run_dir, config)  # --epochs may have grown it
     summary = new_summary(config, rows, start, previous, data, command, resume)
     runs.write_json(summary_path, summary)
+    trackers.sync_run(run_dir)
     samples, seconds = 0, 0.0
     epoch = start
     try:
@@ -256,6 +263,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
             if row["test_acc"] is not None:
                 plots.training_curves(rows, os.path.join(run_dir, "curves.png"), config["name"])
             log(epoch_line(row, epochs))
+            trackers.sync_run(run_dir)
     except BaseException as e:
         if not interrupted(e):
             raise

@@ -367,12 +367,13 @@ def pending_runs(sweep_dir, entries, until=None):
     return todo
 
 
-def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0.5, until=None):
+def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0.5, until=None, trackers=None):
     """Train every pending run of the sweep on `client`'s workers (with `until`, each up to
     that epoch and paused there), showing one progress bar (runs and epochs) and a line per
     finished run; then write results, summary (also at epoch `until`) and curves. Returns
     `(summary rows, failures)`, the rows at epoch `until` if given; Ctrl-C cancels what is
-    queued and raises KeyboardInterrupt."""
+    queued and raises KeyboardInterrupt. `trackers` (tracking.Trackers) are fed by this
+    process from the run folders as they advance: the workers never touch them."""
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -387,9 +388,17 @@ def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0
     failures = []
     total_epochs = sum(epochs.values())
     finished_runs = len(entries) - len(todo)
+    seen = {}  # run -> (status, epochs done) at its last sync
+    run_dirs = [os.path.join(sweep_dir, e["run"]) for e in entries]
     with tqdm(total=total_epochs, unit="epoch", disable=not progress, desc="sweep") as bar:
         def refresh():
-            done = sum(min(run_state(os.path.join(sweep_dir, e["run"]))[1], epochs[e["run"]]) for e in entries)
+            states = {run_dir: run_state(run_dir) for run_dir in run_dirs}
+            if trackers:
+                for run_dir, state in states.items():
+                    if seen.get(run_dir) != state:
+                        seen[run_dir] = state
+                        trackers.sync_run(run_dir)
+            done = sum(min(states[os.path.join(sweep_dir, e["run"])][1], epochs[e["run"]]) for e in entries)
             bar.set_postfix_str(f"runs {finished_runs}/{len(entries)}", refresh=False)
             bar.update(done - bar.n)
 
@@ -418,8 +427,13 @@ def run_sweep(sweep_dir, client, data_dir=None, progress=True, log=print, poll=0
         except BaseException as e:
             if interrupted(e):
                 client.cancel(list(futures))
+            if trackers:  # what the runs have so far
+                trackers.sync_sweep(sweep_dir, run_dirs, finished=False)
             raise
-    return write_results(sweep_dir, until), failures
+    table = write_results(sweep_dir, until)
+    if trackers:
+        trackers.sync_sweep(sweep_dir, run_dirs, finished=not failures)
+    return table, failures
 
 
 @contextlib.contextmanager

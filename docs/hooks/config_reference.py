@@ -14,7 +14,7 @@ def _default(value):
 
 
 def config_reference():
-    from cnnrun.config import ADVERSARIAL, REQUIRED, SECTIONS, TOP_LEVEL
+    from cnnrun.config import ADVERSARIAL, REQUIRED, SECTIONS, TOP_LEVEL, TRACK
     from cnnrun.nn.network import LAYERS
 
     def rows(rules):
@@ -27,6 +27,9 @@ def config_reference():
         out += [r.replace("| `", f"| `{section}.", 1) for r in rows(rules)]
     out += ["", "`train.adversarial` (null, or a mapping of these):", "", "| key | value | default |", "|---|---|---|"]
     out += rows(ADVERSARIAL)
+    out += ["", "`track` (null, or a mapping of these; the `--mlflow` and `--tensorboard` flags win):", "",
+            "| key | value | default |", "|---|---|---|"]
+    out += rows(TRACK)
     out += ["", "### Layers", ""]
     for kind, cls in LAYERS.items():
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
