@@ -173,8 +173,11 @@ def _attack_results(run_dir):
 
 
 def run_artifacts(run_dir):
-    """The files a tracker shows beside the metrics, relative to the run folder."""
+    """The files a tracker shows beside the metrics, relative to the run folder: while a
+    run trains only its config (the pictures change every epoch; they go at the end)."""
     summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
+    if summary.get("status", "running") == "running":
+        return ["config.yaml"] if os.path.isfile(os.path.join(run_dir, "config.yaml")) else []
     names = ["config.yaml", "curves.png", "confusion.png", "filters.png", "model.onnx"]
     if summary.get("status") == "finished":
         names.append("weights.npz")
@@ -251,7 +254,8 @@ class MlflowTracker:
         found = self.client.search_runs([self.experiment_id()], f"tags.cnnrun_run_dir = '{folder}'", max_results=1)
         if found:
             return found[0].info.run_id
-        return self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags).info.run_id
+        return self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags,
+                                      start_time=started_ms(run_dir)).info.run_id
 
     def sync_run(self, run_dir, parent=None):
         """Make the MLflow run of `run_dir` show what the folder holds; returns its id."""
@@ -300,8 +304,11 @@ class MlflowTracker:
         if run.info.status != mlflow_status:
             if mlflow_status == "RUNNING":  # resumed
                 self.client.update_run(run_id, status="RUNNING")
-            else:
-                self.client.set_terminated(run_id, mlflow_status, end_time=now)
+            else:  # the run's own end where the summary knows it (logged afterwards by `track`)
+                start = started_ms(run_dir)
+                wall = summary.get("wall_time_s")
+                end = int(start + 1000 * wall) if start and isinstance(wall, (int, float)) else now
+                self.client.set_terminated(run_id, mlflow_status, end_time=min(end, now))
         return run_id
 
     def sweep_parent(self, sweep_dir):
@@ -343,6 +350,15 @@ class MlflowTracker:
         if finished and run.info.status != "FINISHED":
             self.client.set_terminated(parent, "FINISHED", end_time=now)
         return parent
+
+
+def started_ms(run_dir):
+    """When the run started (summary.json's local time), in ms since the epoch, or None."""
+    started = runs.read_json(os.path.join(run_dir, "summary.json"), {}).get("started")
+    try:
+        return int(1000 * time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S")))
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def read_csv_rows(path):
