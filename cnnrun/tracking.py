@@ -23,6 +23,8 @@ import re
 import time
 from urllib.parse import urlparse
 
+import numpy as np
+
 from cnnrun import runs
 from cnnrun.errors import CnnrunError
 
@@ -397,7 +399,8 @@ class TensorboardTracker:
         changed = [n for n in pictures if images.get(n) != file_stamp(os.path.join(run_dir, n))]
         hparams = summary.get("status") == "finished" and not tb.get("hparams") and \
             summary.get("final_test_acc") is not None
-        if first == 10 ** 9 and not changed and not hparams:
+        kernels = first_kernels(run_dir) if summary.get("status") == "finished" and not tb.get("filters") else None
+        if first == 10 ** 9 and not changed and not hparams and kernels is None:
             return logdir
         # A file of its own per writer (event files are named by the second they were opened in).
         writer = SummaryWriter(logdir, purge_step=first if first != 10 ** 9 else None, flush_secs=3600,
@@ -411,6 +414,12 @@ class TensorboardTracker:
             for name in changed:
                 writer.add_image(name[:-4], _read_png(os.path.join(run_dir, name)), step, dataformats="HWC")
                 images[name] = file_stamp(os.path.join(run_dir, name))
+            if kernels is not None:  # the first convolution's kernels, channel 0, each scaled to [0, 1]
+                low = kernels.min(axis=(1, 2, 3), keepdims=True)
+                span = kernels.max(axis=(1, 2, 3), keepdims=True) - low
+                writer.add_images("filters", (kernels - low) / np.where(span > 0, span, 1), step,
+                                  dataformats="NCHW")
+                tb["filters"] = True
             if hparams:
                 from tensorboardX.summary import hparams as hparams_summaries
                 flat = {k: _hparam(v) for k, v in run_params(run_dir).items()}
@@ -431,8 +440,18 @@ class TensorboardTracker:
         return logdir
 
 
+def first_kernels(run_dir):
+    """The first convolution's weights in weights.npz, channel 0: `(F, 1, kh, kw)`, or None."""
+    try:
+        with np.load(os.path.join(run_dir, "weights.npz")) as weights:
+            convs = [k for k in weights.files if weights[k].ndim == 4]
+            first = min(convs, key=lambda k: int(k.split(".")[0])) if convs else None
+            return None if first is None else weights[first][:, :1].astype(np.float32)
+    except (OSError, ValueError):
+        return None
+
+
 def _read_png(path):
-    import numpy as np
     from PIL import Image
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))

@@ -253,6 +253,9 @@ def test_tensorboard_event_files_hold_every_epochs_scalars_the_hparams_and_the_i
     acc = EventAccumulator(os.path.join(run_dir, "tb"))
     acc.Reload()
     assert "curves" in acc.Tags()["images"]
+    n_filters = runs.load_run_config(run_dir)["model"]["layers"][0]["conv"]["filters"]
+    (grid,) = acc.Images("filters")  # one picture: the first convolution's kernels side by side
+    assert grid.width >= n_filters * 3 and grid.height >= 3
     start = plugin_data_pb2.HParamsPluginData.FromString(
         acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content).session_start_info
     cfg = runs.load_run_config(run_dir)
