@@ -229,6 +229,8 @@ class MlflowTracker:
             for name in ("mlflow", "alembic"):  # their INFO lines about creating tables, on every new store
                 logging.getLogger(name).setLevel(logging.WARNING)
             from mlflow.tracking import MlflowClient
+            if self.uri.startswith("sqlite:///"):  # SQLite makes the file, not its folder
+                os.makedirs(os.path.dirname(os.path.abspath(self.uri[10:])), exist_ok=True)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -253,7 +255,8 @@ class MlflowTracker:
         if known:
             return known
         folder = os.path.abspath(run_dir)
-        found = self.client.search_runs([self.experiment_id()], f"tags.cnnrun_run_dir = '{folder}'", max_results=1)
+        found = "'" not in folder and self.client.search_runs(  # (a quote would end the filter's string)
+            [self.experiment_id()], f"tags.cnnrun_run_dir = '{folder}'", max_results=1)
         if found:
             return found[0].info.run_id
         return self.client.create_run(self.experiment_id(), run_name=run_name, tags=tags,
@@ -320,7 +323,8 @@ class MlflowTracker:
         if parent:
             return parent
         folder = os.path.abspath(sweep_dir)
-        found = self.client.search_runs([self.experiment_id()], f"tags.cnnrun_sweep_dir = '{folder}'", max_results=1)
+        found = "'" not in folder and self.client.search_runs(
+            [self.experiment_id()], f"tags.cnnrun_sweep_dir = '{folder}'", max_results=1)
         parent = found[0].info.run_id if found else self.client.create_run(
             self.experiment_id(), run_name=os.path.basename(folder), tags={"cnnrun_sweep_dir": folder}).info.run_id
         state.setdefault("mlflow", {})[self.uri] = parent

@@ -71,7 +71,6 @@ def train(s, *extra):
 
 
 def test_train_logs_params_every_epochs_metrics_artifacts_and_status_to_sqlite(s):
-    os.makedirs(s["tmp"] / "store")
     run_dir, _ = train(s, "--mlflow", s["uri"])
     (run,) = all_runs(s["uri"])
     c = client(s["uri"])
