@@ -429,7 +429,7 @@ class TensorboardTracker:
                 flat = {k: _hparam(v) for k, v in run_params(run_dir).items()}
                 results = {"hparam/final_test_acc": float(summary["final_test_acc"]),
                            "hparam/best_test_acc": float(summary.get("best_test_acc") or 0.0)}
-                for part in hparams_summaries(flat, results):  # the HParams plugin's experiment and session
+                for part in hparams_summaries(flat, results):  # the HParams plugin's experiment, start and end records
                     writer.file_writer.add_summary(part)
                 for key, value in results.items():
                     writer.add_scalar(key, value, step)
