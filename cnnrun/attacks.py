@@ -1,5 +1,6 @@
-"""Adversarial examples from the network's own input gradient: FGSM, BIM, PGD, and APGD
-(Croce & Hein 2020) on cross-entropy and on the targeted DLR loss.
+"""Adversarial examples: FGSM, BIM, PGD and APGD (Croce & Hein 2020, on cross-entropy
+and on the targeted DLR loss) from the network's own input gradient; FAB-T (fab.py) and
+the gradient-free Square (square.py); and AutoAttack's standard suite of four.
 
 Images are `(N, C, H, W)` in [0, 1]; eps is in the same pixel units, and every
 adversarial image is clipped to [0, 1]. `y` is one-hot `(N, K)`.
@@ -9,10 +10,16 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn import one_hot
+from cnnrun.fab import fab_t
 from cnnrun.nn.losses import cross_entropy_per_sample, dlr_targeted
+from cnnrun.square import square
 
-METHODS = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-t", "autoattack")
-DEFAULT_STEPS = {"bim": 40, "pgd": 40, "apgd-ce": 100, "apgd-t": 100, "autoattack": 100}
+METHODS = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack", "autoattack-apgd")
+# Steps (iterations) of each iterative method; for square, its queries.
+DEFAULT_STEPS = {"bim": 40, "pgd": 40, "apgd-ce": 100, "apgd-t": 100, "fab-t": 100, "square": 5000,
+                 "autoattack": 100, "autoattack-apgd": 100}
+# The attacks of each suite, in order; each runs on the images the ones before left robust.
+SUITES = {"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"), "autoattack-apgd": ("apgd-ce", "apgd-t")}
 
 
 def input_gradient(net, x, y):
@@ -58,8 +65,9 @@ def default_step_size(eps, steps):
     return 2.5 * eps / steps
 
 
-def _apgd_run(net, x, labels, targets, eps, steps, rng, rho=0.75):
-    """One run of APGD (Croce & Hein 2020, Algorithm 1) from a random start in the eps-ball,
+def _apgd_run(net, x, labels, targets, eps, steps, noise, rho=0.75):
+    """One run of APGD (Croce & Hein 2020, Algorithm 1) from the random start x + eps * noise
+    (`noise` uniform in [-1, 1], the shape of x), projected onto the eps-ball,
     vectorised over the batch: every image has its own step size, starting at 2 eps and
     halved at the checkpoints when the loss rose in at most `rho` of the steps since the
     last one, or neither the step nor the best loss changed; a halving restarts from the
@@ -80,7 +88,7 @@ def _apgd_run(net, x, labels, targets, eps, steps, rng, rho=0.75):
     def per_image(v):
         return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
-    x_adv = np.clip(x + rng.uniform(-eps, eps, x.shape), low, high).astype(x.dtype)
+    x_adv = np.clip(x + eps * noise, low, high).astype(x.dtype)
     losses, grad, fooled = loss_and_gradient(x_adv)
     x_fooled = x_adv.copy()
     best_loss, x_best, grad_best = losses.copy(), x_adv.copy(), grad.copy()
@@ -113,16 +121,20 @@ def _apgd_run(net, x, labels, targets, eps, steps, rng, rho=0.75):
     return np.where(per_image(fooled), x_fooled, x_best), fooled
 
 
-def apgd(net, x, y, eps, steps=100, restarts=1, rng=None, targets=0):
+def apgd(net, x, y, eps, steps=100, restarts=1, rng=None, targets=0, active=None):
     """APGD-CE (`targets=0`) or APGD-T on the DLR loss towards each of the `targets`
     most likely other classes in turn (at the clean image). Each restart and target
-    runs only on the images not fooled yet. Returns the adversarial images."""
+    runs only on the images not fooled yet, and of those only on the `active` ones
+    (a mask `(N,)`; default all). Each run draws the random starts of the whole batch,
+    so an image's start does not depend on which others are attacked with it.
+    Returns the adversarial images."""
     rng = np.random.default_rng(0) if rng is None else rng
     labels, k = y.argmax(axis=1), y.shape[1]
     if targets and k < 4:
         raise CnnrunError(f"apgd-t: the DLR loss needs at least 4 classes, the network has {k}")
     ranked = np.argsort(net.logits(x), axis=1)[:, ::-1]  # classes by decreasing clean logit
-    out, fooled = x.copy(), np.zeros(len(x), bool)
+    out = x.copy()
+    fooled = np.zeros(len(x), bool) if active is None else ~np.asarray(active, bool)
     goals = [None] if not targets else [ranked[:, r] for r in range(1, min(targets, k - 1) + 1)]
     for goal in goals:
         goal = None if goal is None else np.where(goal == labels, ranked[:, 0], goal)
@@ -130,39 +142,72 @@ def apgd(net, x, y, eps, steps=100, restarts=1, rng=None, targets=0):
             left = np.flatnonzero(~fooled)
             if len(left) == 0:
                 return out
-            adv, hit = _apgd_run(net, x[left], labels[left], None if goal is None else goal[left], eps, steps, rng)
+            noise = rng.uniform(-1, 1, x.shape)[left]
+            adv, hit = _apgd_run(net, x[left], labels[left], None if goal is None else goal[left], eps, steps, noise)
             out[left] = adv
             fooled[left] = hit
     return out
 
 
-def autoattack(net, x, y, eps, steps=100, restarts=1, rng=None, targets=9):
-    """The per-image worst case of APGD-CE, then APGD-T on the images it did not fool:
-    AutoAttack's two gradient attacks (not its FAB and Square)."""
+def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=None, targets=9, queries=5000,
+              on_stage=None):
+    """AutoAttack: the attacks of `SUITES[suite]` in turn, each on the images that the
+    ones before left robust, each from the clean image; the result per image is the
+    first adversarial example found (the worst case). `steps` is the APGD and FAB
+    iterations, `queries` Square's. Returns `(x_adv, broken_by)`: `broken_by` `(N,)`
+    holds, per image, the index in the suite of the attack that fooled it, -1 if the
+    clean image is already misclassified, len(suite) if it is still robust.
+    `on_stage(name, n_robust)` is called after each attack."""
     rng = np.random.default_rng(0) if rng is None else rng
     labels = y.argmax(axis=1)
-    out = apgd(net, x, y, eps, steps, restarts, rng)
-    left = np.flatnonzero(net.logits(out).argmax(axis=1) == labels)
-    if len(left):
-        out[left] = apgd(net, x[left], y[left], eps, steps, restarts, rng, targets=targets)
-    return out
+    stages = SUITES[suite]
+    stage_rngs = rng.spawn(len(stages))  # attack k alone with rng.spawn(n)[k] draws what it draws here
+    out = x.copy()
+    broken_by = np.where(net.logits(x).argmax(axis=1) == labels, len(stages), -1)
+    for index, name in enumerate(stages):
+        robust = broken_by == len(stages)
+        if robust.any() and eps > 0:
+            if name == "apgd-ce":
+                adv = apgd(net, x, y, eps, steps, restarts, stage_rngs[index], active=robust)
+            elif name == "apgd-t":
+                adv = apgd(net, x, y, eps, steps, restarts, stage_rngs[index], targets=targets, active=robust)
+            elif name == "fab-t":
+                adv = fab_t(net, x, labels, eps, targets, steps, active=robust)
+            else:
+                adv = square(net, x, labels, eps, queries, rng=stage_rngs[index], active=robust)
+            fooled = robust & (net.logits(adv).argmax(axis=1) != labels)
+            out[fooled] = adv[fooled]
+            broken_by[fooled] = index
+        if on_stage:
+            on_stage(name, int(np.sum(broken_by == len(stages))))
+    return out, broken_by
 
 
-def attack(net, x, y, method, eps, steps=None, step_size=None, restarts=1, rng=None, targets=9):
+def autoattack(net, x, y, eps, steps=100, restarts=1, rng=None, targets=9, queries=5000):
+    """AutoAttack's standard suite (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square."""
+    return run_suite(net, x, y, eps, "autoattack", steps, restarts, rng, targets, queries)[0]
+
+
+def attack(net, x, y, method, eps, steps=None, step_size=None, restarts=1, rng=None, targets=9, queries=5000):
     """Adversarial versions of `x` by `method` (one of METHODS); steps default to 40 for bim
-    and pgd, 100 for the APGD methods; random starts come from `rng` (default: seeded with 0)."""
+    and pgd, 100 for the APGD methods and FAB-T; Square makes `queries` queries; random
+    starts come from `rng` (default: seeded with 0)."""
     rng = np.random.default_rng(0) if rng is None else rng
     if method == "fgsm":
         return fgsm(net, x, y, eps)
     if method not in METHODS:
         raise ValueError(f"unknown attack {method!r}")
-    steps = DEFAULT_STEPS[method] if steps is None else steps
+    steps = DEFAULT_STEPS[method] if steps is None or method == "square" else steps
     if method == "apgd-ce":
         return apgd(net, x, y, eps, steps, restarts, rng)
     if method == "apgd-t":
         return apgd(net, x, y, eps, steps, restarts, rng, targets=targets)
-    if method == "autoattack":
-        return autoattack(net, x, y, eps, steps, restarts, rng, targets)
+    if method == "fab-t":
+        return fab_t(net, x, y.argmax(axis=1), eps, targets, steps)
+    if method == "square":
+        return square(net, x, y.argmax(axis=1), eps, queries, rng=rng)
+    if method in SUITES:
+        return run_suite(net, x, y, eps, method, steps, restarts, rng, targets, queries)[0]
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     if method == "bim":
         return bim(net, x, y, eps, steps, step_size)
@@ -171,16 +216,31 @@ def attack(net, x, y, method, eps, steps=None, step_size=None, restarts=1, rng=N
 
 def evaluate_attack(net, x, labels, method, eps, batch_size=500, on_batch=None, **options):
     """Attack every image in batches; return `(x_adv, adversarial probabilities (N, K))`."""
+    x_adv, adv_p, _ = evaluate_suite(net, x, labels, method, eps, batch_size, on_batch, **options)
+    return x_adv, adv_p
+
+
+def evaluate_suite(net, x, labels, method, eps, batch_size=500, on_batch=None, **options):
+    """`evaluate_attack`, plus for a suite (`SUITES`) which of its attacks broke each
+    image (`run_suite`'s `broken_by` `(N,)`; None for a single attack)."""
     k = net.output_shape[0]
-    adv, adv_p = [], []
+    adv, adv_p, broken = [], [], []
     for i in range(0, len(x), batch_size):
         xb, lb = x[i:i + batch_size].astype(net.dtype), labels[i:i + batch_size]
-        x_adv = attack(net, xb, one_hot(lb, k, net.dtype), method, eps, **options) if eps > 0 else xb
+        yb = one_hot(lb, k, net.dtype)
+        if method in SUITES:
+            options = dict(options)
+            steps = options.pop("steps", None) or DEFAULT_STEPS[method]
+            options.pop("step_size", None)
+            x_adv, by = run_suite(net, xb, yb, eps, method, steps, **options)
+            broken.append(by)
+        else:
+            x_adv = attack(net, xb, yb, method, eps, **options) if eps > 0 else xb
         adv.append(x_adv)
         adv_p.append(net.forward(x_adv))
         if on_batch:
             on_batch(len(xb))
-    return np.concatenate(adv), np.concatenate(adv_p)
+    return np.concatenate(adv), np.concatenate(adv_p), np.concatenate(broken) if broken else None
 
 
 def robustness(labels, clean_pred, adv_pred):
