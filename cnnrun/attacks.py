@@ -11,7 +11,7 @@ import numpy as np
 from cnnrun.errors import CnnrunError
 from cnnrun.nn import one_hot
 from cnnrun.fab import fab_t
-from cnnrun.nn.losses import cross_entropy_per_sample, dlr_targeted
+from cnnrun.nn.losses import cross_entropy_per_sample, dlr_targeted, kl_to_clean
 from cnnrun.square import square
 
 METHODS = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack", "autoattack-apgd")
@@ -251,10 +251,25 @@ def robustness(labels, clean_pred, adv_pred):
     return accuracy, success
 
 
+def trades_adversary(net, x, eps, steps, step_size, rng):
+    """TRADES's inner maximisation (Zhang et al. 2019): `steps` signed-gradient steps of
+    `step_size` on KL(p(x) || p(x')), from x' = x + 0.001 N(0, 1), each projected onto
+    the eps-ball around x and onto [0, 1]. Returns x' `(N, C, H, W)`."""
+    low, high = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    z_clean = net.logits(x)
+    x_adv = np.clip(x + 0.001 * rng.standard_normal(x.shape), low, high).astype(x.dtype)
+    for _ in range(steps):
+        _, dlogits = kl_to_clean(z_clean, net.logits(x_adv))
+        grad = net.backward(dlogits.astype(net.dtype), need_input_grad=True, need_param_grads=False)
+        x_adv = np.clip(x_adv + step_size * np.sign(grad), low, high).astype(x.dtype)
+    return x_adv
+
+
 def adversary(settings, rng, epoch=0):
     """The batch transformation of adversarial training, from `train.adversarial`:
     replaces the first `ratio` share of each batch by adversarial versions made from
-    the current weights. With `warmup: W`, eps (and the step sizes with it) grows
+    the current weights (for `trades`: the whole batch's x', which the TRADES loss
+    takes beside the clean batch). With `warmup: W`, eps (and the step sizes with it) grows
     linearly over the first W epochs: eps * (epoch + 1) / W at `epoch` (from 0).
     Returns `f(net, x, y) -> x` or None if not configured."""
     if not settings:
@@ -265,6 +280,8 @@ def adversary(settings, rng, epoch=0):
     step_size = scale * settings["step_size"] if settings["step_size"] else None
 
     def transform(net, x, y):
+        if method == "trades":
+            return trades_adversary(net, x, eps, steps, step_size or default_step_size(eps, steps), rng)
         n = int(round(ratio * len(x)))
         if n == 0:
             return x

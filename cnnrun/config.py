@@ -66,15 +66,18 @@ SECTIONS = {
         "adversarial": (MAPPING_OR_NULL, None),
     },
 }
-# train.adversarial: adversarial training on a share `ratio` of every batch.
+# train.adversarial: adversarial training on a share `ratio` of every batch (fgsm, pgd), or
+# TRADES (Zhang et al. 2019): cross-entropy on the clean batch plus beta times the KL
+# divergence to the outputs on a perturbed one, found by `steps` steps (whole batches).
 ADVERSARIAL = {
-    "method": (choice("fgsm", "pgd"), "fgsm"),
+    "method": (choice("fgsm", "pgd", "trades"), "fgsm"),
     "eps": (UNIT, REQUIRED),
-    "ratio": (("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1), 0.5),
-    "random_start": (BOOL, False),
+    "ratio": (("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1), 0.5),  # not trades: whole batches
+    "random_start": (BOOL, False),  # fgsm only
     "step_size": (optional(POSITIVE_NUMBER), None),
     "steps": (POSITIVE_INT, 10),
     "warmup": (NON_NEGATIVE_INT, 0),
+    "beta": (POSITIVE_NUMBER, 6.0),  # trades only
 }
 # track: what `train` and `sweep` log to, as their --mlflow and --tensorboard flags do
 # (mlflow: true for the default URI, or a tracking URI); a flag on the command line wins.

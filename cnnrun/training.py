@@ -3,6 +3,7 @@
 import numpy as np
 
 from cnnrun.nn import accuracy, one_hot, softmax_cross_entropy
+from cnnrun.nn.losses import trades_loss
 
 
 class Diverged(Exception):
@@ -19,12 +20,24 @@ def epoch_rng(seed, epoch, stream=0):
     return np.random.default_rng([seed, epoch, stream])
 
 
-def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None):
+def trades_step(net, x, x_adv, y, beta):
+    """Forward and backward of the TRADES loss (`losses.trades_loss`) on the clean batch x
+    and its x' `(N, C, H, W)`, both in one pass of 2N; fills the network's gradients.
+    Returns `(loss, clean logits)`."""
+    n = len(x)
+    z = net.logits(np.concatenate([x, x_adv]))
+    loss, d_clean, d_adv = trades_loss(z[:n], z[n:], y, beta)
+    net.backward(np.concatenate([d_clean, d_adv]).astype(net.dtype), need_input_grad=False)
+    return loss, z[:n]
+
+
+def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None, trades_beta=None):
     """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`.
 
     `adversary(net, x, y) -> x`, if given, replaces part of each batch by
     adversarial examples (adversarial training); loss and accuracy are then on
-    the mixed batch. `on_batch(loss, acc)` is called after every batch with running means.
+    the mixed batch. With `trades_beta`, the loss is TRADES's instead, on the clean
+    batch and the adversary's x' (accuracy on the clean batch). `on_batch(loss, acc)` is called after every batch with running means.
     Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss or weight.
     """
     order = rng.permutation(len(x))
@@ -33,9 +46,12 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
     for batch, start in enumerate(range(0, len(x), batch_size)):
         idx = order[start:start + batch_size]
         xb, yb = x[idx], one_hot(labels[idx], k, net.dtype)
-        if adversary:
-            xb = adversary(net, xb, yb)
-        loss, logits, _ = net.loss_and_backward(xb, yb)
+        if adversary and trades_beta is not None:
+            loss, logits = trades_step(net, xb, adversary(net, xb, yb), yb, trades_beta)
+        else:
+            if adversary:
+                xb = adversary(net, xb, yb)
+            loss, logits, _ = net.loss_and_backward(xb, yb)
         if not np.isfinite(loss):
             raise Diverged(batch, loss)
         pairs = net.param_grad_pairs()

@@ -68,3 +68,31 @@ def dlr_targeted(logits, labels, targets):
     np.add.at(dlogits, (rows, third), -0.5 * ratio)
     np.add.at(dlogits, (rows, fourth), -0.5 * ratio)
     return -margin / scale, dlogits
+
+
+def trades_loss(z_clean, z_adv, y, beta):
+    """TRADES (Zhang et al. 2019): mean over the batch of cross-entropy on the clean
+    logits plus `beta` times KL(p || q), p = softmax(z_clean), q = softmax(z_adv).
+    z_clean, z_adv, one-hot y: `(N, K)`. Returns `(loss, d/dz_clean, d/dz_adv)`.
+
+    With a = log p - log q and KL = sum_k p_k a_k:
+    - d KL / d z_adv = q - p (as cross-entropy against the soft target p);
+    - d KL / d z_clean = p * (a - KL), through the softmax's Jacobian p_k (delta_kj - p_j)
+      applied to d KL / d p_k = a_k + 1."""
+    n = len(z_clean)
+    log_p, log_q = log_softmax(z_clean), log_softmax(z_adv)
+    p, q = np.exp(log_p), np.exp(log_q)
+    a = log_p - log_q
+    kl = np.sum(p * a, axis=1, keepdims=True)
+    loss = (-np.sum(y * log_p) + beta * np.sum(kl)) / n
+    d_clean = ((p - y) + beta * p * (a - kl)) / n
+    d_adv = beta * (q - p) / n
+    return float(loss), d_clean, d_adv
+
+
+def kl_to_clean(z_clean, z_adv):
+    """KL(softmax(z_clean) || softmax(z_adv)) of each row `(N,)`, and the gradient of their
+    sum on z_adv `(N, K)`: q - p (TRADES's inner maximisation)."""
+    log_p, log_q = log_softmax(z_clean), log_softmax(z_adv)
+    p = np.exp(log_p)
+    return np.sum(p * (log_p - log_q), axis=1), np.exp(log_q) - p
