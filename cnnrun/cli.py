@@ -524,22 +524,31 @@ def parse_eps(values):
     return sorted(set(out))
 
 
-@main.command(name="attack", short_help="FGSM / BIM / PGD / APGD / AutoAttack accuracy per eps.")
+@main.command(name="attack", short_help="FGSM / BIM / PGD / APGD / FAB-T / Square / AutoAttack accuracy per eps.")
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--eps", "eps_values", multiple=True, default=["0.1"], show_default=True,
               help="Perturbation size in pixel units; repeatable or a comma list (0.05,0.1,0.2,0.3).")
 @click.option("--method", "methods", multiple=True, default=["fgsm"], show_default=True,
               help="fgsm, bim (iterative FGSM), pgd (BIM from random starts), apgd-ce (APGD on cross-entropy), "
-                   "apgd-t (targeted APGD on the DLR loss) or autoattack (apgd-ce, then apgd-t on what survives); "
-                   "repeatable or a comma list.")
+                   "apgd-t (targeted APGD on the DLR loss), fab-t (targeted FAB: smallest perturbation across "
+                   "the boundary), square (gradient-free random search, --queries forward passes), autoattack "
+                   "(AutoAttack's standard suite: apgd-ce, apgd-t, fab-t, square, each on what the ones before "
+                   "left; the figure to set beside published ones) or autoattack-apgd (its first two only: about "
+                   "half the time on a robust network, but no gradient-free attack, so it can be fooled by "
+                   "masked gradients); repeatable or a comma list.")
 @click.option("--steps", type=click.IntRange(min=1), help="Steps of the iterative attacks [default: 40 for bim and "
-                                                          "pgd, 100 for the APGD methods].")
+                                                          "pgd, 100 for the APGD methods and fab-t].")
+@click.option("--queries", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="square (alone or in autoattack): queries, each one forward pass of the images still robust.")
+@click.option("--masking-check/--no-masking-check", default=True, show_default=True,
+              help="With autoattack: also run it at eps 0.5 on the first 100 images, where every image should "
+                   "fall, and warn if some do not (or if Square broke images the gradient attacks left).")
 @click.option("--step-size", type=click.FloatRange(min=0, min_open=True),
               help="Step of bim and pgd [default: 2.5 * eps / steps].")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
               help="Random starts of pgd and the APGD methods (per target for apgd-t).")
 @click.option("--targets", type=click.IntRange(min=1), default=9, show_default=True,
-              help="apgd-t: target the N most likely other classes in turn.")
+              help="apgd-t and fab-t: target the N most likely other classes in turn.")
 @click.option("--limit", type=click.IntRange(min=1), help="Attack only the first N test images [default: all].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of pgd's random starts.")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -548,14 +557,19 @@ def parse_eps(values):
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @tracking_options
-def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, targets, limit, seed, out, data_dir,
-               runs_dir, as_json, mlflow, tensorboard):
+def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, step_size, restarts, targets, limit,
+               seed, out, data_dir, runs_dir, as_json, mlflow, tensorboard):
     """Attack a run's network with adversarial examples (default: the latest run).
 
     Reports, per method and eps, the accuracy on the attacked test images and the
-    attack's success rate among the images classified right when clean. Saves
-    results (JSON, CSV), accuracy-vs-eps plot and example grids in a new folder
+    attack's success rate among the images classified right when clean; for
+    autoattack, the robust accuracy after each of its attacks. Saves results (JSON,
+    CSV), stages.csv, per_image.csv (each image's prediction, and which attack of a
+    suite broke it), accuracy-vs-eps plot and example grids in a new folder
     RUN_DIR/attacks/...; with several runs, also a comparison plot and table.
+
+    On a robust network autoattack takes minutes per 1,000 images: FAB-T and Square
+    run on every image the gradient attacks leave robust (times: docs/attacks.md).
     """
     from cnnrun.attacks import METHODS
     from cnnrun.data import check_data_fits, load_data
@@ -574,8 +588,12 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
     for _, _, net in loaded:
         check_data_fits(net, x, labels)
     progress = not as_json and sys.stderr.isatty()
-    reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed, steps=steps,
-                          step_size=step_size, restarts=restarts, targets=targets) for run_dir, cfg, net in loaded]
+    reports = [attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress, seed=seed,
+                          masking_check=masking_check, steps=steps, step_size=step_size, restarts=restarts,
+                          targets=targets, queries=queries) for run_dir, cfg, net in loaded]
+    for r in reports:
+        for line in r["warnings"]:
+            click.echo(f"warning: {r['network']}: {line}", err=True)
     for run_dir, _, _ in loaded:
         trackers.sync_run(run_dir)
     if as_json:
@@ -586,6 +604,10 @@ def attack_cmd(run_dirs, eps_values, methods, steps, step_size, restarts, target
         click.echo(format_table(["method", "eps", "accuracy", "success rate"],
                                 [(q["method"], f"{q['eps']:g}", f"{q['accuracy']:.4f}", f"{q['success_rate']:.4f}")
                                  for q in r["results"]]))
+        for q in r["results"]:
+            if "after_each" in q:
+                click.echo(f"{q['method']} at eps {q['eps']:g}, robust after each attack: " + " -> ".join(
+                    f"{name} {acc:.4f}" for name, acc in q["after_each"].items()))
         click.echo(f"saved in {r['folder']}\n")
     if len(reports) > 1:
         out = out or os.path.join(runs_dir, "attack-comparison")

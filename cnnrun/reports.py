@@ -75,31 +75,90 @@ def compare_runs(table, out):
     return write_tables(out, "comparison", COMPARISON_COLUMNS, [[t[c] for c in COMPARISON_COLUMNS] for t in table])
 
 
-def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, seed=0, **options):
-    """Attack `x` with every method and eps; write results.json/.csv, accuracy_vs_eps.png and
-    example grids into a new folder `run_dir/attacks/TIMESTAMP-METHODS/`. Returns the report."""
-    results, examples = [], {}
+# eps at which every attack should break every MNIST image (a grey 0.5 image is in reach of
+# any image): robust accuracy above 0 there means the attacks are not working.
+LARGE_EPS = 0.5
+
+
+def suite_warnings(method, eps, broken_by, n):
+    """The masking checks of one suite result: Square, gradient-free, breaking images that
+    the gradient attacks left robust, or images robust at LARGE_EPS. Returns lines."""
+    stages = attacks.SUITES[method]
+    out = []
+    if "square" in stages:
+        by_square = int(np.sum(broken_by == stages.index("square")))
+        if by_square:
+            out.append(f"{method} at eps {eps:g}: Square, which uses no gradients, broke {by_square} image(s) "
+                       f"({by_square / n:.2%}) that {', '.join(stages[:-1])} left robust: the network's gradients may "
+                       f"be masked, and gradient attacks alone would overstate its robustness")
+    if eps >= LARGE_EPS:
+        left = int(np.sum(broken_by == len(stages)))
+        if left:
+            out.append(f"{method} at eps {eps:g}: {left} image(s) ({left / n:.2%}) still robust; at this eps every "
+                       f"image should fall (a grey image is in reach): the attacks are failing, e.g. on masked "
+                       f"gradients")
+    return out
+
+
+def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, seed=0, masking_check=True,
+               **options):
+    """Attack `x` with every method and eps; write results.json/.csv, stages.csv (the
+    robust accuracy after each attack of a suite), per_image.csv, accuracy_vs_eps.png and
+    example grids into a new folder `run_dir/attacks/TIMESTAMP-METHODS/`. With a suite
+    and `masking_check`, also runs it at eps LARGE_EPS on the first 100 images. Returns
+    the report; its "warnings" are the masking checks that fired."""
+    results, examples, warnings, stage_rows = [], {}, [], []
     shown = np.arange(min(10, len(x)))
     clean_p = evaluate(net, x, labels)[2]
     clean_pred = clean_p.argmax(axis=1)
+    per_image = {"index": np.arange(len(x)), "label": labels, "clean_prediction": clean_pred}
     for method in methods:
         for eps in eps_list:
             with tqdm(total=len(x), desc=f"{cfg['name']} {method} eps {eps:g}", unit="img", leave=False,
                       disable=not progress) as bar:
-                x_adv, adv_p = attacks.evaluate_attack(net, x, labels, method, eps, rng=np.random.default_rng(seed),
-                                                       on_batch=bar.update, **options)
+                x_adv, adv_p, broken_by = attacks.evaluate_suite(net, x, labels, method, eps,
+                                                                 rng=np.random.default_rng(seed),
+                                                                 on_batch=bar.update, **options)
             adv_pred = adv_p.argmax(axis=1)
             accuracy, success = attacks.robustness(labels, clean_pred, adv_pred)
-            results.append(dict(method=method, eps=eps, accuracy=accuracy, success_rate=success, n=int(len(x)),
-                                steps=None if method == "fgsm" else options.get("steps") or attacks.DEFAULT_STEPS[method],
-                                restarts=options.get("restarts") if method not in ("fgsm", "bim") else None))
+            steps = None if method == "fgsm" else options.get("steps") or attacks.DEFAULT_STEPS[method]
+            result = dict(method=method, eps=eps, accuracy=accuracy, success_rate=success, n=int(len(x)),
+                          steps=options.get("queries", 5000) if method == "square" else steps,
+                          restarts=options.get("restarts") if method not in ("fgsm", "bim", "fab-t", "square")
+                          else None)
+            per_image[f"{method}@{eps:g}"] = adv_pred
+            if broken_by is not None:
+                names = ("clean",) + attacks.SUITES[method] + ("",)
+                per_image[f"{method}@{eps:g} broken_by"] = np.array(names)[broken_by + 1]
+                stages = attacks.SUITES[method]
+                result["after_each"] = {name: float(np.mean(broken_by > k)) for k, name in enumerate(stages)}
+                stage_rows += [dict(method=method, eps=eps, attack=name, robust_accuracy=acc,
+                                    broken=int(np.sum(broken_by == k)))
+                               for k, (name, acc) in enumerate(result["after_each"].items())]
+                warnings += suite_warnings(method, eps, broken_by, len(x))
+            results.append(result)
             examples[(method, eps)] = (x_adv[shown, 0], clean_pred[shown], clean_p[shown].max(1),
                                        adv_pred[shown], adv_p[shown].max(1))
+    suites = [m for m in methods if m in attacks.SUITES]
+    masking = None
+    if masking_check and suites and max(eps_list) < LARGE_EPS:
+        first = slice(0, min(100, len(x)))
+        _, _, broken_by = attacks.evaluate_suite(net, x[first], labels[first], suites[0], LARGE_EPS,
+                                                 rng=np.random.default_rng(seed), **options)
+        masking = dict(method=suites[0], eps=LARGE_EPS, n=len(broken_by),
+                       robust=int(np.sum(broken_by == len(attacks.SUITES[suites[0]]))))
+        warnings += suite_warnings(suites[0], LARGE_EPS, broken_by, len(broken_by))
     folder = runs.new_run_dir(os.path.join(run_dir, "attacks"), "-".join(methods))
     report = dict(run=run_dir, network=cfg["name"], clean_accuracy=float(np.mean(clean_pred == labels)),
-                  n=int(len(x)), results=results, folder=folder)
+                  n=int(len(x)), results=results, large_eps_check=masking, warnings=warnings, folder=folder)
     write_csv(os.path.join(folder, "results.csv"),
               ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts"], results)
+    if stage_rows:
+        write_csv(os.path.join(folder, "stages.csv"), ["method", "eps", "attack", "robust_accuracy", "broken"],
+                  stage_rows)
+    columns = list(per_image)
+    write_csv(os.path.join(folder, "per_image.csv"), columns,
+              [dict(zip(columns, values)) for values in zip(*(per_image[c].tolist() for c in columns))])
     plots.accuracy_vs_eps(accuracy_lines(report, methods), os.path.join(folder, "accuracy_vs_eps.png"),
                           f"{cfg['name']}: accuracy under attack")
     for (method, eps), (adv, cp, cc, ap, ac) in examples.items():

@@ -125,7 +125,7 @@ def test_attack_compares_several_runs(tiny_run):
 @pytest.mark.parametrize("args,message", [
     (["--eps", "1.5"], "--eps 1.5: must be in [0, 1]"),
     (["--eps", "big"], "--eps 'big': expected a number"),
-    (["--method", "cw"], "--method 'cw': expected one of fgsm, bim, pgd, apgd-ce, apgd-t, autoattack"),
+    (["--method", "cw"], "--method 'cw': expected one of fgsm, bim, pgd, apgd-ce, apgd-t, fab-t, square, autoattack, autoattack-apgd"),
 ])
 def test_attack_option_errors_are_one_line(tiny_run, args, message):
     result = attack(tiny_run, *args)
@@ -267,12 +267,41 @@ def test_autoattack_is_no_weaker_than_pgd_on_any_image(tiny_run):
 
 def test_attack_verb_runs_the_apgd_methods(tiny_run):
     result = attack(tiny_run, "--eps", "0.1", "--method", "apgd-ce,autoattack", "--steps", 5, "--targets", 2,
-                    "--limit", 20, "--json")
+                    "--queries", 50, "--limit", 20, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert [(r["method"], r["steps"], r["restarts"]) for r in report["results"]] == [("apgd-ce", 5, 1),
                                                                                      ("autoattack", 5, 1)]
     assert report["results"][1]["accuracy"] <= report["results"][0]["accuracy"]
+    after = report["results"][1]["after_each"]
+    assert list(after) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert list(after.values()) == sorted(after.values(), reverse=True)
+    assert after["square"] == report["results"][1]["accuracy"]
+    # Square's successes and the large-eps check are reported on stderr and in the JSON alike
+    assert all(f"warning: tiny: {line}" in result.stderr for line in report["warnings"])
+    assert report["large_eps_check"]["eps"] == 0.5 and report["large_eps_check"]["n"] == 20
+
+
+def test_attack_writes_which_attack_of_the_suite_broke_each_image(tiny_run):
+    import csv
+    result = attack(tiny_run, "--eps", "0.1", "--method", "autoattack", "--steps", 5, "--targets", 2,
+                    "--queries", 50, "--limit", 30, "--json", "--no-masking-check")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["large_eps_check"] is None
+    with open(os.path.join(report["folder"], "per_image.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30
+    broken_by = [r["autoattack@0.1 broken_by"] for r in rows]
+    assert set(broken_by) <= {"clean", "apgd-ce", "apgd-t", "fab-t", "square", ""}
+    robust = [r["autoattack@0.1"] == r["label"] for r in rows]
+    assert [b == "" for b in broken_by] == robust  # robust exactly where no attack is named
+    assert [b == "clean" for b in broken_by] == [r["clean_prediction"] != r["label"] for r in rows]
+    assert sum(robust) / 30 == pytest.approx(report["results"][0]["accuracy"])
+    with open(os.path.join(report["folder"], "stages.csv")) as f:
+        stages = list(csv.DictReader(f))
+    assert [s["attack"] for s in stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert [int(s["broken"]) for s in stages] == [broken_by.count(a) for a in ("apgd-ce", "apgd-t", "fab-t", "square")]
 
 
 ADVERSARIES = [
