@@ -53,7 +53,7 @@ def test_bench_against_torch_without_pytorch_is_one_line(monkeypatch):
 
 
 def test_bench_times_the_configured_optimizer_and_the_adversarial_step():
-    result = run("bench", os.path.join(ROOT, "configs/net3-adv.yaml"), "--batch-size", 16, "--repeats", 1,
+    result = run("bench", os.path.join(ROOT, "configs/robust-pgd.yaml"), "--batch-size", 16, "--repeats", 1,
                  "--warmup", 0, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

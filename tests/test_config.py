@@ -144,7 +144,7 @@ def test_every_shipped_config_loads_and_builds():
     from cnnrun.sweep import is_spec_file
     names = sorted(f for f in os.listdir(os.path.join(ROOT, "configs"))
                    if f.endswith(".yaml") and not is_spec_file(os.path.join(ROOT, "configs", f)))
-    assert {"net1.yaml", "net2.yaml", "net3.yaml", "net4.yaml", "net3-adv.yaml"} <= set(names)
+    assert {"net1.yaml", "net2.yaml", "net3.yaml", "net4.yaml", "robust-pgd.yaml"} <= set(names)
     for name in names:
         config = load_config(os.path.join(ROOT, "configs", name))
         assert build_network(config).output_shape == (10,)
@@ -155,7 +155,7 @@ def test_adversarial_config_is_resolved_with_defaults():
     raw["train"]["adversarial"] = {"method": "pgd", "eps": 0.3}
     assert validate(raw)["train"]["adversarial"] == dict(method="pgd", eps=0.3, ratio=0.5, random_start=False,
                                                          step_size=None, steps=10, warmup=0)
-    assert load_config(os.path.join(ROOT, "configs/net3-adv.yaml"))["train"]["adversarial"]["method"] == "pgd"
+    assert load_config(os.path.join(ROOT, "configs/robust-pgd.yaml"))["train"]["adversarial"]["method"] == "pgd"
 
 
 def test_a_number_written_without_a_dot_is_a_number(tmp_path):

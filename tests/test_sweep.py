@@ -303,7 +303,7 @@ def test_the_shipped_study_plans_every_network_over_five_seeds(monkeypatch):
     spec = sweep.check_spec(sweep.load_spec("configs/study.yaml"), "configs/study.yaml")
     entries, configs = sweep.expand(spec, os.path.join(root, "configs"))
     assert len(entries) == 25
-    assert sorted({e["name"] for e in entries}) == ["net1", "net2", "net3", "net3-adv", "net4"]
+    assert sorted({e["name"] for e in entries}) == ["net1", "net2", "net3", "net4", "robust-pgd"]
     assert {c["train"]["epochs"] for c in configs if c["name"] == "net4"} == {200}
     assert sorted({c["seed"] for c in configs}) == [0, 1, 2, 3, 4]
 

@@ -21,7 +21,7 @@ BATCH = 70  # two parts of 35 (nn/parallel.py), so the sum of the parts' gradien
 
 def test_every_network_config_is_covered():
     assert {"configs/net1.yaml", "configs/net2.yaml", "configs/net3.yaml", "configs/net4.yaml",
-            "configs/net3-adv.yaml", "configs/small-adv.yaml"} <= set(CONFIGS)
+            "configs/robust-pgd.yaml", "configs/small-adv.yaml"} <= set(CONFIGS)
 
 
 def _perturbed_network(path, seed=0):
