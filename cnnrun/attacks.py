@@ -6,6 +6,8 @@ Images are `(N, C, H, W)` in [0, 1]; eps is in the same pixel units, and every
 adversarial image is clipped to [0, 1]. `y` is one-hot `(N, K)`.
 """
 
+import time
+
 import numpy as np
 
 from cnnrun.errors import CnnrunError
@@ -157,7 +159,7 @@ def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=Non
     iterations, `queries` Square's. Returns `(x_adv, broken_by)`: `broken_by` `(N,)`
     holds, per image, the index in the suite of the attack that fooled it, -1 if the
     clean image is already misclassified, len(suite) if it is still robust.
-    `on_stage(name, n_robust)` is called after each attack."""
+    `on_stage(name, n_robust, seconds)` is called after each attack."""
     rng = np.random.default_rng(0) if rng is None else rng
     labels = y.argmax(axis=1)
     stages = SUITES[suite]
@@ -165,6 +167,7 @@ def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=Non
     out = x.copy()
     broken_by = np.where(net.logits(x).argmax(axis=1) == labels, len(stages), -1)
     for index, name in enumerate(stages):
+        started = time.perf_counter()
         robust = broken_by == len(stages)
         if robust.any() and eps > 0:
             if name == "apgd-ce":
@@ -179,7 +182,7 @@ def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=Non
             out[fooled] = adv[fooled]
             broken_by[fooled] = index
         if on_stage:
-            on_stage(name, int(np.sum(broken_by == len(stages))))
+            on_stage(name, int(np.sum(broken_by == len(stages))), time.perf_counter() - started)
     return out, broken_by
 
 
@@ -216,15 +219,24 @@ def attack(net, x, y, method, eps, steps=None, step_size=None, restarts=1, rng=N
 
 def evaluate_attack(net, x, labels, method, eps, batch_size=500, on_batch=None, **options):
     """Attack every image in batches; return `(x_adv, adversarial probabilities (N, K))`."""
-    x_adv, adv_p, _ = evaluate_suite(net, x, labels, method, eps, batch_size, on_batch, **options)
+    x_adv, adv_p, _, _ = evaluate_suite(net, x, labels, method, eps, batch_size, on_batch, **options)
     return x_adv, adv_p
 
 
-def evaluate_suite(net, x, labels, method, eps, batch_size=500, on_batch=None, **options):
+def evaluate_suite(net, x, labels, method, eps, batch_size=500, on_batch=None, on_stage=None, **options):
     """`evaluate_attack`, plus for a suite (`SUITES`) which of its attacks broke each
-    image (`run_suite`'s `broken_by` `(N,)`; None for a single attack)."""
+    image (`run_suite`'s `broken_by` `(N,)`) and the seconds each attack took in all:
+    `(x_adv, probabilities, broken_by, {attack: seconds})`, the last two None for a
+    single attack. `on_stage` is passed to `run_suite`."""
     k = net.output_shape[0]
     adv, adv_p, broken = [], [], []
+    seconds = dict.fromkeys(SUITES.get(method, ()), 0.0)
+
+    def stage_done(name, n_robust, spent):
+        seconds[name] += spent
+        if on_stage:
+            on_stage(name, n_robust, spent)
+
     for i in range(0, len(x), batch_size):
         xb, lb = x[i:i + batch_size].astype(net.dtype), labels[i:i + batch_size]
         yb = one_hot(lb, k, net.dtype)
@@ -232,7 +244,7 @@ def evaluate_suite(net, x, labels, method, eps, batch_size=500, on_batch=None, *
             options = dict(options)
             steps = options.pop("steps", None) or DEFAULT_STEPS[method]
             options.pop("step_size", None)
-            x_adv, by = run_suite(net, xb, yb, eps, method, steps, **options)
+            x_adv, by = run_suite(net, xb, yb, eps, method, steps, on_stage=stage_done, **options)
             broken.append(by)
         else:
             x_adv = attack(net, xb, yb, method, eps, **options) if eps > 0 else xb
@@ -240,7 +252,9 @@ def evaluate_suite(net, x, labels, method, eps, batch_size=500, on_batch=None, *
         adv_p.append(net.forward(x_adv))
         if on_batch:
             on_batch(len(xb))
-    return np.concatenate(adv), np.concatenate(adv_p), np.concatenate(broken) if broken else None
+    if not broken:
+        return np.concatenate(adv), np.concatenate(adv_p), None, None
+    return np.concatenate(adv), np.concatenate(adv_p), np.concatenate(broken), {n: round(t, 3) for n, t in seconds.items()}
 
 
 def robustness(labels, clean_pred, adv_pred):

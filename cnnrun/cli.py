@@ -607,7 +607,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, ste
         for q in r["results"]:
             if "after_each" in q:
                 click.echo(f"{q['method']} at eps {q['eps']:g}, robust after each attack: " + " -> ".join(
-                    f"{name} {acc:.4f}" for name, acc in q["after_each"].items()))
+                    f"{name} {acc:.4f} ({q['seconds_each'][name]:.0f} s)" for name, acc in q["after_each"].items()))
         click.echo(f"saved in {r['folder']}\n")
     if len(reports) > 1:
         out = out or os.path.join(runs_dir, "attack-comparison")

@@ -1,6 +1,7 @@
 """What `eval`, `plot` and `attack` compute and write into run folders (JSON, CSV, PNG)."""
 
 import os
+import time
 
 import numpy as np
 from tqdm import tqdm
@@ -116,24 +117,28 @@ def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, 
         for eps in eps_list:
             with tqdm(total=len(x), desc=f"{cfg['name']} {method} eps {eps:g}", unit="img", leave=False,
                       disable=not progress) as bar:
-                x_adv, adv_p, broken_by = attacks.evaluate_suite(net, x, labels, method, eps,
-                                                                 rng=np.random.default_rng(seed),
-                                                                 on_batch=bar.update, **options)
+                def on_stage(name, n_robust, spent):
+                    bar.set_postfix_str(f"after {name}: {n_robust} robust in this batch", refresh=True)
+                started = time.perf_counter()
+                x_adv, adv_p, broken_by, seconds = attacks.evaluate_suite(
+                    net, x, labels, method, eps, rng=np.random.default_rng(seed), on_batch=bar.update,
+                    on_stage=on_stage, **options)
             adv_pred = adv_p.argmax(axis=1)
             accuracy, success = attacks.robustness(labels, clean_pred, adv_pred)
             steps = None if method == "fgsm" else options.get("steps") or attacks.DEFAULT_STEPS[method]
             result = dict(method=method, eps=eps, accuracy=accuracy, success_rate=success, n=int(len(x)),
                           steps=options.get("queries", 5000) if method == "square" else steps,
                           restarts=options.get("restarts") if method not in ("fgsm", "bim", "fab-t", "square")
-                          else None)
+                          else None, seconds=round(time.perf_counter() - started, 3))
             per_image[f"{method}@{eps:g}"] = adv_pred
             if broken_by is not None:
                 names = ("clean",) + attacks.SUITES[method] + ("",)
                 per_image[f"{method}@{eps:g} broken_by"] = np.array(names)[broken_by + 1]
                 stages = attacks.SUITES[method]
                 result["after_each"] = {name: float(np.mean(broken_by > k)) for k, name in enumerate(stages)}
+                result["seconds_each"] = seconds
                 stage_rows += [dict(method=method, eps=eps, attack=name, robust_accuracy=acc,
-                                    broken=int(np.sum(broken_by == k)))
+                                    broken=int(np.sum(broken_by == k)), seconds=seconds[name])
                                for k, (name, acc) in enumerate(result["after_each"].items())]
                 warnings += suite_warnings(method, eps, broken_by, len(x))
             results.append(result)
@@ -143,8 +148,8 @@ def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, 
     masking = None
     if masking_check and suites and max(eps_list) < LARGE_EPS:
         first = slice(0, min(100, len(x)))
-        _, _, broken_by = attacks.evaluate_suite(net, x[first], labels[first], suites[0], LARGE_EPS,
-                                                 rng=np.random.default_rng(seed), **options)
+        _, _, broken_by, _ = attacks.evaluate_suite(net, x[first], labels[first], suites[0], LARGE_EPS,
+                                                    rng=np.random.default_rng(seed), **options)
         masking = dict(method=suites[0], eps=LARGE_EPS, n=len(broken_by),
                        robust=int(np.sum(broken_by == len(attacks.SUITES[suites[0]]))))
         warnings += suite_warnings(suites[0], LARGE_EPS, broken_by, len(broken_by))
@@ -152,10 +157,10 @@ def attack_run(run_dir, cfg, net, x, labels, methods, eps_list, progress=False, 
     report = dict(run=run_dir, network=cfg["name"], clean_accuracy=float(np.mean(clean_pred == labels)),
                   n=int(len(x)), results=results, large_eps_check=masking, warnings=warnings, folder=folder)
     write_csv(os.path.join(folder, "results.csv"),
-              ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts"], results)
+              ["method", "eps", "accuracy", "success_rate", "n", "steps", "restarts", "seconds"], results)
     if stage_rows:
-        write_csv(os.path.join(folder, "stages.csv"), ["method", "eps", "attack", "robust_accuracy", "broken"],
-                  stage_rows)
+        write_csv(os.path.join(folder, "stages.csv"),
+                  ["method", "eps", "attack", "robust_accuracy", "broken", "seconds"], stage_rows)
     columns = list(per_image)
     write_csv(os.path.join(folder, "per_image.csv"), columns,
               [dict(zip(columns, values)) for values in zip(*(per_image[c].tolist() for c in columns))])
