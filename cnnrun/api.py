@@ -66,8 +66,9 @@ def evaluate(net, x, labels):
 
 def attack(net, x, labels, method, eps, **options):
     """Adversarial versions of images `x` `(N, C, H, W)`, at most `eps` from them per pixel
-    and in [0, 1]. `method`: fgsm, bim, pgd, apgd-ce, apgd-t or autoattack; `options`:
-    steps, step_size, restarts, targets (as the `attack` verb's options)."""
+    and in [0, 1]. `method`: fgsm, bim, pgd, apgd-ce, apgd-t, fab-t, square, autoattack
+    (AutoAttack's standard suite) or autoattack-apgd; `options`: steps, step_size,
+    restarts, targets, queries (as the `attack` verb's options)."""
     x_adv, _ = attacks.evaluate_attack(net, x, labels, method, eps, **options)
     return x_adv
 

@@ -163,6 +163,8 @@ def evaluation_metrics(run_dir):
         for r in (report or {}).get("results", []):
             key = re.sub(r"[^A-Za-z0-9_.-]", "_", f"robust_acc_{r['method']}_eps{r['eps']:g}")
             found[key] = float(r["accuracy"])
+            for stage, accuracy in r.get("after_each", {}).items():  # a suite: after each of its attacks
+                found[re.sub(r"[^A-Za-z0-9_.-]", "_", f"{key}_after_{stage}")] = float(accuracy)
     return found
 
 
