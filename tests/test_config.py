@@ -63,7 +63,7 @@ def with_change(change):
     (lambda c: c["model"]["layers"][0]["conv"].pop("filters"), r"model.layers\[0\].conv.filters: missing"),
     (lambda c: c["train"].update(adversarial={"eps": 2}), r"train.adversarial.eps: expected a number in \[0, 1\]"),
     (lambda c: c["train"].update(adversarial={"eps": 0.3, "method": "cw"}),
-     r"train.adversarial.method: expected 'fgsm' or 'pgd', got 'cw'"),
+     r"train.adversarial.method: expected 'fgsm' or 'pgd' or 'trades', got 'cw'"),
     (lambda c: c["train"].update(adversarial={"method": "fgsm"}), r"train.adversarial.eps: missing"),
     (lambda c: c["model"]["layers"].__setitem__(1, {"instance_norm": {"affine": "yes"}}),
      r"model.layers\[1\].instance_norm.affine: expected true or false"),
@@ -154,7 +154,7 @@ def test_adversarial_config_is_resolved_with_defaults():
     raw = net2()
     raw["train"]["adversarial"] = {"method": "pgd", "eps": 0.3}
     assert validate(raw)["train"]["adversarial"] == dict(method="pgd", eps=0.3, ratio=0.5, random_start=False,
-                                                         step_size=None, steps=10, warmup=0)
+                                                         step_size=None, steps=10, warmup=0, beta=6.0)
     assert load_config(os.path.join(ROOT, "configs/robust-pgd.yaml"))["train"]["adversarial"]["method"] == "pgd"
 
 
