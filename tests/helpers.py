@@ -26,3 +26,17 @@ def real_mnist_dir():
     if os.environ.get("CI"):
         pytest.fail(f"CI needs real MNIST in CNNRUN_DATA_DIR (got {d!r})")
     pytest.skip("real MNIST not found: set CNNRUN_DATA_DIR")
+
+
+def briefly_trained(cfg, test_images):
+    """The network of config `cfg` after one epoch of SGD (lr 0.05) on 10,000 real MNIST
+    training images, and the first `test_images` test images: `(net, x, labels)`."""
+    from cnnrun.config import build_network
+    from cnnrun.nn import SGD
+    from cnnrun.training import epoch_rng, train_epoch
+    data = mnist.load(real_mnist_dir(), "mnist", train_limit=10000, test_limit=test_images, allow_download=False,
+                      progress=False)
+    (x, labels), (x_test, labels_test) = data["train"], data["test"]
+    net = build_network(cfg)
+    train_epoch(net, SGD(0.05), x, labels, 128, epoch_rng(0, 0))
+    return net, x_test, labels_test

@@ -9,10 +9,7 @@ import torchattacks
 
 from cnnrun import attacks, torch_twin
 from cnnrun.config import build_network, load_config
-from cnnrun.data import mnist
-from cnnrun.nn import SGD
-from cnnrun.training import epoch_rng, train_epoch
-from helpers import real_mnist_dir
+from helpers import briefly_trained
 
 IMAGES = 300
 
@@ -20,12 +17,7 @@ IMAGES = 300
 @pytest.fixture(scope="module")
 def trained():
     """net2 after one epoch on 10,000 real training images, and the first 300 test images."""
-    data = mnist.load(real_mnist_dir(), "mnist", train_limit=10000, test_limit=IMAGES, allow_download=False,
-                      progress=False)
-    (x, labels), (x_test, labels_test) = data["train"], data["test"]
-    net = build_network(load_config("configs/net2.yaml"))
-    train_epoch(net, SGD(0.05), x, labels, 128, epoch_rng(0, 0))
-    return net, x_test, labels_test
+    return briefly_trained(load_config("configs/net2.yaml"), IMAGES)
 
 
 def robust(net, x_adv, labels):

@@ -10,11 +10,9 @@ import torch
 import torchattacks
 
 from cnnrun import attacks, fab, square, torch_twin
-from cnnrun.config import build_network, load_config
-from cnnrun.data import mnist
-from cnnrun.nn import SGD, one_hot
-from cnnrun.training import epoch_rng, train_epoch
-from helpers import real_mnist_dir
+from cnnrun.config import load_config
+from cnnrun.nn import one_hot
+from helpers import briefly_trained
 
 IMAGES = 300
 
@@ -23,14 +21,9 @@ IMAGES = 300
 def trained():
     """small-adv's layers (two stride-2 convolutions, a dense 100), trained the usual way
     for one epoch on 10,000 real training images; the first 300 test images."""
-    data = mnist.load(real_mnist_dir(), "mnist", train_limit=10000, test_limit=IMAGES, allow_download=False,
-                      progress=False)
-    (x, labels), (x_test, labels_test) = data["train"], data["test"]
     cfg = load_config("configs/small-adv.yaml")
     cfg["train"]["adversarial"] = None
-    net = build_network(cfg)
-    train_epoch(net, SGD(0.05), x, labels, 128, epoch_rng(0, 0))
-    return net, x_test, labels_test
+    return briefly_trained(cfg, IMAGES)
 
 
 def robust(net, x_adv, labels):
