@@ -101,6 +101,26 @@ def test_conv_in_chunks_of_samples_matches_one_chunk_and_finite_differences(monk
     assert_gradients_match(layer, (2, 7, 6), rng, n=5)
 
 
+def test_conv_weight_gradient_from_the_forwards_columns_equals_one_unfolded_anew(monkeypatch, rng):
+    """A batch whose columns fit one chunk keeps them from the forward for the weight
+    gradient: the same bits as unfolding again, and a chunked batch keeps none."""
+    layer = built(Conv2D(filters=4, kernel=3, stride=[1, 2], padding=[1, 2]), (3, 7, 8), rng)
+    x, dy = rng.standard_normal((6, 3, 7, 8)), rng.standard_normal((6, 4, 7, 5))
+    layer.forward(x)
+    assert layer.cache[1] is not None
+    layer.backward(dy)
+    kept = layer.grads["W"].copy()
+    monkeypatch.setattr(kernels, "KEEP_COLUMNS", False)
+    layer.forward(x)
+    assert layer.cache[1] is None
+    layer.backward(dy)
+    np.testing.assert_array_equal(layer.grads["W"], kept)
+    monkeypatch.setattr(kernels, "KEEP_COLUMNS", True)
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one sample a chunk
+    layer.forward(x)
+    assert layer.cache[1] is None
+
+
 @pytest.mark.parametrize("kernel,stride,padding,shape", [
     (2, None, 0, (3, 8, 8)),      # the usual 2x2
     (2, None, 0, (2, 7, 9)),      # odd sizes: the last row/column is dropped

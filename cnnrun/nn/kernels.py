@@ -12,6 +12,7 @@ per-layer table and timings of the functions alone; docs/performance.md has the 
 |---|---|---|
 | `im2col` + `correlate` | forward: unfold windows into columns a chunk of samples at a time (CHUNK_BYTES), one `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)` product per sample | always (the only forward) |
 | `correlate_weight_grad` | dW: `columns @ dy.T` per chunk, summed | always |
+| `correlate_keeping_columns` | the forward, handing its columns on to dW when a whole part's fit in one chunk, so they are unfolded once | those layers (net2's two convolutions: a training step 5 % faster); larger ones unfold twice, a chunk at a time, which keeps the columns in cache |
 | `input_grad_gather` | dx as the correlation of padded dy with the flipped kernel, channels swapped | stride 1 and C >= F (net2-4's later convolutions) |
 | `input_grad_scatter` | dx by col2im, one strided add per kernel offset, per sample | one input channel (a first convolution: the attack step's input gradient); gather there unfolds all F channels of dy, 4x slower (0.6 -> 2.2 ms, 1->8 channels at 28x28) |
 | `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 otherwise (net3's 16->32 at 14x14: 4.0 -> 3.2 ms) |
@@ -36,6 +37,10 @@ def out_size(size, kernel, stride, padding):
 # The columns of one chunk of samples take at most this many bytes, so that they stay in
 # the cache between being written and being multiplied (a whole batch's do not).
 CHUNK_BYTES = 4 << 20
+
+# Whether `correlate_keeping_columns` hands a one-chunk batch's columns on to the weight
+# gradient (False: unfold them again there; benchmarks/keep_columns.py times both).
+KEEP_COLUMNS = True
 
 
 def batch_chunks(n, bytes_per_sample):
@@ -80,6 +85,12 @@ def correlate(xp, W, stride):
     Chunk by chunk of samples: unfold into columns, then one matrix product per
     sample, `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)`, written straight into the output.
     """
+    return correlate_keeping_columns(xp, W, stride)[0]
+
+
+def correlate_keeping_columns(xp, W, stride):
+    """`correlate`, and its columns `(N, C*kh*kw, Ho*Wo)` when the whole batch's fit in
+    one chunk (else None), for `correlate_weight_grad` to reuse instead of unfolding again."""
     f, c, kh, kw = W.shape
     n, _, hp, wp = xp.shape
     ho, wo = out_size(hp, kh, stride[0], 0), out_size(wp, kw, stride[1], 0)
@@ -91,20 +102,25 @@ def correlate(xp, W, stride):
         m = chunk.stop - chunk.start
         im2col(xp[chunk], (kh, kw), stride, cols[:m])
         np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, ho * wo))
-    return y
+    return y, (cols if KEEP_COLUMNS and len(chunks) == 1 else None)
 
 
-def correlate_weight_grad(xp, dy, kernel, stride):
+def correlate_weight_grad(xp, dy, kernel, stride, columns=None):
     """dL/dW of `correlate(xp, W, stride)` given dL/dy `(N, F, Ho, Wo)`:
     the sum over samples of `dy_n (F, Ho*Wo) @ columns_n.T` -> `(F, C, kh, kw)`,
-    computed transposed (`columns_n @ dy_n.T`), the faster shape for BLAS."""
+    computed transposed (`columns_n @ dy_n.T`), the faster shape for BLAS.
+    `columns`: the forward's, from `correlate_keeping_columns` (unfolded anew if None)."""
     (kh, kw), (n, f, ho, wo), c = kernel, dy.shape, xp.shape[1]
     dW_t = np.zeros((c * kh * kw, f), dy.dtype)
-    chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
-    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
+    if columns is not None:
+        chunks, cols = [slice(0, n)], columns
+    else:
+        chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
+        cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
     for chunk in chunks:
         m = chunk.stop - chunk.start
-        im2col(xp[chunk], kernel, stride, cols[:m])
+        if columns is None:
+            im2col(xp[chunk], kernel, stride, cols[:m])
         dW_t += np.matmul(cols[:m], dy[chunk].reshape(m, f, ho * wo).transpose(0, 2, 1)).sum(axis=0)
     return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
 

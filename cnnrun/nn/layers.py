@@ -25,7 +25,8 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.kernels import (
-    axis_offsets, conv_input_grad, correlate, correlate_weight_grad, first_max, out_size, pad_hw, route_to_first,
+    axis_offsets, conv_input_grad, correlate_keeping_columns, correlate_weight_grad, first_max, out_size, pad_hw,
+    route_to_first,
 )
 from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
 
@@ -152,20 +153,20 @@ class Conv2D(Layer):
             self.params["b"] = np.zeros(f, dtype)
 
     def scratch_per_sample(self):
-        return 0  # the columns are made chunk by chunk, in CHUNK_BYTES
+        return 0  # the columns are made chunk by chunk, in CHUNK_BYTES (kept only if one chunk)
 
     def forward(self, x):
         xp = pad_hw(x, self.padding)
-        self.cache = xp
-        y = correlate(xp, self.params["W"], self.stride)
+        y, columns = correlate_keeping_columns(xp, self.params["W"], self.stride)
+        self.cache = xp, columns
         if self.bias:
             y += self.params["b"][:, None, None]
         return y
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        W, xp = self.params["W"], self.cache
+        W, (xp, columns) = self.params["W"], self.cache
         if need_grads:
-            self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride)
+            self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride, columns)
             if self.bias:
                 self.grads["b"] = dy.sum(axis=(0, 2, 3))
         if not need_dx:
