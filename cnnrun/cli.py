@@ -534,8 +534,8 @@ def parse_eps(values):
                    "the boundary), square (gradient-free random search, --queries forward passes), autoattack "
                    "(AutoAttack's standard suite: apgd-ce, apgd-t, fab-t, square, each on what the ones before "
                    "left; the figure to set beside published ones) or autoattack-apgd (its first two only: about "
-                   "half the time on a robust network, but no gradient-free attack, so it can be fooled by "
-                   "masked gradients); repeatable or a comma list.")
+                   "a fifth of the time on a robust network, but no gradient-free attack, so it can be fooled "
+                   "by masked gradients); repeatable or a comma list.")
 @click.option("--steps", type=click.IntRange(min=1), help="Steps of the iterative attacks [default: 40 for bim and "
                                                           "pgd, 100 for the APGD methods and fab-t].")
 @click.option("--queries", type=click.IntRange(min=1), default=5000, show_default=True,
