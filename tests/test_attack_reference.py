@@ -46,11 +46,12 @@ def test_apgd_ce_is_as_strong_as_torchattacks_apgd(trained, eps):
 
 def test_autoattack_is_no_weaker_than_pgd_on_any_image(trained):
     net, x, labels = trained
+    x, labels = x[:150], labels[:150]  # the full suite's cost; 150 images hold both outcomes
     y = np.eye(10, dtype=np.float32)[labels]
     eps = 0.1
     by_pgd = robust(net, attacks.attack(net, x, y, "pgd", eps, rng=np.random.default_rng(0)), labels)
     by_autoattack = robust(net, attacks.attack(net, x, y, "autoattack", eps, rng=np.random.default_rng(0), queries=500), labels)
-    assert by_pgd.sum() >= by_autoattack.sum()
+    assert 0 < by_autoattack.sum() < by_pgd.sum(), "the suite must break some images PGD leaves, not all"
     assert not np.any(by_autoattack & ~by_pgd), "an image survives autoattack but not PGD"
 
 
