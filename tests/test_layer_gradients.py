@@ -53,9 +53,9 @@ def test_conv_gradients_for_non_square_and_odd_shapes(kernel, stride, padding, s
 
 
 @pytest.mark.parametrize("padding", [0, 1, 2])
-def test_conv_gradients_when_the_input_gradient_is_gathered(padding, rng):
-    """At stride 1 with at least as many input as output channels, dx takes the gather
-    path (flipped-kernel correlation); the tests above take the scatter path."""
+def test_conv_gradients_when_the_input_gradient_is_taken_over_the_padded_width(padding, rng):
+    """At stride 1 with more than one input channel, dx is the flipped-kernel correlation
+    over the padded width (`input_grad_wide`); the tests above take the scatter paths."""
     layer = built(Conv2D(filters=2, kernel=3, padding=padding), (3, 7, 6), rng)
     assert_gradients_match(layer, (3, 7, 6), rng)
 
@@ -65,7 +65,7 @@ def test_conv_gradients_when_the_input_gradient_is_gathered(padding, rng):
 ])
 def test_the_input_gradient_paths_agree(kernel, stride, padding, monkeypatch, rng):
     """Scatter per sample, scatter with the batch last (in chunks of 2 samples here, the
-    last one partial) and, at stride 1, gather: the same dL/dx."""
+    last one partial) and, at stride 1, the correlation over the padded width: the same dL/dx."""
     kernel, stride, padding = layers._pair(kernel), layers._pair(stride), layers._pair(padding)
     W = rng.standard_normal((4, 3) + kernel)
     h, w = 7, 6
@@ -77,7 +77,7 @@ def test_the_input_gradient_paths_agree(kernel, stride, padding, monkeypatch, rn
     assert scattered.shape == batch_last.shape == (5, 3, h, w)
     np.testing.assert_allclose(batch_last, scattered, rtol=1e-12, atol=1e-12)
     if stride == (1, 1):
-        np.testing.assert_allclose(kernels.input_grad_gather(dy, W, padding, (h, w)), scattered, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(kernels.input_grad_wide(dy, W, padding, (h, w)), scattered, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_without_bias_has_only_weights(rng):

@@ -80,6 +80,33 @@ def test_fast_conv_matches_the_reference_in_chunks_of_samples(filters, kernel, s
     assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
 
 
+STRIDE_1_CASES = [case for case in CONV_CASES if layers._pair(case[2]) == (1, 1)]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 1])  # one chunk (its columns kept for dW); a sample a chunk
+@pytest.mark.parametrize("filters,kernel,stride,padding,shape", STRIDE_1_CASES)
+def test_the_padded_width_path_matches_the_reference(filters, kernel, stride, padding, shape, chunk_bytes,
+                                                     monkeypatch, rng):
+    """Every stride-1 case through `correlate_wide` and its weight gradient (forced, one
+    input channel included), in one chunk and a sample a chunk: forward, dx and dW."""
+    fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
+    monkeypatch.setattr(layers, "wide_rows_win", lambda *shape_and_stride: True)
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", chunk_bytes)
+    assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
+    assert fast.cache[2], "the layer did not take the padded-width path"
+
+
+def test_stride_1_convolutions_larger_than_a_chunk_take_the_padded_width_path():
+    """As measured (kernels.py's table): net4's 16->16 at 28x28 and net3's 16->32 at 14x14
+    on a part of 64 samples go wide; a first convolution, a stride of 2 and a layer whose
+    columns fit one chunk stay on im2col."""
+    assert kernels.wide_rows_win(64, (16, 16, 3, 3), (1, 1), (28, 28), 4)
+    assert kernels.wide_rows_win(64, (32, 16, 3, 3), (1, 1), (14, 14), 4)
+    assert not kernels.wide_rows_win(64, (16, 1, 3, 3), (1, 1), (28, 28), 4)
+    assert not kernels.wide_rows_win(64, (64, 32, 4, 4), (2, 2), (7, 7), 4)
+    assert not kernels.wide_rows_win(64, (16, 8, 3, 3), (1, 1), (14, 14), 4)  # net2's second: 3.6 MB
+
+
 @pytest.mark.parametrize("kernel,stride,padding,shape", [
     (2, None, 0, (3, 8, 8)),               # the usual 2x2
     (2, None, 0, (2, 7, 9)),               # odd sizes: the last row and column dropped

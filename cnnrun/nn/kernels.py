@@ -1,5 +1,6 @@
-"""The fast kernels behind the layers: convolution by im2col and matrix products,
-its three input-gradient paths, and max-pool's separable first maximum.
+"""The fast kernels behind the layers: convolution by im2col and matrix products (or,
+at stride 1, by columns over the padded width), its three input-gradient paths, and
+max-pool's separable first maximum.
 
 Every function here computes what a function of `reference.py` computes by its
 definition; tests/test_reference.py holds each against it (forward, dx and every
@@ -10,16 +11,18 @@ per-layer table and timings of the functions alone; docs/performance.md has the 
 
 | function | what | wins when |
 |---|---|---|
-| `im2col` + `correlate` | forward: unfold windows into columns a chunk of samples at a time (CHUNK_BYTES), one `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)` product per sample | always (the only forward) |
-| `correlate_weight_grad` | dW: `columns @ dy.T` per chunk, summed | always |
+| `im2col` + `correlate` | forward: unfold windows into columns a chunk of samples at a time (CHUNK_BYTES), one `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)` product per sample | stride above 1, one input channel, or columns that fit one chunk |
+| `correlate_weight_grad` | dW: `columns @ dy.T` per chunk, summed | wherever the forward used im2col |
+| `pad_wide` + `wide_columns` + `correlate_wide` | stride 1: the columns over the padded width, each row ONE contiguous copy of `Ho*Wp` values (im2col's rows are `Wo` long), the `Wp - Wo` extra values of each output row cropped off | stride 1, C > 1 and columns over one chunk (`wide_rows_win`: net3-4's later convolutions, 10-20 % faster in each pass); the unfold is 3-4x faster, the products 7-14 % larger |
+| `correlate_wide_weight_grad` | dW over the padded width: dy laid out with zeros in the cropped columns | wherever the forward went wide |
+| `input_grad_wide` | dx as the correlation of padded dy with the flipped kernel, channels swapped, over the padded width | stride 1 and C > 1 (net2-4's later convolutions; 16->32 at 14x14: 2.09 -> 1.99 ms against the scatter below) |
 | `correlate_keeping_columns` | the forward, handing its columns on to dW when a whole part's fit in one chunk, so they are unfolded once | those layers (net2's two convolutions: a training step 5 % faster); larger ones unfold twice, a chunk at a time, which keeps the columns in cache |
-| `input_grad_gather` | dx as the correlation of padded dy with the flipped kernel, channels swapped | stride 1 and C >= F (net2-4's later convolutions) |
-| `input_grad_scatter` | dx by col2im, one strided add per kernel offset, per sample | one input channel (a first convolution: the attack step's input gradient); gather there unfolds all F channels of dy, 4x slower (0.6 -> 2.2 ms, 1->8 channels at 28x28) |
-| `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 otherwise (net3's 16->32 at 14x14: 4.0 -> 3.2 ms) |
+| `input_grad_scatter` | dx by col2im, one strided add per kernel offset, per sample | one input channel (a first convolution: the attack step's input gradient); the wide path there unfolds all F channels of dy, 2.4x slower (0.53 -> 1.25 ms, 1->16 channels at 28x28) |
+| `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 and stride > 1 (robust-pgd's second convolution) |
 | `first_max` + `route_to_first` | max-pool: the max along W, then along H, and the first maximum's index the same way | always (64x16x28x28 forward 1.6 -> 1.1 ms against one pass over kh*kw offsets) |
 | `pad_hw` | padding by `full` plus one copy | always (np.pad: 626 us -> 400 us at 64x16x28x28, and it holds the GIL) |
 
-`conv_input_grad` picks among the three dx paths by shape.
+`wide_rows_win` picks the forward's path (and so dW's), `conv_input_grad` the dx path, by shape.
 
 reference: reference.py
 """
@@ -39,8 +42,12 @@ def out_size(size, kernel, stride, padding):
 CHUNK_BYTES = 4 << 20
 
 # Whether `correlate_keeping_columns` hands a one-chunk batch's columns on to the weight
-# gradient (False: unfold them again there; benchmarks/keep_columns.py times both).
+# gradient (False: unfold them again there; benchmarks/kernel_switch.py times both).
 KEEP_COLUMNS = True
+
+# Whether stride-1 convolutions take the padded-width path where `wide_rows_win` says it
+# wins (False: im2col everywhere; benchmarks/kernel_switch.py times both).
+WIDE_ROWS = True
 
 
 def batch_chunks(n, bytes_per_sample):
@@ -105,6 +112,83 @@ def correlate_keeping_columns(xp, W, stride):
     return y, (cols if KEEP_COLUMNS and len(chunks) == 1 else None)
 
 
+def pad_wide(x, padding):
+    """`(N, C, H, W)` -> `(N, C, H + 2*ph + 1, W + 2*pw)`: zero padding, and one more zero
+    row at the bottom so that every row `wide_columns` reads lies inside the array."""
+    (ph, pw), (n, c, h, w) = padding, x.shape
+    out = np.zeros((n, c, h + 2 * ph + 1, w + 2 * pw), x.dtype)
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+def wide_columns(xq, kernel, ho, out):
+    """Unfold for a stride-1 correlation over the padded width: `(n, C, Hp + 1, Wp)` ->
+    columns `(n, C*kh*kw, Ho*Wp)` in `out`.
+
+    Row `(c, i, j)` of sample n is `xq[n, c]` read flat from `i*Wp + j`, `Ho*Wp` values
+    in a row: its value `a*Wp + b` is what offset `(i, j)` of the window at `(a, b)` reads.
+    The last `Wp - Wo` values of each output row (b >= Wo) belong to no window: they are
+    computed and cropped off. Each row is one contiguous copy, where `im2col`'s rows
+    are Wo values long.
+    """
+    (kh, kw), (n, c, _, wp) = kernel, xq.shape
+    xq = np.ascontiguousarray(xq)
+    s_n, s_c, s_h, s_w = xq.strides
+    rows = np.ndarray((n, c, kh, kw, ho * wp), xq.dtype, buffer=xq, strides=(s_n, s_c, s_h, s_w, s_w))
+    np.copyto(out.reshape(n, c, kh, kw, ho * wp), rows)
+    return out
+
+
+def correlate_wide(xq, W, ho):
+    """Stride-1 cross-correlation over the padded width: xq `(N, C, Hp + 1, Wp)` (from
+    `pad_wide`), W `(F, C, kh, kw)` -> `(N, F, Ho, Wp)`, of which the first Wo = Wp - kw + 1
+    columns are the output; and the columns, as `correlate_keeping_columns` gives them.
+    Chunk by chunk of samples: `wide_columns`, then `(F, C*kh*kw) @ (C*kh*kw, Ho*Wp)`
+    per sample."""
+    f, c, kh, kw = W.shape
+    n, _, _, wp = xq.shape
+    y = np.empty((n, f, ho, wp), xq.dtype)
+    W_rows = np.ascontiguousarray(W).reshape(f, c * kh * kw)
+    chunks = batch_chunks(n, c * kh * kw * ho * wp * xq.itemsize)
+    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wp), xq.dtype)
+    for chunk in chunks:
+        m = chunk.stop - chunk.start
+        wide_columns(xq[chunk], (kh, kw), ho, cols[:m])
+        np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, ho * wp))
+    return y, (cols if KEEP_COLUMNS and len(chunks) == 1 else None)
+
+
+def correlate_wide_weight_grad(xq, dy, kernel, columns=None):
+    """dL/dW `(F, C, kh, kw)` of `correlate_wide(xq, W, Ho)` given dL/dy `(N, F, Ho, Wo)`:
+    per chunk, dy laid out over the padded width with zeros in the cropped columns
+    (so the values no window owns add nothing), then `columns_n @ dy_n.T` summed."""
+    (kh, kw), (n, f, ho, wo), (c, wp) = kernel, dy.shape, (xq.shape[1], xq.shape[3])
+    dW_t = np.zeros((c * kh * kw, f), dy.dtype)
+    if columns is not None:
+        chunks, cols = [slice(0, n)], columns
+    else:
+        chunks = batch_chunks(n, c * kh * kw * ho * wp * xq.itemsize)
+        cols = np.empty((chunks[0].stop, c * kh * kw, ho * wp), xq.dtype)
+    dy_wide = np.zeros((chunks[0].stop, f, ho, wp), dy.dtype)
+    for chunk in chunks:
+        m = chunk.stop - chunk.start
+        if columns is None:
+            wide_columns(xq[chunk], kernel, ho, cols[:m])
+        dy_wide[:m, :, :, :wo] = dy[chunk]
+        dW_t += np.matmul(cols[:m], dy_wide[:m].reshape(m, f, ho * wp).transpose(0, 2, 1)).sum(axis=0)
+    return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
+
+
+def input_grad_wide(dy, W, padding, in_hw):
+    """dL/dx `(N, C, H, W)` of a stride-1 convolution given dL/dy `(N, F, Ho, Wo)`: the
+    correlation of dy (zero-padded) with the flipped kernel, its input and output channels
+    swapped, dx[h] = sum_i dy[h + p - i] * W[i], by `correlate_wide`."""
+    (kh, kw), (ph, pw), (h, w) = W.shape[2:], padding, in_hw
+    window = shifted_window(dy, (ph - kh + 1, pw - kw + 1), (h + kh, w + kw - 1))
+    dx_wide, _ = correlate_wide(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), h)
+    return dx_wide[:, :, :, :w]
+
+
 def correlate_weight_grad(xp, dy, kernel, stride, columns=None):
     """dL/dW of `correlate(xp, W, stride)` given dL/dy `(N, F, Ho, Wo)`:
     the sum over samples of `dy_n (F, Ho*Wo) @ columns_n.T` -> `(F, C, kh, kw)`,
@@ -125,25 +209,28 @@ def correlate_weight_grad(xp, dy, kernel, stride, columns=None):
     return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
 
 
+def wide_rows_win(n, W_shape, stride, out_hw, itemsize):
+    """Whether a stride-1 convolution of `n` samples takes the padded-width path
+    (`correlate_wide` and its weight gradient): when it has more than one input channel
+    and its columns take more than one chunk (measured: there each pass is 10-20 %
+    faster; on smaller layers, whose columns are kept for the weight gradient, and on
+    one input channel, im2col is as fast or faster)."""
+    f, c, kh, kw = W_shape
+    return (WIDE_ROWS and stride == (1, 1) and c > 1
+            and n * c * kh * kw * out_hw[0] * out_hw[1] * itemsize > CHUNK_BYTES)
+
+
 def conv_input_grad(dy, W, stride, padding, in_hw):
     """dL/dx `(N, C, H, W)` of a convolution layer given dL/dy `(N, F, Ho, Wo)`, by
-    whichever of the three ways below is fastest for its shape (measured): gather for
-    stride 1 with at least as many input as output channels; scatter per sample for one
-    input channel (a first convolution); scatter with the batch last otherwise."""
-    f, c = W.shape[:2]
-    if stride == (1, 1) and c >= f:
-        return input_grad_gather(dy, W, padding, in_hw)
+    whichever of the three ways below is fastest for its shape (measured): over the
+    padded width for stride 1 and more than one input channel; scatter per sample for
+    one input channel (a first convolution); scatter with the batch last otherwise."""
+    c = W.shape[1]
+    if WIDE_ROWS and stride == (1, 1) and c > 1:
+        return input_grad_wide(dy, W, padding, in_hw)
     if c == 1:
         return input_grad_scatter(dy, W, stride, padding, in_hw)
     return input_grad_scatter_batch_last(dy, W, stride, padding, in_hw)
-
-
-def input_grad_gather(dy, W, padding, in_hw):
-    """dL/dx of a stride-1 convolution: the correlation of dy (zero-padded) with the
-    flipped kernel, its input and output channels swapped: dx[h] = sum_i dy[h + p - i] * W[i]."""
-    (kh, kw), (ph, pw), (h, w) = W.shape[2:], padding, in_hw
-    window = shifted_window(dy, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
-    return correlate(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), (1, 1))
 
 
 def input_grad_scatter(dy, W, stride, padding, in_hw):

@@ -25,8 +25,8 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.kernels import (
-    axis_offsets, conv_input_grad, correlate_keeping_columns, correlate_weight_grad, first_max, out_size, pad_hw,
-    route_to_first,
+    axis_offsets, conv_input_grad, correlate_keeping_columns, correlate_weight_grad, correlate_wide,
+    correlate_wide_weight_grad, first_max, out_size, pad_hw, pad_wide, route_to_first, wide_rows_win,
 )
 from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
 
@@ -136,7 +136,8 @@ class Conv2D(Layer):
             self._fail(in_shape, f"kernel {kh}x{kw} is larger than the padded input "
                                  f"{h + 2 * ph}x{w + 2 * pw}")
         self.in_shape = tuple(in_shape)
-        return (self.filters, out_size(h, kh, sh, ph), out_size(w, kw, sw, pw))
+        self.out_hw = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+        return (self.filters,) + self.out_hw
 
     def param_shapes(self):
         c, (kh, kw) = self.in_shape[0], self.kernel
@@ -156,17 +157,27 @@ class Conv2D(Layer):
         return 0  # the columns are made chunk by chunk, in CHUNK_BYTES (kept only if one chunk)
 
     def forward(self, x):
-        xp = pad_hw(x, self.padding)
-        y, columns = correlate_keeping_columns(xp, self.params["W"], self.stride)
-        self.cache = xp, columns
-        if self.bias:
-            y += self.params["b"][:, None, None]
-        return y
+        W, (ho, wo) = self.params["W"], self.out_hw
+        wide = wide_rows_win(x.shape[0], W.shape, self.stride, (ho, wo), x.itemsize)
+        if wide:  # stride 1: the output over the padded width, cropped (a view) below
+            xp = pad_wide(x, self.padding)
+            y, columns = correlate_wide(xp, W, ho)
+            y = y[:, :, :, :wo]
+        else:
+            xp = pad_hw(x, self.padding)
+            y, columns = correlate_keeping_columns(xp, W, self.stride)
+        self.cache = xp, columns, wide
+        if self.bias:  # (into a new array when wide: the crop and the bias in one pass)
+            y = np.add(y, self.params["b"][:, None, None], out=None if wide else y)
+        return np.ascontiguousarray(y)
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        W, (xp, columns) = self.params["W"], self.cache
+        W, (xp, columns, wide) = self.params["W"], self.cache
         if need_grads:
-            self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride, columns)
+            if wide:
+                self.grads["W"] = correlate_wide_weight_grad(xp, dy, self.kernel, columns)
+            else:
+                self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride, columns)
             if self.bias:
                 self.grads["b"] = dy.sum(axis=(0, 2, 3))
         if not need_dx:
