@@ -78,6 +78,7 @@ def test_the_input_gradient_paths_agree(kernel, stride, padding, monkeypatch, rn
     np.testing.assert_allclose(batch_last, scattered, rtol=1e-12, atol=1e-12)
     if stride == (1, 1):
         np.testing.assert_allclose(kernels.input_grad_wide(dy, W, padding, (h, w)), scattered, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(kernels.input_grad_gather(dy, W, padding, (h, w)), scattered, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_without_bias_has_only_weights(rng):

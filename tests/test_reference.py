@@ -96,6 +96,18 @@ def test_the_padded_width_path_matches_the_reference(filters, kernel, stride, pa
     assert fast.cache[2], "the layer did not take the padded-width path"
 
 
+@pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
+def test_the_engine_before_the_padded_width_path_matches_the_reference(filters, kernel, stride, padding, shape,
+                                                                      monkeypatch, rng):
+    """kernels.WIDE_ROWS off (what benchmarks/kernel_switch.py compares against): im2col
+    everywhere, dx gathered at stride 1 when C >= F, in chunks of one sample."""
+    fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
+    monkeypatch.setattr(kernels, "WIDE_ROWS", False)
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
+    assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
+    assert not fast.cache[2]
+
+
 def test_stride_1_convolutions_larger_than_a_chunk_take_the_padded_width_path():
     """As measured (kernels.py's table): net4's 16->16 at 28x28 and net3's 16->32 at 14x14
     on a part of 64 samples go wide; a first convolution, a stride of 2 and a layer whose

@@ -17,6 +17,7 @@ per-layer table and timings of the functions alone; docs/performance.md has the 
 | `correlate_wide_weight_grad` | dW over the padded width: dy laid out with zeros in the cropped columns | wherever the forward went wide |
 | `input_grad_wide` | dx as the correlation of padded dy with the flipped kernel, channels swapped, over the padded width | stride 1 and C > 1 (net2-4's later convolutions; 16->32 at 14x14: 2.09 -> 1.99 ms against the scatter below) |
 | `correlate_keeping_columns` | the forward, handing its columns on to dW when a whole part's fit in one chunk, so they are unfolded once | those layers (net2's two convolutions: a training step 5 % faster); larger ones unfold twice, a chunk at a time, which keeps the columns in cache |
+| `input_grad_gather` | dx at stride 1 by im2col, the path before `input_grad_wide` | only with WIDE_ROWS off (C >= F) |
 | `input_grad_scatter` | dx by col2im, one strided add per kernel offset, per sample | one input channel (a first convolution: the attack step's input gradient); the wide path there unfolds all F channels of dy, 2.4x slower (0.53 -> 1.25 ms, 1->16 channels at 28x28) |
 | `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 and stride > 1 (robust-pgd's second convolution) |
 | `first_max` + `route_to_first` | max-pool: the max along W, then along H, and the first maximum's index the same way | always (64x16x28x28 forward 1.6 -> 1.1 ms against one pass over kh*kw offsets) |
@@ -46,7 +47,7 @@ CHUNK_BYTES = 4 << 20
 KEEP_COLUMNS = True
 
 # Whether stride-1 convolutions take the padded-width path where `wide_rows_win` says it
-# wins (False: im2col everywhere; benchmarks/kernel_switch.py times both).
+# wins (False: the engine before it, im2col everywhere; benchmarks/kernel_switch.py times both).
 WIDE_ROWS = True
 
 
@@ -224,13 +225,24 @@ def conv_input_grad(dy, W, stride, padding, in_hw):
     """dL/dx `(N, C, H, W)` of a convolution layer given dL/dy `(N, F, Ho, Wo)`, by
     whichever of the three ways below is fastest for its shape (measured): over the
     padded width for stride 1 and more than one input channel; scatter per sample for
-    one input channel (a first convolution); scatter with the batch last otherwise."""
-    c = W.shape[1]
+    one input channel (a first convolution); scatter with the batch last otherwise.
+    With WIDE_ROWS off, as before that path: gather by im2col at stride 1 and C >= F."""
+    f, c = W.shape[:2]
     if WIDE_ROWS and stride == (1, 1) and c > 1:
         return input_grad_wide(dy, W, padding, in_hw)
+    if not WIDE_ROWS and stride == (1, 1) and c >= f:
+        return input_grad_gather(dy, W, padding, in_hw)
     if c == 1:
         return input_grad_scatter(dy, W, stride, padding, in_hw)
     return input_grad_scatter_batch_last(dy, W, stride, padding, in_hw)
+
+
+def input_grad_gather(dy, W, padding, in_hw):
+    """`input_grad_wide` by im2col: the engine's dx at stride 1 and C >= F before the
+    padded-width path, kept as what WIDE_ROWS = False falls back to."""
+    (kh, kw), (ph, pw), (h, w) = W.shape[2:], padding, in_hw
+    window = shifted_window(dy, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
+    return correlate(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), (1, 1))
 
 
 def input_grad_scatter(dy, W, stride, padding, in_hw):
