@@ -15,6 +15,9 @@ gradient on the input only) with the switch on and off in alternation (8 calls o
 8 off, and so on, the first call after a switch untimed), on a random batch of the
 config's batch size, and prints the median of each and of the ratios pair by pair:
 on a noisy machine the ratio of neighbours holds where two separate runs do not.
+With --layers it times instead each convolution of the network alone, forward and
+backward (dx and dW), on one part of the batch (64 samples) and one thread, as each
+of a training step's threads runs it.
 Both ways agree with the reference engine (tests/test_reference.py).
 """
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from cnnrun import api, bench
 from cnnrun.nn import kernels, parallel
+from threadpoolctl import threadpool_limits
 
 
 def call_ms(fn, switch, on, calls):
@@ -36,16 +40,43 @@ def call_ms(fn, switch, on, calls):
     return (time.perf_counter() - start) / calls * 1e3
 
 
+def conv_layers(net, switch, rounds, calls, rng):
+    """Per convolution: median ms of forward and backward with the switch on and off."""
+    for index, layer in enumerate(net.layers):
+        if layer.kind != "conv":
+            continue
+        x = rng.standard_normal((parallel.PART_SIZE,) + net.shapes[index]).astype(net.dtype)
+        dy = rng.standard_normal((parallel.PART_SIZE,) + net.shapes[index + 1]).astype(net.dtype)
+        twin = layer.replica()
+        times = {}
+        for name, fn in (("forward", lambda: twin.forward(x)), ("backward", lambda: twin.backward(dy))):
+            twin.forward(x)
+            times[name] = np.array([(call_ms(fn, switch, True, calls), call_ms(fn, switch, False, calls))
+                                    for _ in range(rounds)]).T
+        (c, h, w), (f, ho, wo) = net.shapes[index], net.shapes[index + 1]
+        print(f"layer {index:2d} conv {c}->{f} at {h}x{w}: " + ", ".join(
+            f"{name} on {np.median(on):.2f} ms, off {np.median(off):.2f} ms ({np.median(off / on):.2f}x)"
+            for name, (on, off) in times.items()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
     parser.add_argument("--switch", choices=["WIDE_ROWS", "KEEP_COLUMNS"], default="WIDE_ROWS")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--layers", action="store_true", help="time each convolution alone (one part, one thread)")
     args = parser.parse_args()
     parallel.keep_freed_memory()  # as the command line does
     cfg = api.load_config(args.config)
     net = api.build_network(cfg)
+    if args.layers:
+        print(f"{cfg['name']}: {args.switch} on against off, {parallel.PART_SIZE} samples, one thread, "
+              f"{args.rounds} rounds of {args.calls} calls each way")
+        with threadpool_limits(1):
+            conv_layers(net, args.switch, args.rounds, args.calls, np.random.default_rng(0))
+        setattr(kernels, args.switch, True)
+        return
     x, _, y = bench._random_batch(net, cfg["train"]["batch_size"], np.random.default_rng(0))
     passes = {"train": bench._timed_step(net, cfg["train"], x, y),
               "eval": lambda: net.forward(x),
