@@ -320,3 +320,75 @@ def test_a_last_epoch_without_test_figures_is_evaluated_when_the_run_finishes(se
     loss, acc, _ = evaluate(net, *data["test"])
     assert last["epoch"] == 3 and last["test_acc"] == acc and last["test_loss"] == pytest.approx(loss)
     assert summary["status"] == "finished" and summary["final_test_acc"] == acc
+
+
+def paused_run(setup, epochs=4, until=2):
+    """A tiny run paused after `until` of `epochs` epochs (eval_every 2), with its config and data."""
+    from cnnrun.config import apply_override, load_config
+    from cnnrun.data import load_data
+    cfg = apply_override(load_config(setup["config"]), f"train.epochs={epochs}")
+    data = load_data(cfg, setup["data"], progress=False)
+    run_dir = runs.new_run_dir(setup["runs"], "tiny", cfg)
+    runner.train_run(cfg, run_dir, data, progress=False, log=lambda _: None, until=until)
+    return cfg, data, run_dir
+
+
+def test_resume_action_says_what_resuming_does(setup):
+    """train (epochs left), finish (the checkpoint holds the last epoch), nothing
+    (finished), repair (finished, final weights damaged), and a refusal to shrink."""
+    cfg, data, run_dir = paused_run(setup)
+    assert runner.resume_action(run_dir, 4) == "train"
+    assert runner.resume_action(run_dir, 2) == "finish"
+    with pytest.raises(runner.CnnrunError, match="already trained 2 epochs; it cannot be cut to 1"):
+        runner.resume_action(run_dir, 1)
+    runner.train_run(cfg, run_dir, data, resume=True, progress=False, log=lambda _: None)
+    assert runner.resume_action(run_dir, 4) == "nothing"
+    with open(os.path.join(run_dir, "weights.npz"), "wb") as f:
+        f.write(b"garbage")
+    assert runner.resume_action(run_dir, 4) == "repair"
+
+
+def test_a_resumed_run_trains_only_the_epochs_it_lacks(setup, monkeypatch):
+    """From the checkpoint, not from the start: the same final numbers would not show it."""
+    cfg, data, run_dir = paused_run(setup)
+    trained, run_epoch = [], runner.run_epoch
+    monkeypatch.setattr(runner, "run_epoch", lambda net, opt, config, data, epoch, progress: (
+        trained.append(epoch + 1), run_epoch(net, opt, config, data, epoch, progress))[1])
+    runner.train_run(cfg, run_dir, data, resume=True, progress=False, log=lambda _: None)
+    assert trained == [3, 4]
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3, 4]
+
+
+def test_an_old_run_with_both_weight_files_unusable_is_refused_naming_both(setup):
+    """A run folder without digests (written before they existed) whose weights.npz is
+    unreadable and whose checkpoint holds its epoch but non-finite weights: nothing to
+    repair from, said in one line."""
+    cfg, data, run_dir = paused_run(setup, epochs=2, until=None)
+    summary_path = os.path.join(run_dir, "summary.json")
+    summary = runs.read_json(summary_path)
+    del summary["digests"]
+    runs.write_json(summary_path, summary)
+    with open(os.path.join(run_dir, "weights.npz"), "wb") as f:
+        f.write(b"garbage")
+    checkpoint = os.path.join(run_dir, "checkpoint.npz")
+    with np.load(checkpoint) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    name = next(k for k, a in arrays.items() if a.dtype.kind == "f" and a.size > 1)
+    arrays[name] = np.full_like(arrays[name], np.nan)
+    np.savez(checkpoint, **arrays)
+    with pytest.raises(runner.CnnrunError, match="weights.npz and checkpoint.npz are both damaged; nothing to rebuild"):
+        runner.resume_action(run_dir, 2)
+
+
+def test_finishing_evaluates_only_a_last_epoch_without_test_figures_and_draws_the_final_curves(setup, monkeypatch):
+    """4 epochs at eval_every 2: the test set is evaluated at epochs 2 and 4, not a third
+    time when the run finishes; the last curves drawn are curves.png with every epoch."""
+    evaluated, drawn = [], []
+    evaluate, draw = runner.evaluate, runner.plots.training_curves
+    monkeypatch.setattr(runner, "evaluate", lambda *a: (evaluated.append(1), evaluate(*a))[1])
+    monkeypatch.setattr(runner.plots, "training_curves", lambda rows, path, name: (
+        drawn.append((path, [dict(r) for r in rows])), draw(rows, path, name)))
+    cfg, data, run_dir = paused_run(setup, epochs=4, until=None)
+    assert len(evaluated) == 2
+    path, rows = drawn[-1]
+    assert path == os.path.join(run_dir, "curves.png") and rows == runs.read_metrics(run_dir)
