@@ -392,3 +392,14 @@ def test_finishing_evaluates_only_a_last_epoch_without_test_figures_and_draws_th
     assert len(evaluated) == 2
     path, rows = drawn[-1]
     assert path == os.path.join(run_dir, "curves.png") and rows == runs.read_metrics(run_dir)
+
+
+def test_a_run_records_the_commit_of_the_cnnrun_checkout():
+    """The commit git reports for the folder cnnrun is imported from (None outside a checkout)."""
+    import re
+    import subprocess
+    here = os.path.dirname(os.path.abspath(runner.__file__))
+    out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True)
+    expected = out.stdout.strip() or None if out.returncode == 0 else None
+    assert expected is None or re.fullmatch("[0-9a-f]{40}", expected)
+    assert runner.git_commit() == expected
