@@ -403,3 +403,42 @@ def test_a_run_records_the_commit_of_the_cnnrun_checkout():
     expected = out.stdout.strip() or None if out.returncode == 0 else None
     assert expected is None or re.fullmatch("[0-9a-f]{40}", expected)
     assert runner.git_commit() == expected
+
+
+def test_each_epoch_shows_a_bar_of_its_batches_with_the_running_loss_and_accuracy(setup, monkeypatch):
+    """One bar an epoch on stderr ("epoch 2/3", a tick a batch, unit "batch"), cleared when
+    the epoch ends; its postfix ends at the epoch's training loss and accuracy. The last
+    epoch is evaluated even when eval_every does not fall on it."""
+    import sys
+    bars = []
+
+    class Bar:
+        def __init__(self, **options):
+            self.options, self.postfix, self.n = options, None, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def set_postfix(self, **values):
+            self.postfix = values
+
+        def update(self, n=1):
+            self.n += n
+
+    monkeypatch.setattr(runner, "tqdm", Bar)
+    cfg, data, run_dir = paused_run(setup, epochs=3, until=None)   # eval_every 2
+    batches = -(-len(data["train"][0]) // cfg["train"]["batch_size"])
+    rows = runs.read_metrics(run_dir)
+    assert [b.options["desc"] for b in bars] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    for bar, row in zip(bars, rows):
+        assert bar.options["total"] == bar.n == batches > 1
+        assert (bar.options["unit"], bar.options["leave"], bar.options["file"]) == ("batch", False, sys.stderr)
+        assert bar.options["disable"] is True  # progress=False
+        assert bar.postfix == dict(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_acc']:.4f}", refresh=False)
+    assert [r["test_acc"] is not None for r in rows] == [False, True, True]
+    runner.run_epoch(runner.build_network(cfg), runner.make_optimizer(cfg["train"]), cfg, data, 0, progress=True)
+    assert bars[-1].options["disable"] is False
