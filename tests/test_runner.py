@@ -442,3 +442,32 @@ def test_each_epoch_shows_a_bar_of_its_batches_with_the_running_loss_and_accurac
     assert [r["test_acc"] is not None for r in rows] == [False, True, True]
     runner.run_epoch(runner.build_network(cfg), runner.make_optimizer(cfg["train"]), cfg, data, 0, progress=True)
     assert bars[-1].options["disable"] is False
+
+
+def test_adversarial_training_follows_its_warmup_epoch_by_epoch(setup):
+    """FGSM batches at eps 0.2 with warmup 2 train epoch 1 exactly as eps 0.1 does (half
+    of eps) and epoch 2 unlike it; a clean run differs from the first epoch on."""
+    from cnnrun.config import apply_override, load_config
+    from cnnrun.data import load_data
+
+    def losses(adversarial):
+        cfg = apply_override(load_config(setup["config"]), "train.epochs=2")
+        cfg = apply_override(cfg, f"train.adversarial={adversarial}")
+        run_dir = runs.new_run_dir(setup["runs"], "tiny", cfg)
+        runner.train_run(cfg, run_dir, load_data(cfg, setup["data"], progress=False), progress=False,
+                         log=lambda _: None)
+        return [r["train_loss"] for r in runs.read_metrics(run_dir)]
+
+    warm = losses("{method: fgsm, eps: 0.2, warmup: 2}")
+    half = losses("{method: fgsm, eps: 0.1}")
+    clean = losses("null")
+    assert warm[0] == half[0] and warm[1] != half[1]
+    assert clean[0] != warm[0]
+
+
+def test_the_summary_reports_training_samples_per_second_of_the_training_time(setup):
+    """Samples trained over the seconds spent training: at least the samples over the
+    whole wall time (which adds evaluation and writing)."""
+    cfg, data, run_dir = paused_run(setup, epochs=2, until=None)
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+    assert summary["train_samples_per_s"] >= 2 * len(data["train"][0]) / summary["wall_time_s"] > 0
