@@ -99,17 +99,25 @@ def correlate(xp, W, stride):
 def correlate_keeping_columns(xp, W, stride):
     """`correlate`, and its columns `(N, C*kh*kw, Ho*Wo)` when the whole batch's fit in
     one chunk (else None), for `correlate_weight_grad` to reuse instead of unfolding again."""
+    kh, kw = W.shape[2:]
+    out_hw = out_size(xp.shape[2], kh, stride[0], 0), out_size(xp.shape[3], kw, stride[1], 0)
+    return unfold_and_multiply(xp, W, out_hw, lambda part, out: im2col(part, (kh, kw), stride, out))
+
+
+def unfold_and_multiply(xp, W, out_hw, unfold):
+    """`(N, F, *out_hw)`: chunk by chunk of samples, `unfold(xp[chunk], columns)` fills the
+    columns `(m, C*kh*kw, prod(out_hw))`, then one `(F, C*kh*kw)` product per sample;
+    and the columns when the whole batch's fit in one chunk (else None)."""
     f, c, kh, kw = W.shape
-    n, _, hp, wp = xp.shape
-    ho, wo = out_size(hp, kh, stride[0], 0), out_size(wp, kw, stride[1], 0)
-    y = np.empty((n, f, ho, wo), xp.dtype)
+    n, size = xp.shape[0], out_hw[0] * out_hw[1]
+    y = np.empty((n, f) + tuple(out_hw), xp.dtype)
     W_rows = np.ascontiguousarray(W).reshape(f, c * kh * kw)
-    chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
-    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
+    chunks = batch_chunks(n, c * kh * kw * size * xp.itemsize)
+    cols = np.empty((chunks[0].stop, c * kh * kw, size), xp.dtype)
     for chunk in chunks:
         m = chunk.stop - chunk.start
-        im2col(xp[chunk], (kh, kw), stride, cols[:m])
-        np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, ho * wo))
+        unfold(xp[chunk], cols[:m])
+        np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, size))
     return y, (cols if KEEP_COLUMNS and len(chunks) == 1 else None)
 
 
@@ -146,17 +154,8 @@ def correlate_wide(xq, W, ho):
     columns are the output; and the columns, as `correlate_keeping_columns` gives them.
     Chunk by chunk of samples: `wide_columns`, then `(F, C*kh*kw) @ (C*kh*kw, Ho*Wp)`
     per sample."""
-    f, c, kh, kw = W.shape
-    n, _, _, wp = xq.shape
-    y = np.empty((n, f, ho, wp), xq.dtype)
-    W_rows = np.ascontiguousarray(W).reshape(f, c * kh * kw)
-    chunks = batch_chunks(n, c * kh * kw * ho * wp * xq.itemsize)
-    cols = np.empty((chunks[0].stop, c * kh * kw, ho * wp), xq.dtype)
-    for chunk in chunks:
-        m = chunk.stop - chunk.start
-        wide_columns(xq[chunk], (kh, kw), ho, cols[:m])
-        np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, ho * wp))
-    return y, (cols if KEEP_COLUMNS and len(chunks) == 1 else None)
+    kernel = W.shape[2:]
+    return unfold_and_multiply(xq, W, (ho, xq.shape[3]), lambda part, out: wide_columns(part, kernel, ho, out))
 
 
 def correlate_wide_weight_grad(xq, dy, kernel, columns=None):
