@@ -1,5 +1,6 @@
 """Throughput of a configured network on random inputs: whole steps and per layer."""
 
+import os
 import time
 
 import numpy as np
@@ -76,6 +77,15 @@ def gemm_seconds(shapes, dtype, repeats, warmup, rng):
     return total
 
 
+def blas_info():
+    """The BLAS library NumPy's matrix products run on: its name, version and kernel set
+    (OpenBLAS picks one for the CPU when it loads, unless OPENBLAS_CORETYPE names one)."""
+    from threadpoolctl import threadpool_info
+    lib = next((lib for lib in threadpool_info() if lib.get("user_api") == "blas"), {})
+    return dict(library=lib.get("internal_api"), version=lib.get("version"), kernels=lib.get("architecture"),
+                forced=os.environ.get("OPENBLAS_CORETYPE") if lib.get("internal_api") == "openblas" else None)
+
+
 def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     """Time a training step (forward, loss, backward, the config's optimizer update) and
     an evaluation forward pass on a random batch `(batch_size, *input_shape)`.
@@ -94,7 +104,7 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     result = dict(batch_size=batch_size, repeats=repeats, parameters=int(net.num_parameters()),
                   optimizer=train_cfg["optimizer"], threads=net.threads,
                   train_samples_per_s=batch_size / train_s, eval_samples_per_s=batch_size / eval_s,
-                  train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3)
+                  train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3, blas=blas_info())
     adversary = attacks.adversary(train_cfg["adversarial"], np.random.default_rng(seed))
     if adversary:
         adv_s = _median_seconds(lambda: adversary(net, x, y), repeats, warmup)

@@ -152,6 +152,9 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
     click.echo(f"GEMMs: {result['gemm_ms']:.1f} ms of the training step ({100 * result['gemm_share']:.0f} %), "
                f"the same matrix products timed alone")
+    blas = result["blas"]
+    click.echo(f"BLAS:  {blas['library']} {blas['version']}, {blas['kernels']} kernels"
+               + (f" (OPENBLAS_CORETYPE={blas['forced']} chose them)" if blas["forced"] else ""))
     if engine == "reference":
         fast = result["fast"]
         click.echo(f"reference engine: {fast['train_samples_per_s'] / result['train_samples_per_s']:.1f}x slower "

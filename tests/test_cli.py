@@ -30,6 +30,18 @@ def test_bench_json_reports_throughput_and_every_layer():
     assert [layer["backward_ms"] is None for layer in data["layers"]] == [False] * 6 + [True]  # softmax: fused
 
 
+def test_bench_names_the_blas_library_and_the_kernel_set_its_products_run_on():
+    from threadpoolctl import threadpool_info
+    [blas] = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+    result = run("bench", NET1, "--batch-size", 16, "--repeats", 1, "--warmup", 0, "--json")
+    data = json.loads(result.output)["blas"]
+    assert (data["library"], data["version"], data["kernels"]) == (blas["internal_api"], blas["version"],
+                                                                   blas.get("architecture"))
+    assert data["forced"] == (os.environ.get("OPENBLAS_CORETYPE") if blas["internal_api"] == "openblas" else None)
+    table = run("bench", NET1, "--batch-size", 16, "--repeats", 1, "--warmup", 0).output
+    assert f"BLAS:  {blas['internal_api']} {blas['version']}, {blas.get('architecture')} kernels" in table
+
+
 def test_bench_against_torch_reports_both_sides_and_their_ratio(monkeypatch):
     monkeypatch.setenv("CNNRUN_THREADS", "2")
     result = run("bench", NET1, "--batch-size", 16, "--repeats", 2, "--warmup", 0, "--against", "torch", "--json")
