@@ -87,6 +87,29 @@ def test_trades_perturbation_stays_in_the_eps_ball_and_raises_the_kl_divergence_
     assert kl_adv > 3 * kl_noise + 0.1, (kl_adv, kl_noise)
 
 
+def test_trades_perturbation_leaves_pixels_the_network_never_reads_at_their_random_start():
+    """A 1x1 convolution of stride 2 never reads the odd rows and columns: their gradient
+    is exactly 0, so the signed steps must not move them (a step of step_size / sign(0)
+    would throw them to the edge of the eps-ball)."""
+    net = Network([("conv", {"filters": 3, "kernel": 1, "stride": 2, "padding": 0}), ("relu", {}),
+                   ("flatten", {}), ("dense", {"units": 4}), ("softmax", {})], (1, 7, 7), dtype=np.float32)
+    x = np.random.default_rng(3).random((5, 1, 7, 7)).astype(np.float32) * 0.5 + 0.25
+    x_adv = attacks.trades_adversary(net, x, 0.2, 5, 0.05, np.random.default_rng(0))
+    unread = np.ones((7, 7), bool)
+    unread[::2, ::2] = False
+    start = np.clip(x + 0.001 * np.random.default_rng(0).standard_normal(x.shape), x - 0.2, x + 0.2)
+    np.testing.assert_allclose(x_adv[..., unread], start[..., unread], atol=1e-6)
+    assert np.abs(x_adv - x)[..., ~unread].max() > 0.1  # the read pixels did move
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_trades_perturbation_keeps_the_input_dtype_with_and_without_steps(dtype):
+    net = Network([("flatten", {}), ("dense", {"units": 3}), ("softmax", {})], (1, 4, 4), dtype=np.float32)
+    x = np.random.default_rng(4).random((2, 1, 4, 4)).astype(dtype)
+    for steps in (0, 2):
+        assert attacks.trades_adversary(net, x, 0.1, steps, 0.05, np.random.default_rng(0)).dtype == dtype
+
+
 def test_trades_training_makes_the_network_robust_under_pgd_on_a_toy_problem(digits):
     """As the PGD-training test: on the toy digits, four epochs of TRADES training hold
     under PGD-10 at eps 0.3, where training on the clean images alone does not."""
