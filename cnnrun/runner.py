@@ -32,6 +32,11 @@ from cnnrun.fileio import write_atomic
 from cnnrun.nn import exponential_lr, make_optimizer
 from cnnrun.training import Diverged, epoch_rng, evaluate, train_epoch
 
+# During training, curves.png is redrawn after a tested epoch at most once in this many
+# seconds (a drawing takes 0.1-0.3 s, longer than a small network's epoch), and always
+# when the run finishes or pauses. `cnnrun plot RUN` redraws it at any time.
+CURVES_EVERY_S = 10.0
+
 
 class Stopped(Exception):
     """Training ended early (interrupted or diverged); the message says how to go on."""
@@ -245,6 +250,13 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
     trackers.sync_run(run_dir)
     samples, seconds = 0, 0.0
     epoch = start
+    drawn_at, drawn_rows = -CURVES_EVERY_S, len(rows)  # when curves.png was drawn, and of how many epochs
+
+    def draw():
+        nonlocal drawn_at, drawn_rows
+        plots.training_curves(rows, os.path.join(run_dir, "curves.png"), config["name"])
+        drawn_at, drawn_rows = time.monotonic(), len(rows)
+
     try:
         for epoch in range(start, stop):
             try:
@@ -262,8 +274,8 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
                            wall_time_s=round(summary["wall_time_s"] + row["seconds"], 3),
                            train_samples_per_s=round(samples / seconds, 1))
             runs.write_json(summary_path, summary)
-            if row["test_acc"] is not None:
-                plots.training_curves(rows, os.path.join(run_dir, "curves.png"), config["name"])
+            if row["test_acc"] is not None and epoch + 1 < epochs and time.monotonic() - drawn_at >= CURVES_EVERY_S:
+                draw()  # (the last epoch's curves are finish's)
             log(epoch_line(row, epochs))
             trackers.sync_run(run_dir)
     except BaseException as e:
@@ -274,6 +286,8 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
         raise Stopped(f"interrupted during epoch {epoch + 1}; the checkpoint holds epoch "
                       f"{summary['epochs_done']}. Resume with: cnnrun train --resume {run_dir}", 130) from None
     if stop < epochs:
+        if rows and drawn_rows < len(rows):
+            draw()
         summary.update(status="paused")
         runs.write_json(summary_path, summary)
         return summary

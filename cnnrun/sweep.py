@@ -310,11 +310,16 @@ class Cluster:
         Returns whether there was a local cluster to stop."""
         if self.cluster is None:
             return False
+        import multiprocessing
+
         try:
-            pids = self.client.run(os.getpid, wait=True)
+            pids = set(self.client.run(os.getpid, wait=True).values())
         except Exception:  # the cluster is already going down
-            pids = {}
-        for pid in pids.values():
+            pids = set()
+        # A worker that got the Ctrl-C itself leaves the scheduler (so `run` misses it) but
+        # trains on until its task ends: its process is a child of this one, started by its nanny.
+        pids |= {p.pid for p in multiprocessing.active_children() if p.name.startswith("Dask Worker process")}
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:

@@ -8,7 +8,10 @@
 # (default HEAD) of this repository into DIR (default /tmp/cnnrun-mutation-MODULE), writes
 # mutmut's setup.cfg there (the module to mutate and the test files that exercise it) and
 # runs `mutmut run` with two test processes of one thread each; for sweep, only its
-# summary code (result_rows, summary_rows, accuracy_at_epoch, curve_groups, write_results).
+# summary code (result_rows, summary_rows, accuracy_at_epoch, curve_groups, write_results),
+# against tests/test_sweep_results.py, which trains a sweep's runs without a cluster
+# (tests/test_sweep.py starts Dask clusters: about 20 s a mutant).
+# TESTS="..." replaces the module's test files (for an older COMMIT that lacks some of them).
 # EVERY=K (default 1) runs every K-th mutant only, in mutmut's order: a systematic
 # sample, for modules whose tests make a full run take hours (runner: 891 mutants).
 # Needs mutmut 3.8 (`pip install mutmut==3.8.1`) and real MNIST in CNNRUN_DATA_DIR.
@@ -25,12 +28,13 @@ case $module in
             tests="tests/test_training.py tests/test_runner.py tests/test_trades.py tests/test_attacks.py tests/test_resume.py tests/test_network.py" ;;
   runner)   path=cnnrun/runner.py
             tests="tests/test_runner.py tests/test_resume.py tests/test_integrity.py tests/test_cli.py tests/test_cli_options.py tests/test_hostile_input.py" ;;
-  sweep)    path=cnnrun/sweep.py; tests="tests/test_sweep.py"
+  sweep)    path=cnnrun/sweep.py; tests="tests/test_sweep_results.py"
             for f in result_rows summary_rows accuracy_at_epoch curve_groups write_results; do names+=("cnnrun.sweep.x_$f*"); done ;;
   losses)   path=cnnrun/nn/losses.py
             tests="tests/test_layer_gradients.py tests/test_network.py tests/test_trades.py tests/test_torch_twin.py tests/test_reference.py tests/test_attacks.py tests/test_autoattack.py tests/test_attack_reference.py" ;;
   *) echo "unknown module $module: one of attacks, training, runner, sweep, losses" >&2; exit 2 ;;
 esac
+tests=${TESTS:-$tests}  # TESTS="tests/a.py tests/b.py": another selection (an older commit's files, say)
 rm -rf "$dir" && git clone -q "$repo" "$dir" && cd "$dir" && git checkout -q "$commit"
 # The slowest tests (20-60 s each on one thread) leave the selection; CI still runs them.
 slow="autoattack_is_no_weaker_than_pgd or fab_t_is_as_strong or square_is_as_strong or ctrl_c_or_sigterm or killed_at_random"

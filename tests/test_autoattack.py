@@ -31,9 +31,11 @@ def robust(net, x_adv, labels):
     return net.logits(x_adv).argmax(axis=1) == labels
 
 
-@pytest.mark.parametrize("eps", [0.06, 0.1])
-def test_fab_t_is_as_strong_as_torchattacks_multi_targeted_fab(trained, eps):
+def test_fab_t_is_as_strong_as_torchattacks_multi_targeted_fab(trained):
+    """At eps 0.1, where about 12 % of these images stay robust. (Checking at eps 0.06 as
+    well took about 40 s more of the suite, most of it in torchattacks' FAB.)"""
     net, x, labels = trained
+    eps = 0.1
     ours = robust(net, fab.fab_t(net, x, labels, eps, targets=9, steps=100), labels).mean()
     model = torch_twin.twin(net).eval()
     reference = torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, alpha_max=0.1, eta=1.05,

@@ -394,6 +394,24 @@ def test_finishing_evaluates_only_a_last_epoch_without_test_figures_and_draws_th
     assert path == os.path.join(run_dir, "curves.png") and rows == runs.read_metrics(run_dir)
 
 
+@pytest.mark.parametrize("every,until,expected", [(0.0, None, [2, 4, 6]), (3600.0, None, [2, 6]),
+                                                  (0.0, 5, [2, 4, 5, 6]), (3600.0, 5, [2, 5, 6])])
+def test_curves_are_redrawn_after_tested_epochs_at_most_every_curves_every_s_and_when_the_run_stops(
+        setup, monkeypatch, every, until, expected):
+    """6 epochs at eval_every 2 (tested after 2, 4 and 6), straight through or paused after
+    5 and resumed: drawn after a tested epoch unless the last drawing is under
+    CURVES_EVERY_S old, at the pause, and once at the finish (the last epoch's)."""
+    drawn = []
+    draw = runner.plots.training_curves
+    monkeypatch.setattr(runner, "CURVES_EVERY_S", every)
+    monkeypatch.setattr(runner.plots, "training_curves", lambda rows, path, name: (
+        drawn.append(len(rows)), draw(rows, path, name)))
+    cfg, data, run_dir = paused_run(setup, epochs=6, until=until)
+    runner.train_run(cfg, run_dir, data, resume=True, progress=False, log=lambda _: None)
+    assert drawn == expected
+    assert os.path.isfile(os.path.join(run_dir, "curves.png"))
+
+
 def test_a_run_records_the_commit_of_the_cnnrun_checkout():
     """The commit git reports for the folder cnnrun is imported from (None outside a checkout)."""
     import re
