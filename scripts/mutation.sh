@@ -35,6 +35,9 @@ case $module in
   *) echo "unknown module $module: one of attacks, training, runner, sweep, losses" >&2; exit 2 ;;
 esac
 tests=${TESTS:-$tests}  # TESTS="tests/a.py tests/b.py": another selection (an older commit's files, say)
+# mutmut's CPU-time limit is 2 x multiplier x (its estimate + this constant). The sweep
+# results tests train 12 runs in a module fixture (about 7 s) that the estimate leaves out.
+constant=${TIMEOUT_CONSTANT:-$([ "$module" = sweep ] && echo 30 || echo 1)}
 rm -rf "$dir" && git clone -q "$repo" "$dir" && cd "$dir" && git checkout -q "$commit"
 # The slowest tests (20-60 s each on one thread) leave the selection; CI still runs them.
 slow="autoattack_is_no_weaker_than_pgd or fab_t_is_as_strong or square_is_as_strong or ctrl_c_or_sigterm or killed_at_random"
@@ -42,6 +45,7 @@ slow="autoattack_is_no_weaker_than_pgd or fab_t_is_as_strong or square_is_as_str
   echo "[mutmut]"
   echo "source_paths=cnnrun/"
 echo "timeout_multiplier=1"  # (timeouts are retried at RETRY_MULTIPLIER below)
+echo "timeout_constant=$constant"  # seconds added to the estimate before the multiplier
 echo "process_isolation=forkserver"
   echo "only_mutate=$path"
   printf 'pytest_add_cli_args=\n    -m\n    not slow\n    -p\n    no:cacheprovider\n    -k\n    not (%s)\n' "$slow"
