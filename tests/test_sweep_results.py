@@ -112,6 +112,7 @@ def test_the_summary_at_an_epoch_takes_every_run_tested_then_finished_or_not(fol
             if accs:
                 assert row["mean"] == pytest.approx(np.mean(accs), rel=1e-12) and row["epochs"] == str(epoch)
                 assert (row["min"], row["max"]) == (min(accs), max(accs))
+                assert row["std"] == (pytest.approx(np.std(accs, ddof=1), rel=1e-12) if len(accs) > 1 else None)
             else:
                 assert row["mean"] is None and cells["mean"] == "" and row["epochs"] == ""
         if epoch == 1:  # the paused run 001 (a, lr 0.05, seed 1) counts here
@@ -120,7 +121,7 @@ def test_the_summary_at_an_epoch_takes_every_run_tested_then_finished_or_not(fol
             assert [r["n"] for r in table] == [1, 3, 0, 0]
 
 
-def test_the_mean_curves_are_the_mean_and_sample_std_of_each_groups_tested_epochs(folder):
+def test_the_mean_curves_are_the_mean_and_sample_std_of_each_groups_tested_epochs(folder, monkeypatch):
     sweep_dir, entries = folder
     rows = sweep.result_rows(sweep_dir)
     lines = sweep.curve_groups(sweep_dir, rows)
@@ -133,8 +134,23 @@ def test_the_mean_curves_are_the_mean_and_sample_std_of_each_groups_tested_epoch
             values = [c[epoch] for c in curves if epoch in c]
             assert m == pytest.approx(np.mean(values), rel=1e-12)
             assert s == (pytest.approx(np.std(values, ddof=1), rel=1e-12) if len(values) > 1 else 0.0)
+    drawn = []
+    monkeypatch.setattr(sweep.plots, "mean_curves", lambda lines, path, title: drawn.append((lines, path, title)))
+    sweep.write_results(sweep_dir)
+    assert drawn == [(lines, os.path.join(sweep_dir, "curves.png"),
+                      "study: test accuracy, mean and one standard deviation over seeds")]
+    monkeypatch.undo()
     sweep.write_results(sweep_dir)
     assert os.path.getsize(os.path.join(sweep_dir, "curves.png")) > 10000
+
+
+def test_a_sweep_without_grid_or_set_has_the_default_setting_no_overrides_and_curves_named_by_config(tmp_path):
+    config = write_config(tmp_path / "plain.yaml", name="plain", train__epochs=1)
+    spec = sweep.check_spec(dict(configs=[config], seeds=[0, 1]), "test")
+    sweep_dir = sweep.create_sweep(str(tmp_path / "runs"), spec, *sweep.expand(spec))  # nothing trained
+    rows = sweep.result_rows(sweep_dir)
+    assert [(r["setting"], r["overrides"], r["status"]) for r in rows] == [("default", "", "not started")] * 2
+    assert [label for label, *_ in sweep.curve_groups(sweep_dir, rows)] == ["plain"]
 
 
 def test_a_group_with_a_default_setting_is_labelled_by_its_config_alone():
