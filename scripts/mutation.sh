@@ -11,7 +11,8 @@
 # summary code (result_rows, summary_rows, accuracy_at_epoch, curve_groups, write_results),
 # against tests/test_sweep_results.py, which trains a sweep's runs without a cluster
 # (tests/test_sweep.py starts Dask clusters: about 20 s a mutant).
-# TESTS="..." replaces the module's test files (for an older COMMIT that lacks some of them).
+# TESTS="..." replaces the module's test files (for an older COMMIT that lacks some of them);
+# NAMES="..." (mutmut's name patterns, space-separated) runs only the mutants they match.
 # EVERY=K (default 1) runs every K-th mutant only, in mutmut's order: a systematic
 # sample, for modules whose tests make a full run take hours (runner: 891 mutants).
 # Needs mutmut 3.8 (`pip install mutmut==3.8.1`) and real MNIST in CNNRUN_DATA_DIR.
@@ -35,6 +36,7 @@ case $module in
   *) echo "unknown module $module: one of attacks, training, runner, sweep, losses" >&2; exit 2 ;;
 esac
 tests=${TESTS:-$tests}  # TESTS="tests/a.py tests/b.py": another selection (an older commit's files, say)
+[ -n "${NAMES:-}" ] && read -r -a names <<< "$NAMES"  # NAMES="cnnrun.attacks.x_trades_adversary*": those only
 # mutmut's CPU-time limit is 2 x multiplier x (its estimate + this constant). The sweep
 # results tests train 12 runs in a module fixture (about 7 s) that the estimate leaves out.
 constant=${TIMEOUT_CONSTANT:-$([ "$module" = sweep ] && echo 30 || echo 1)}
