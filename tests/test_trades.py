@@ -103,11 +103,26 @@ def test_trades_perturbation_leaves_pixels_the_network_never_reads_at_their_rand
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_trades_perturbation_keeps_the_input_dtype_with_and_without_steps(dtype):
+def test_trades_perturbation_keeps_the_input_dtype_and_the_box_with_and_without_steps(dtype):
+    """Also with no step (the random start alone), on pixels at 0 and 1 as MNIST has."""
     net = Network([("flatten", {}), ("dense", {"units": 3}), ("softmax", {})], (1, 4, 4), dtype=np.float32)
-    x = np.random.default_rng(4).random((2, 1, 4, 4)).astype(dtype)
+    x = np.random.default_rng(4).random((8, 1, 4, 4)).astype(dtype)
+    x[:, :, :2] = 0.0
+    x[:, :, 3] = 1.0
     for steps in (0, 2):
-        assert attacks.trades_adversary(net, x, 0.1, steps, 0.05, np.random.default_rng(0)).dtype == dtype
+        x_adv = attacks.trades_adversary(net, x, 0.1, steps, 0.05, np.random.default_rng(0))
+        assert x_adv.dtype == dtype and x_adv.min() >= 0 and x_adv.max() <= 1, steps
+        assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
+
+
+def test_trades_perturbation_leaves_the_networks_parameter_gradients_as_they_were():
+    net = Network([("flatten", {}), ("dense", {"units": 3}), ("softmax", {})], (1, 4, 4), dtype=np.float32)
+    net.logits(np.zeros((2, 1, 4, 4), np.float32))
+    net.backward(np.ones((2, 3), np.float32))  # as a training step leaves them
+    for grad in net.named_gradients().values():
+        grad[...] = 7.0
+    attacks.trades_adversary(net, np.full((2, 1, 4, 4), 0.5, np.float32), 0.1, 2, 0.05, np.random.default_rng(0))
+    assert all(np.all(grad == 7.0) for grad in net.named_gradients().values())
 
 
 def test_trades_training_makes_the_network_robust_under_pgd_on_a_toy_problem(digits):
