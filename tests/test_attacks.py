@@ -369,3 +369,54 @@ def test_dlr_targeted_and_accuracy_equal_their_definitions_on_a_hand_example():
     assert accuracy(z, np.array([0, 1])) == 0.5 and accuracy(z, np.array([0, 4])) == 1.0
     hot = one_hot(np.array([2, 0]), 4)
     assert hot.dtype == np.float32 and hot.tolist() == [[0, 0, 1, 0], [1, 0, 0, 0]]
+
+
+def test_the_default_step_size_is_madrys_two_and_a_half_eps_over_the_steps():
+    assert attacks.default_step_size(0.3, 10) == pytest.approx(0.075)
+    assert attacks.default_step_size(0.1, 40) == pytest.approx(0.00625)
+
+
+@pytest.mark.parametrize("step_size,expected", [(None, 1.25 * 0.2), (0.1, 0.1)])
+def test_fast_fgsm_training_is_one_step_of_bim_from_a_uniform_start_in_the_eps_ball(tiny_run, step_size, expected):
+    """Wong et al. 2020: a start drawn uniformly in the eps-ball (then clipped to [0, 1]),
+    one signed step of 1.25 eps by default; the same generator gives the same batch."""
+    net, x, labels = trained(tiny_run)
+    x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
+    settings = dict(method="fgsm", eps=0.2, ratio=0.5, random_start=True, step_size=step_size, steps=1, warmup=0)
+    out = attacks.adversary(settings, np.random.default_rng(3))(net, x, y)
+    start = np.clip(x[:5] + np.random.default_rng(3).uniform(-0.2, 0.2, x[:5].shape), 0, 1).astype(x.dtype)
+    np.testing.assert_array_equal(out[:5], attacks.bim(net, x[:5], y[:5], 0.2, 1, expected, start))
+    np.testing.assert_array_equal(out[5:], x[5:])
+
+
+def test_trades_training_without_a_step_size_takes_the_default_one(tiny_run):
+    net, x, labels = trained(tiny_run)
+    x, y = x[:8], np.eye(10, dtype=np.float32)[labels[:8]]
+    settings = dict(method="trades", eps=0.3, ratio=1.0, random_start=False, step_size=None, steps=4, warmup=0)
+    out = attacks.adversary(settings, np.random.default_rng(5))(net, x, y)
+    expected = attacks.trades_adversary(net, x, 0.3, 4, attacks.default_step_size(0.3, 4), np.random.default_rng(5))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_attacking_in_batches_reports_each_batch_and_sums_each_suite_attacks_seconds(tiny_run, monkeypatch):
+    """10 images in batches of 4: on_batch gets 4, 4, 2; each attack of the suite is timed
+    over all batches (here a fake suite that says each attack took 1.5 s a batch), and
+    on_stage sees every stage with its seconds."""
+    net, x, labels = trained(tiny_run)
+    x, labels = x[:10], labels[:10]
+
+    def fake_suite(net, xb, yb, eps, method, steps, on_stage=None, **options):
+        for name in attacks.SUITES[method]:
+            on_stage(name, len(xb), 1.5)
+        return xb, np.zeros(len(xb), int)
+
+    monkeypatch.setattr(attacks, "run_suite", fake_suite)
+    batches, stages = [], []
+    _, _, _, seconds = attacks.evaluate_suite(net, x, labels, "autoattack-apgd", 0.1, batch_size=4,
+                                              on_batch=batches.append, on_stage=lambda *a: stages.append(a))
+    assert batches == [4, 4, 2]
+    assert seconds == {"apgd-ce": 4.5, "apgd-t": 4.5}
+    assert stages == [(name, n, 1.5) for n in (4, 4, 2) for name in ("apgd-ce", "apgd-t")]
+    batches.clear()
+    attacks.evaluate_attack(net, x, labels, "fgsm", 0.1, batch_size=4, on_batch=batches.append)
+    assert batches == [4, 4, 2]
