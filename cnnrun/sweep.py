@@ -18,6 +18,7 @@ the run's last checkpoint, so no epoch is duplicated or missing.
 import contextlib
 import itertools
 import math
+import multiprocessing
 import os
 import signal
 import socket
@@ -310,8 +311,6 @@ class Cluster:
         Returns whether there was a local cluster to stop."""
         if self.cluster is None:
             return False
-        import multiprocessing
-
         try:
             pids = set(self.client.run(os.getpid, wait=True).values())
         except Exception:  # the cluster is already going down

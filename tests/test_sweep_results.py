@@ -153,11 +153,11 @@ def test_a_sweep_without_grid_or_set_has_the_default_setting_no_overrides_and_cu
     assert [label for label, *_ in sweep.curve_groups(sweep_dir, rows)] == ["plain"]
 
 
-def test_a_group_with_a_default_setting_is_labelled_by_its_config_alone():
-    rows = [dict(config="a", setting="default", run="x")]
+def test_a_setting_is_labelled_key_value_and_one_finished_run_has_no_std():
     assert sweep.setting_label({}) == "default"
     assert sweep.setting_label({"train.lr": 0.1, "seed": 3}) == "train.lr=0.1 seed=3"
-    assert sweep.summary_rows([dict(rows[0], status="finished", final_test_acc=0.5, epochs_done=2)]) == [
+    row = dict(config="a", setting="default", run="x", status="finished", final_test_acc=0.5, epochs_done=2)
+    assert sweep.summary_rows([row]) == [
         dict(config="a", setting="default", n=1, mean=0.5, std=None, min=0.5, max=0.5, epochs="2")]
 
 
