@@ -420,3 +420,45 @@ def test_attacking_in_batches_reports_each_batch_and_sums_each_suite_attacks_sec
     batches.clear()
     attacks.evaluate_attack(net, x, labels, "fgsm", 0.1, batch_size=4, on_batch=batches.append)
     assert batches == [4, 4, 2]
+
+
+def test_a_suite_in_batches_gets_every_option_and_its_seconds_rounded_to_milliseconds(tiny_run, monkeypatch):
+    """evaluate_suite hands restarts, targets, queries and the generator on to run_suite,
+    the steps as given (or the suite's default), never a step size; seconds keep 3 decimals."""
+    net, x, labels = trained(tiny_run)
+    seen = []
+
+    def fake_suite(net, xb, yb, eps, method, steps, on_stage=None, **options):
+        seen.append((steps, options))
+        for name in attacks.SUITES[method]:
+            on_stage(name, len(xb), 0.123456)
+        return xb, np.zeros(len(xb), int)
+
+    monkeypatch.setattr(attacks, "run_suite", fake_suite)
+    rng = np.random.default_rng(1)
+    _, _, _, seconds = attacks.evaluate_suite(net, x[:6], labels[:6], "autoattack", 0.1, steps=7, step_size=0.5,
+                                              restarts=2, targets=3, queries=77, rng=rng)
+    assert seen == [(7, {"restarts": 2, "targets": 3, "queries": 77, "rng": rng})]
+    assert seconds == {name: 0.123 for name in attacks.SUITES["autoattack"]}
+    seen.clear()
+    attacks.evaluate_suite(net, x[:6], labels[:6], "autoattack-apgd", 0.1, steps=None)
+    assert seen == [(attacks.DEFAULT_STEPS["autoattack-apgd"], {})]
+
+
+def test_attacking_at_eps_zero_returns_the_images_without_running_an_attack(tiny_run, monkeypatch):
+    net, x, labels = trained(tiny_run)
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("an attack ran at eps 0")
+
+    monkeypatch.setattr(attacks, "attack", no_attack)
+    x_adv, probs = attacks.evaluate_attack(net, x[:8], labels[:8], "pgd", 0.0)
+    np.testing.assert_array_equal(x_adv, x[:8].astype(net.dtype))
+    np.testing.assert_array_equal(probs, net.forward(x[:8].astype(net.dtype)))
+
+
+def test_attacks_in_batches_run_in_the_networks_dtype_whatever_the_images_dtype(tiny_run):
+    net, x, labels = trained(tiny_run)
+    for method in ("fgsm", "autoattack-apgd"):
+        x_adv, probs = attacks.evaluate_attack(net, x[:8].astype(np.float64), labels[:8], method, 0.1, steps=2)
+        assert x_adv.dtype == net.dtype == np.float32 and probs.dtype == np.float32, method
