@@ -462,3 +462,49 @@ def test_attacks_in_batches_run_in_the_networks_dtype_whatever_the_images_dtype(
     for method in ("fgsm", "autoattack-apgd"):
         x_adv, probs = attacks.evaluate_attack(net, x[:8].astype(np.float64), labels[:8], method, 0.1, steps=2)
         assert x_adv.dtype == net.dtype == np.float32 and probs.dtype == np.float32, method
+
+
+def test_pgd_is_bim_from_a_uniform_start_in_the_eps_ball_clipped_to_the_unit_box(tiny_run):
+    """One restart of PGD is BIM from x + U(-eps, eps), clipped to [0, 1] before the first
+    gradient (digits have pixels at 0 and 1, where the clip matters)."""
+    net, x, labels = trained(tiny_run)
+    x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
+    assert x.min() == 0 and x.max() == 1
+    out = attacks.pgd(net, x, y, 0.2, 3, 0.05, 1, np.random.default_rng(4))
+    start = np.clip(x + np.random.default_rng(4).uniform(-0.2, 0.2, x.shape), 0, 1).astype(x.dtype)
+    np.testing.assert_array_equal(out, attacks.bim(net, x, y, 0.2, 3, 0.05, start))
+
+
+def test_pgd_training_batches_are_one_pgd_run_with_the_configured_steps(tiny_run):
+    """One restart, the default step size: at eps 0.1 that run leaves some of the 20 images
+    robust, which a second restart would attack again."""
+    net, x, labels = trained(tiny_run)
+    x, y = x[:40], np.eye(10, dtype=np.float32)[labels[:40]]
+    settings = dict(method="pgd", eps=0.1, ratio=0.5, random_start=True, step_size=None, steps=3, warmup=0)
+    out = attacks.adversary(settings, np.random.default_rng(6))(net, x, y)
+    expected = attacks.pgd(net, x[:20], y[:20], 0.1, 3, attacks.default_step_size(0.1, 3), 1, np.random.default_rng(6))
+    assert (net.logits(expected).argmax(axis=1) == labels[:20]).any()
+    np.testing.assert_array_equal(out[:20], expected)
+    np.testing.assert_array_equal(out[20:], x[20:])
+
+
+def test_every_attack_feeds_the_network_images_in_its_own_dtype(tiny_run, monkeypatch):
+    """float32 all the way: no attack hands the network a float64 image (twice the memory
+    traffic), whether for a gradient or for a prediction."""
+    net, x, labels = trained(tiny_run)
+    x, y = x[:6], np.eye(10, dtype=np.float32)[labels[:6]]
+    seen = set()
+    for name in ("logits", "forward", "loss_and_backward"):
+        original = getattr(net, name)
+
+        def spy(images, *args, _original=original, **kwargs):
+            seen.add(images.dtype)
+            return _original(images, *args, **kwargs)
+
+        monkeypatch.setattr(net, name, spy)
+    for method in ("fgsm", "bim", "pgd", "apgd-ce", "apgd-t"):
+        attacks.attack(net, x, y, method, 0.1, steps=2, rng=np.random.default_rng(0))
+    for method in ("fgsm", "pgd", "trades"):
+        settings = dict(method=method, eps=0.1, ratio=1.0, random_start=True, step_size=None, steps=2, warmup=0)
+        attacks.adversary(settings, np.random.default_rng(0))(net, x, y)
+    assert seen == {np.dtype(np.float32)}
