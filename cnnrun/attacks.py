@@ -186,11 +186,6 @@ def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=Non
     return out, broken_by
 
 
-def autoattack(net, x, y, eps, steps=100, restarts=1, rng=None, targets=9, queries=5000):
-    """AutoAttack's standard suite (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square."""
-    return run_suite(net, x, y, eps, "autoattack", steps, restarts, rng, targets, queries)[0]
-
-
 def attack(net, x, y, method, eps, steps=None, step_size=None, restarts=1, rng=None, targets=9, queries=5000):
     """Adversarial versions of `x` by `method` (one of METHODS); steps default to 40 for bim
     and pgd, 100 for the APGD methods and FAB-T; Square makes `queries` queries; random

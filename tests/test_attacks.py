@@ -508,3 +508,14 @@ def test_every_attack_feeds_the_network_images_in_its_own_dtype(tiny_run, monkey
         settings = dict(method=method, eps=0.1, ratio=1.0, random_start=True, step_size=None, steps=2, warmup=0)
         attacks.adversary(settings, np.random.default_rng(0))(net, x, y)
     assert seen == {np.dtype(np.float32)}
+
+
+def test_the_suite_defaults_to_one_restart_and_a_generator_seeded_with_0(tiny_run):
+    net, x, labels = trained(tiny_run)
+    x, y = x[:20], np.eye(10, dtype=np.float32)[labels[:20]]
+    default = attacks.run_suite(net, x, y, 0.05, "autoattack-apgd", steps=3)
+    explicit = attacks.run_suite(net, x, y, 0.05, "autoattack-apgd", steps=3, restarts=1, rng=np.random.default_rng(0))
+    twice = attacks.run_suite(net, x, y, 0.05, "autoattack-apgd", steps=3, restarts=2, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(default[0], explicit[0])
+    np.testing.assert_array_equal(default[1], explicit[1])
+    assert not np.array_equal(twice[0], explicit[0])  # (a second restart would show)
