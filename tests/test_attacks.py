@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -519,3 +520,37 @@ def test_the_suite_defaults_to_one_restart_and_a_generator_seeded_with_0(tiny_ru
     np.testing.assert_array_equal(default[0], explicit[0])
     np.testing.assert_array_equal(default[1], explicit[1])
     assert not np.array_equal(twice[0], explicit[0])  # (a second restart would show)
+
+
+def test_each_attack_of_the_suite_runs_on_the_images_still_robust_with_the_suites_settings(tiny_run, monkeypatch):
+    """Stage k gets `active` = the images no stage before it broke (clean-misclassified
+    ones never), the labels, steps, targets and queries given; on_stage(name, robust
+    after it, seconds) counts what broken_by says."""
+    net, x, labels = trained(tiny_run)
+    x, y = x[:20], np.eye(10, dtype=np.float32)[labels[:20]]
+    calls = []
+
+    def spy(name, original):
+        def wrapped(*args, **kwargs):
+            calls.append((name, args, kwargs))
+            return original(*args, **kwargs)
+        return wrapped
+
+    for name in ("apgd", "fab_t", "square"):
+        monkeypatch.setattr(attacks, name, spy(name, getattr(attacks, name)))
+    stages = []
+    started = time.perf_counter()
+    _, broken_by = attacks.run_suite(net, x, y, 0.05, "autoattack", steps=2, restarts=1, rng=np.random.default_rng(2),
+                                     targets=2, queries=20, on_stage=lambda *a: stages.append(a))
+    elapsed = time.perf_counter() - started
+    assert [c[0] for c in calls] == ["apgd", "apgd", "fab_t", "square"]
+    for k, (name, args, kwargs) in enumerate(calls):
+        np.testing.assert_array_equal(kwargs["active"], broken_by >= k)
+    (_, a_ce, k_ce), (_, a_t, k_t), (_, a_fab, k_fab), (_, a_sq, k_sq) = calls
+    assert a_ce[4:6] == (2, 1) and k_ce.get("targets", 0) == 0 and a_t[4:6] == (2, 1) and k_t["targets"] == 2
+    np.testing.assert_array_equal(a_fab[2], labels[:20])
+    assert a_fab[4:6] == (2, 2) and a_sq[4] == 20
+    np.testing.assert_array_equal(a_sq[2], labels[:20])
+    assert [(s[0], s[1]) for s in stages] == [(name, int(np.sum(broken_by > k)))
+                                              for k, name in enumerate(attacks.SUITES["autoattack"])]
+    assert all(0 <= s[2] <= elapsed for s in stages)
