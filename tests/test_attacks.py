@@ -554,3 +554,19 @@ def test_each_attack_of_the_suite_runs_on_the_images_still_robust_with_the_suite
     assert [(s[0], s[1]) for s in stages] == [(name, int(np.sum(broken_by > k)))
                                               for k, name in enumerate(attacks.SUITES["autoattack"])]
     assert all(0 <= s[2] <= elapsed for s in stages)
+
+
+def test_attack_hands_its_step_size_generator_and_queries_on(tiny_run, monkeypatch):
+    """bim is BIM from the clean image, pgd PGD, each with the step size given; a suite
+    gets the caller's generator and queries (a fake run_suite records them)."""
+    net, x, labels = trained(tiny_run)
+    x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
+    np.testing.assert_array_equal(attacks.attack(net, x, y, "bim", 0.1, steps=2, step_size=0.01),
+                                  attacks.bim(net, x, y, 0.1, 2, 0.01))
+    np.testing.assert_array_equal(attacks.attack(net, x, y, "pgd", 0.1, steps=2, step_size=0.01, rng=np.random.default_rng(3)),
+                                  attacks.pgd(net, x, y, 0.1, 2, 0.01, 1, np.random.default_rng(3)))
+    seen = []
+    monkeypatch.setattr(attacks, "run_suite", lambda *args: seen.append(args) or (args[1], None))
+    rng = np.random.default_rng(4)
+    attacks.attack(net, x, y, "autoattack", 0.1, steps=3, restarts=2, rng=rng, targets=4, queries=50)
+    assert seen[0][3:] == (0.1, "autoattack", 3, 2, rng, 4, 50)
