@@ -570,3 +570,84 @@ def test_attack_hands_its_step_size_generator_and_queries_on(tiny_run, monkeypat
     rng = np.random.default_rng(4)
     attacks.attack(net, x, y, "autoattack", 0.1, steps=3, restarts=2, rng=rng, targets=4, queries=50)
     assert seen[0][3:] == (0.1, "autoattack", 3, 2, rng, 4, 50)
+
+
+def apgd_checkpoints(steps):
+    """The iterations after which APGD checks its step size, as AutoAttack's code sets
+    them: the first after 22 % of the steps, each next period 3 % of the steps shorter,
+    but at least 6 % of them (each at least 1 iteration)."""
+    checks, at, period = [], 0, max(int(0.22 * steps), 1)
+    while at + period <= steps:
+        at += period
+        checks.append(at)
+        period = max(period - max(int(0.03 * steps), 1), max(int(0.06 * steps), 1))
+    return checks
+
+
+def plain_apgd(net, x, label, eps, steps, noise, target=None, rho=0.75):
+    """APGD (Croce & Hein 2020, Algorithm 1) for ONE image `(1, C, H, W)`, written out
+    step by step with Python scalars, as a reference for attacks._apgd_run."""
+    low, high = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+    labels = np.array([label])
+
+    def loss_and_gradient(image):
+        logits = net.logits(image)
+        if target is None:
+            loss, dlogits = attacks.cross_entropy_per_sample(logits, labels)
+        else:
+            loss, dlogits = attacks.dlr_targeted(logits, labels, np.array([target]))
+        grad = net.backward(dlogits.astype(net.dtype), need_input_grad=True, need_param_grads=False)
+        return float(loss[0]), grad, bool(logits.argmax(axis=1)[0] != label)
+
+    current = np.clip(x + eps * noise, low, high).astype(x.dtype)
+    loss, grad, fooled = loss_and_gradient(current)
+    x_fooled = current
+    best_loss, x_best, grad_best = loss, current, grad
+    step = np.float64(2.0 * eps)  # (as _apgd_run's per-image array: the step in float64)
+    checks = apgd_checkpoints(steps)
+    last_check, increases, halved_last, best_at_last = 0, 0, True, best_loss
+    previous, previous_loss = current, loss
+    for i in range(steps):
+        a = 0.75 if i > 0 else 1.0  # momentum from the second step on
+        z = np.clip(current + step * np.sign(grad), low, high)
+        new = np.clip(current + a * (z - current) + (1 - a) * (current - previous), low, high).astype(x.dtype)
+        previous, current = current, new
+        loss, grad, wrong = loss_and_gradient(current)
+        if wrong:
+            fooled, x_fooled = True, current
+        increases += loss > previous_loss
+        previous_loss = loss
+        if loss > best_loss:
+            best_loss, x_best, grad_best = loss, current, grad
+        if i + 1 in checks:
+            halve = increases <= rho * (i + 1 - last_check) or (not halved_last and best_at_last >= best_loss)
+            if halve:
+                step /= 2.0
+                current, grad = x_best, grad_best
+            halved_last, best_at_last, last_check, increases = halve, best_loss, i + 1, 0
+    return (x_fooled if fooled else x_best), fooled
+
+
+def test_apgd_checks_its_step_size_where_autoattack_does():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # the paper's w_j for 100 steps
+    assert apgd_checkpoints(40) == [8, 15, 21, 26, 30, 33, 35, 37, 39]
+    assert apgd_checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert apgd_checkpoints(4) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("eps,steps", [(0.1, 3), (0.1, 10), (0.1, 40), (0.3, 2), (0.3, 4), (0.3, 10)])
+def test_apgd_on_one_image_is_algorithm_1_step_by_step(tiny_run, eps, steps):
+    """Momentum, step halving, restarts from the best point and the box, image by
+    image, against the plain loop above (CE, and DLR towards the 2nd most likely class)."""
+    net, x, labels = trained(tiny_run)
+    rng = np.random.default_rng(7)
+    for i in range(10):
+        xi, li = x[i:i + 1], labels[i]
+        noise = rng.uniform(-1, 1, xi.shape)
+        second = int(np.argsort(net.logits(xi)[0])[-2]) if int(np.argmax(net.logits(xi)[0])) == li else int(np.argmax(net.logits(xi)[0]))
+        for target in (None, second):
+            got, hit = attacks._apgd_run(net, xi, labels[i:i + 1], None if target is None else np.array([target]),
+                                        eps, steps, noise)
+            expected, fooled = plain_apgd(net, xi, li, eps, steps, noise, target)
+            np.testing.assert_array_equal(got, expected)
+            assert got.dtype == xi.dtype and bool(hit[0]) == fooled
