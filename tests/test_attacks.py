@@ -557,14 +557,22 @@ def test_each_attack_of_the_suite_runs_on_the_images_still_robust_with_the_suite
 
 
 def test_attack_hands_its_step_size_generator_and_queries_on(tiny_run, monkeypatch):
-    """bim is BIM from the clean image, pgd PGD, each with the step size given; a suite
-    gets the caller's generator and queries (a fake run_suite records them)."""
+    """Each method is its own function with the settings given: bim and pgd with the step
+    size, APGD and Square with the caller's generator, APGD-T and FAB-T with the
+    targets, Square with the queries; a suite gets them all (a fake run_suite records them)."""
     net, x, labels = trained(tiny_run)
     x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
     np.testing.assert_array_equal(attacks.attack(net, x, y, "bim", 0.1, steps=2, step_size=0.01),
                                   attacks.bim(net, x, y, 0.1, 2, 0.01))
     np.testing.assert_array_equal(attacks.attack(net, x, y, "pgd", 0.1, steps=2, step_size=0.01, rng=np.random.default_rng(3)),
                                   attacks.pgd(net, x, y, 0.1, 2, 0.01, 1, np.random.default_rng(3)))
+    for method, alone in [("apgd-ce", lambda rng: attacks.apgd(net, x, y, 0.1, 2, 1, rng)),
+                          ("apgd-t", lambda rng: attacks.apgd(net, x, y, 0.1, 2, 1, rng, targets=2)),
+                          ("fab-t", lambda rng: attacks.fab_t(net, x, labels[:10], 0.1, 2, 2)),
+                          ("square", lambda rng: attacks.square(net, x, labels[:10], 0.1, 20, rng=rng))]:
+        np.testing.assert_array_equal(attacks.attack(net, x, y, method, 0.1, steps=2, targets=2, queries=20,
+                                                     rng=np.random.default_rng(5)),
+                                      alone(np.random.default_rng(5)), err_msg=method)
     seen = []
     monkeypatch.setattr(attacks, "run_suite", lambda *args: seen.append(args) or (args[1], None))
     rng = np.random.default_rng(4)
@@ -652,3 +660,12 @@ def test_apgd_on_one_image_is_algorithm_1_step_by_step(tiny_run, eps, steps):
             expected, fooled = plain_apgd(net, xi, li, eps, steps, noise, target)
             np.testing.assert_array_equal(got, expected)
             assert got.dtype == xi.dtype and bool(hit[0]) == fooled
+
+
+def test_apgd_defaults_to_autoattacks_100_steps_and_one_restart(monkeypatch):
+    seen = []
+    monkeypatch.setattr(attacks, "_apgd_run", lambda net, x, labels, targets, eps, steps, noise:
+                        seen.append(steps) or (x, np.zeros(len(x), bool)))
+    net = linear_net()
+    attacks.apgd(net, np.full((3, 1, 1, 4), 0.5), np.eye(2)[[0, 1, 0]], 0.1)
+    assert seen == [100]
