@@ -669,3 +669,25 @@ def test_apgd_defaults_to_autoattacks_100_steps_and_one_restart(monkeypatch):
     net = linear_net()
     attacks.apgd(net, np.full((3, 1, 1, 4), 0.5), np.eye(2)[[0, 1, 0]], 0.1)
     assert seen == [100]
+
+
+def test_apgd_without_a_generator_uses_one_seeded_with_0_and_apgd_t_needs_4_classes():
+    net, x, y = linear_net(), np.random.default_rng(1).uniform(0, 1, (5, 1, 1, 4)), np.eye(2)[[0, 1, 0, 1, 1]]
+    np.testing.assert_array_equal(attacks.apgd(net, x, y, 0.1, 3), attacks.apgd(net, x, y, 0.1, 3, rng=np.random.default_rng(0)))
+    with pytest.raises(attacks.CnnrunError, match="apgd-t: the DLR loss needs at least 4 classes, the network has 2"):
+        attacks.apgd(net, x, y, 0.1, 3, targets=1)
+
+
+def test_apgd_t_never_targets_the_true_class_of_a_misclassified_image(tiny_run, monkeypatch):
+    """An image whose true class is its 2nd most likely one: its first target is the
+    class it is taken for instead."""
+    net, x, _ = trained(tiny_run)
+    x = x[:8]
+    ranked = np.argsort(net.logits(x), axis=1)[:, ::-1]
+    y = np.eye(10, dtype=np.float32)[ranked[:, 1]]  # every image "misclassified", its label 2nd
+    seen = []
+    monkeypatch.setattr(attacks, "_apgd_run", lambda net, x, labels, targets, eps, steps, noise:
+                        seen.append((labels, targets)) or (x, np.zeros(len(x), bool)))
+    attacks.apgd(net, x, y, 0.1, 2, targets=3)
+    assert len(seen) == 3 and all(np.all(targets != labels) for labels, targets in seen)
+    np.testing.assert_array_equal(seen[0][1], ranked[:, 0])
