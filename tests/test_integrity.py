@@ -135,20 +135,33 @@ def test_a_run_folder_written_before_digests_still_loads_with_a_note(run):
 
 def test_a_second_resume_of_a_run_in_training_is_refused_and_the_run_ends_intact(run):
     """Two `train --resume` of one folder at once: the second is one line and changes
-    nothing; the first finishes exactly, and every file verifies."""
+    nothing; the first finishes exactly, and every file verifies. The second process
+    imports cnnrun before the first starts and waits for a file to go on, so that its
+    start-up time (seconds on a loaded machine) cannot outlast the first's training."""
     import subprocess
     import sys
     import time
-    base = [sys.executable, "-m", "cnnrun.cli", "train", "--resume", run["run"], "--epochs", "40",
-            "--data-dir", run["data"], "--runs-dir", run["runs"], "--quiet"]
-    first = subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    args = ["train", "--resume", run["run"], "--epochs", "40", "--data-dir", run["data"], "--runs-dir", run["runs"],
+            "--quiet"]
+    ready, go = str(run["tmp"] / "ready"), str(run["tmp"] / "go")
+    waiting = ("import os, sys, time\nimport cnnrun.cli\nopen(sys.argv[1], 'w').close()\n"
+               "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.002)\n"
+               "sys.argv = ['cnnrun'] + sys.argv[3:]\ncnnrun.cli.main()\n")
+    second = subprocess.Popen([sys.executable, "-c", waiting, ready, go] + args,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not os.path.exists(ready):
+        time.sleep(0.01)
+    first = subprocess.Popen([sys.executable, "-m", "cnnrun.cli"] + args,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while time.monotonic() < deadline and runs.read_json(os.path.join(run["run"], "summary.json"), {}).get(
             "epochs_done", 0) < 3:
         time.sleep(0.01)
-    second = subprocess.run(base, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 1, second.stderr
-    assert "another cnnrun process is training this run now" in second.stderr
+    open(go, "w").close()
+    _, stderr = second.communicate(timeout=120)
+    assert runs.read_json(os.path.join(run["run"], "summary.json"))["epochs_done"] < 40, "the first ended too soon"
+    assert second.returncode == 1, stderr
+    assert "another cnnrun process is training this run now" in stderr
     assert first.wait(timeout=300) == 0, first.communicate()[1]
     assert runs.read_json(os.path.join(run["run"], "summary.json"))["epochs_done"] == 40
     assert invoke(run, "verify", run["run"]).exit_code == 0
