@@ -491,3 +491,11 @@ def test_the_summary_reports_training_samples_per_second_of_the_training_time(se
     # wall_time_s is a sum of per-epoch times rounded to 1 ms: allow that rounding (two epochs)
     wall_unrounded_at_most = summary["wall_time_s"] + 2 * 0.0006
     assert summary["train_samples_per_s"] >= 2 * len(data["train"][0]) / wall_unrounded_at_most > 0
+
+
+def test_a_paused_run_says_how_many_epochs_it_has_and_plans_and_runs_lists_both(setup):
+    _, _, run_dir = paused_run(setup, epochs=4, until=2)
+    summary = runs.read_json(os.path.join(run_dir, "summary.json"))
+    assert (summary["epochs_done"], summary["epochs_planned"]) == (2, 4)
+    result = cli(setup, "runs")
+    assert result.exit_code == 0 and "2/4" in result.output, result.output
