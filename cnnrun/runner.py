@@ -172,10 +172,12 @@ def save_epoch(run_dir, net, optimizer, rows, summary):
     runs.record_digest(summary, "checkpoint.npz", data)
 
 
-def new_summary(config, rows, epoch, previous, data, command, resume):
-    """summary.json at the start of a run (or of its resumption), status "running"."""
+def new_summary(config, rows, epoch, previous, data, command, resume, engine="fast"):
+    """summary.json at the start of a run (or of its resumption), status "running";
+    `engine` is the one the network runs on."""
     return dict(
         name=config["name"], status="running", epochs_done=epoch, epochs_planned=config["train"]["epochs"],
+        engine=engine,
         **summarise(rows), wall_time_s=previous.get("wall_time_s", 0.0),
         train_samples_per_s=previous.get("train_samples_per_s"), command=previous.get("command", command),
         resumed_with=previous.get("resumed_with", []) + ([command] if resume else []),
@@ -245,7 +247,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
         return previous
     if resume:
         runs.save_config(run_dir, config)  # --epochs may have grown it
-    summary = new_summary(config, rows, start, previous, data, command, resume)
+    summary = new_summary(config, rows, start, previous, data, command, resume, net.engine)
     runs.write_json(summary_path, summary)
     trackers.sync_run(run_dir)
     samples, seconds = 0, 0.0
@@ -262,7 +264,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
             try:
                 row, train_seconds = run_epoch(net, optimizer, config, data, epoch, progress)
             except Diverged as e:
-                summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=e.batch))
+                summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=e.batch + 1))  # both from 1
                 runs.write_json(summary_path, summary)
                 raise Stopped(f"training diverged at epoch {epoch + 1}, batch {e.batch + 1} (loss {e.loss}); "
                               f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}. "

@@ -248,6 +248,7 @@ def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
     """train, eval, gradcheck and bench with --engine reference: the run trains to the
     fast engine's figures (float32 tolerance), and the other verbs work on it."""
     import json
+    import os
 
     from cnnrun import runs
     from helpers import cli
@@ -256,6 +257,7 @@ def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
         result = cli(setup, "train", setup["config"], "--data-dir", setup["data"], "--quiet", "--engine", engine)
         assert result.exit_code == 0, result.output
     fast_run, ref_run = runs.list_runs(setup["runs"])
+    assert [runs.read_json(os.path.join(r, "summary.json"))["engine"] for r in (fast_run, ref_run)] == ["fast", "reference"]
     fast_rows, ref_rows = runs.read_metrics(fast_run), runs.read_metrics(ref_run)
     for a, b in zip(fast_rows, ref_rows):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)

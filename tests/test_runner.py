@@ -111,6 +111,8 @@ def test_divergence_stops_with_the_epoch_and_batch_and_keeps_the_checkpoint(setu
     [run_dir] = runs.list_runs(setup["runs"])
     summary = runs.read_json(os.path.join(run_dir, "summary.json"))
     assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 2
+    batch = summary["diverged_at"]["batch"]  # counted from 1, as the epoch and the message count
+    assert batch >= 1 and f"training diverged at epoch 2, batch {batch} (loss nan)" in result.output
     with np.load(os.path.join(run_dir, "checkpoint.npz")) as checkpoint:
         assert int(checkpoint["epoch"]) == 1 and np.isfinite(checkpoint["0.conv.W"]).all()
     assert "Traceback" not in result.output
@@ -499,3 +501,45 @@ def test_a_paused_run_says_how_many_epochs_it_has_and_plans_and_runs_lists_both(
     assert (summary["epochs_done"], summary["epochs_planned"]) == (2, 4)
     result = cli(setup, "runs")
     assert result.exit_code == 0 and "2/4" in result.output, result.output
+
+
+def test_the_summary_of_a_resumed_run_keeps_its_history_and_says_it_is_running():
+    """new_summary: status running, epochs planned, the engine; from the summary before
+    a resumption: start time, wall time, the first command (the new one appended to
+    resumed_with) and the checkpoint's digest only (the final weights are rewritten)."""
+    import time
+
+    config = {"name": "tiny", "train": {"epochs": 6, "adversarial": None}}
+    data = {"train": (np.zeros((5, 1)), None), "test": (np.zeros((3, 1)), None)}
+    previous = dict(started="2026-01-02T03:04:05", wall_time_s=12.5, command="cnnrun train a.yaml",
+                    resumed_with=["cnnrun train --resume x"], train_samples_per_s=99.0,
+                    digests={"checkpoint.npz": "abc", "weights.npz": "def"})
+    s = runner.new_summary(config, [], 2, previous, data, "cnnrun train --resume y", True, "reference")
+    assert (s["status"], s["epochs_done"], s["epochs_planned"], s["engine"]) == ("running", 2, 6, "reference")
+    assert (s["started"], s["wall_time_s"], s["command"]) == ("2026-01-02T03:04:05", 12.5, "cnnrun train a.yaml")
+    assert s["resumed_with"] == ["cnnrun train --resume x", "cnnrun train --resume y"]
+    assert s["digests"] == {"checkpoint.npz": "abc"} and s["pid"] == os.getpid()
+    assert (s["train_samples"], s["test_samples"]) == (5, 3)
+    fresh = runner.new_summary(config, [], 0, {}, data, "cnnrun train a.yaml", False)
+    assert (fresh["wall_time_s"], fresh["command"], fresh["resumed_with"], fresh["digests"]) == (
+        0.0, "cnnrun train a.yaml", [], {})
+    assert fresh["engine"] == "fast"
+    assert abs(time.mktime(time.strptime(fresh["started"], "%Y-%m-%dT%H:%M:%S")) - time.time()) < 60
+
+
+def test_training_into_an_empty_folder_makes_it_a_run_folder_first(setup):
+    from cnnrun.config import load_config
+    from cnnrun.data import load_data
+    cfg = load_config(setup["config"])
+    data = load_data(cfg, setup["data"], progress=False)
+    run_dir = str(setup["tmp"] / "empty")
+    os.mkdir(run_dir)
+    runner.train_run(cfg, run_dir, data, progress=False, log=lambda _: None, until=1)
+    assert runs.is_run(run_dir) and runs.load_run_config(run_dir)["train"]["epochs"] == cfg["train"]["epochs"]
+
+
+def test_epoch_seconds_keep_milliseconds_and_samples_per_second_one_decimal(setup):
+    _, _, run_dir = paused_run(setup, epochs=2, until=None)
+    assert all(r["seconds"] == round(r["seconds"], 3) for r in runs.read_metrics(run_dir))
+    rate = runs.read_json(os.path.join(run_dir, "summary.json"))["train_samples_per_s"]
+    assert isinstance(rate, float) and rate == round(rate, 1)
