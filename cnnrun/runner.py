@@ -264,9 +264,10 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
             try:
                 row, train_seconds = run_epoch(net, optimizer, config, data, epoch, progress)
             except Diverged as e:
-                summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=e.batch + 1))  # both from 1
+                batch = e.batch + 1  # counted from 1, as the epoch
+                summary.update(status="diverged", diverged_at=dict(epoch=epoch + 1, batch=batch))
                 runs.write_json(summary_path, summary)
-                raise Stopped(f"training diverged at epoch {epoch + 1}, batch {e.batch + 1} (loss {e.loss}); "
+                raise Stopped(f"training diverged at epoch {epoch + 1}, batch {batch} (loss {e.loss}); "
                               f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}. "
                               f"Try a smaller train.lr.", 1) from None
             rows.append(row)
