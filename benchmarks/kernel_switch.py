@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_switch.py configs/net4.yaml --switch WIDE_ROWS --rounds 20
     python benchmarks/kernel_switch.py configs/net2.yaml --switch KEEP_COLUMNS --rounds 30
+    python benchmarks/kernel_switch.py configs/robust-pgd.yaml --switch PATCHES --rounds 30
 
 The switches (cnnrun/nn/kernels.py):
 - WIDE_ROWS: stride-1 convolutions whose columns take more than one chunk unfold them
@@ -9,6 +10,9 @@ The switches (cnnrun/nn/kernels.py):
   off, every convolution uses im2col and dx is scattered back (col2im).
 - KEEP_COLUMNS: a convolution whose columns fit one chunk hands them from the forward
   on to the weight gradient instead of unfolding them again.
+- PATCHES: convolutions with a stride above 1, more than one input channel and small
+  outputs unfold channels-last patches and make one product over the part
+  (`correlate_patches`); off, they use im2col.
 
 This times the config's training step, evaluation pass and attack step (the loss
 gradient on the input only) with the switch on and off in alternation (8 calls on,
@@ -16,7 +20,7 @@ gradient on the input only) with the switch on and off in alternation (8 calls o
 config's batch size, and prints the median of each and of the ratios pair by pair:
 on a noisy machine the ratio of neighbours holds where two separate runs do not.
 With --layers it times instead each convolution of the network alone, forward and
-backward (dx and dW), on one part of the batch (64 samples) and one thread, as each
+backward (dx and dW), on one part of the batch (64 samples, 50 for a batch of 100) and one thread, as each
 of a training step's threads runs it.
 Both ways agree with the reference engine (tests/test_reference.py).
 """
@@ -31,8 +35,10 @@ from cnnrun.nn import kernels, parallel
 from threadpoolctl import threadpool_limits
 
 
-def call_ms(fn, switch, on, calls):
+def call_ms(fn, switch, on, calls, setup=None):
     setattr(kernels, switch, on)
+    if setup:  # (a backward's forward, so that its cache is of the path switched to)
+        setup()
     fn()  # the first call after a switch is not timed
     start = time.perf_counter()
     for _ in range(calls):
@@ -40,18 +46,19 @@ def call_ms(fn, switch, on, calls):
     return (time.perf_counter() - start) / calls * 1e3
 
 
-def conv_layers(net, switch, rounds, calls, rng):
-    """Per convolution: median ms of forward and backward with the switch on and off."""
+def conv_layers(net, switch, rounds, calls, rng, part):
+    """Per convolution: median ms of forward and backward with the switch on and off, on
+    `part` samples."""
     for index, layer in enumerate(net.layers):
         if layer.kind != "conv":
             continue
-        x = rng.standard_normal((parallel.PART_SIZE,) + net.shapes[index]).astype(net.dtype)
-        dy = rng.standard_normal((parallel.PART_SIZE,) + net.shapes[index + 1]).astype(net.dtype)
+        x = rng.standard_normal((part,) + net.shapes[index]).astype(net.dtype)
+        dy = rng.standard_normal((part,) + net.shapes[index + 1]).astype(net.dtype)
         twin = layer.replica()
         times = {}
-        for name, fn in (("forward", lambda: twin.forward(x)), ("backward", lambda: twin.backward(dy))):
-            twin.forward(x)
-            times[name] = np.array([(call_ms(fn, switch, True, calls), call_ms(fn, switch, False, calls))
+        for name, fn, setup in (("forward", lambda: twin.forward(x), None),
+                                ("backward", lambda: twin.backward(dy), lambda: twin.forward(x))):
+            times[name] = np.array([(call_ms(fn, switch, True, calls, setup), call_ms(fn, switch, False, calls, setup))
                                     for _ in range(rounds)]).T
         (c, h, w), (f, ho, wo) = net.shapes[index], net.shapes[index + 1]
         print(f"layer {index:2d} conv {c}->{f} at {h}x{w}: " + ", ".join(
@@ -62,7 +69,7 @@ def conv_layers(net, switch, rounds, calls, rng):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
-    parser.add_argument("--switch", choices=["WIDE_ROWS", "KEEP_COLUMNS"], default="WIDE_ROWS")
+    parser.add_argument("--switch", choices=["WIDE_ROWS", "KEEP_COLUMNS", "PATCHES"], default="WIDE_ROWS")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--layers", action="store_true", help="time each convolution alone (one part, one thread)")
@@ -71,10 +78,11 @@ def main():
     cfg = api.load_config(args.config)
     net = api.build_network(cfg)
     if args.layers:
-        print(f"{cfg['name']}: {args.switch} on against off, {parallel.PART_SIZE} samples, one thread, "
+        part = parallel.parts(cfg["train"]["batch_size"])[0].stop  # (the first part of a batch)
+        print(f"{cfg['name']}: {args.switch} on against off, {part} samples, one thread, "
               f"{args.rounds} rounds of {args.calls} calls each way")
         with threadpool_limits(1):
-            conv_layers(net, args.switch, args.rounds, args.calls, np.random.default_rng(0))
+            conv_layers(net, args.switch, args.rounds, args.calls, np.random.default_rng(0), part)
         setattr(kernels, args.switch, True)
         return
     x, _, y = bench._random_batch(net, cfg["train"]["batch_size"], np.random.default_rng(0))

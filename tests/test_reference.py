@@ -93,19 +93,57 @@ def test_the_padded_width_path_matches_the_reference(filters, kernel, stride, pa
     monkeypatch.setattr(layers, "wide_rows_win", lambda *shape_and_stride: True)
     monkeypatch.setattr(kernels, "CHUNK_BYTES", chunk_bytes)
     assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
-    assert fast.cache[2], "the layer did not take the padded-width path"
+    assert fast.cache[2] == "wide", "the layer did not take the padded-width path"
 
 
 @pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
 def test_the_engine_before_the_padded_width_path_matches_the_reference(filters, kernel, stride, padding, shape,
                                                                       monkeypatch, rng):
-    """kernels.WIDE_ROWS off (what benchmarks/kernel_switch.py compares against): im2col
-    everywhere, dx gathered at stride 1 when C >= F, in chunks of one sample."""
+    """kernels.WIDE_ROWS and PATCHES off (what benchmarks/kernel_switch.py compares
+    against): im2col everywhere, dx gathered at stride 1 when C >= F, in chunks of one
+    sample."""
     fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
     monkeypatch.setattr(kernels, "WIDE_ROWS", False)
+    monkeypatch.setattr(kernels, "PATCHES", False)
     monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
     assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
-    assert not fast.cache[2]
+    assert fast.cache[2] == "columns"
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
+def test_the_channels_last_patches_path_matches_the_reference(filters, kernel, stride, padding, shape, bias,
+                                                              monkeypatch, rng):
+    """Every case through `correlate_patches` and `patches_weight_grad` (forced: strides
+    of 1 and one input channel included): forward, dx and dW."""
+    fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding, bias=bias),
+                      shape, rng)
+    monkeypatch.setattr(layers, "patches_win", lambda *shape_and_stride: True)
+    assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
+    assert fast.cache[2] == "patches", "the layer did not take the patches path"
+
+
+def test_strided_convolutions_with_small_outputs_take_the_channels_last_patches():
+    """As measured (kernels.py's table): the second convolutions of robust-pgd (32->64, 4x4,
+    stride 2, 7x7 out) and small-adv (16->32) take the patches; a first convolution, a
+    stride of 1, a 14x14 output and the switch off stay where they were."""
+    assert kernels.patches_win((64, 32, 4, 4), (2, 2), (7, 7))
+    assert kernels.patches_win((32, 16, 4, 4), (2, 2), (7, 7))
+    assert kernels.patches_win((8, 3, 3, 3), (1, 2), (8, 8))
+    assert not kernels.patches_win((32, 1, 4, 4), (2, 2), (14, 14))   # robust-pgd's first
+    assert not kernels.patches_win((32, 16, 3, 3), (2, 2), (14, 14))  # 196 outputs
+    assert not kernels.patches_win((32, 32, 3, 3), (1, 1), (7, 7))
+    assert not kernels.patches_win((32, 16, 4, 4), (2, 2), (8, 9))    # 72 outputs
+
+
+def test_the_memory_estimate_counts_the_patches_a_layer_keeps_for_its_weight_gradient(monkeypatch):
+    """robust-pgd's second convolution keeps its channels-last input (16x16x32) and its
+    patches (7x7 windows of 4x4x32) per sample; with the switch off it keeps nothing."""
+    layer = layers.Conv2D(filters=64, kernel=4, stride=2, padding=1)
+    layer.build((32, 14, 14))
+    assert layer.scratch_per_sample() == 16 * 16 * 32 + 7 * 7 * 4 * 4 * 32
+    monkeypatch.setattr(kernels, "PATCHES", False)
+    assert layer.scratch_per_sample() == 0
 
 
 def test_stride_1_convolutions_larger_than_a_chunk_take_the_padded_width_path():

@@ -20,10 +20,13 @@ per-layer table and timings of the functions alone; docs/performance.md has the 
 | `input_grad_gather` | dx at stride 1 by im2col, the path before `input_grad_wide` | only with WIDE_ROWS off (C >= F) |
 | `input_grad_scatter` | dx by col2im, one strided add per kernel offset, per sample | one input channel (a first convolution: the attack step's input gradient); the wide path there unfolds all F channels of dy, 2.4x slower (0.53 -> 1.25 ms, 1->16 channels at 28x28) |
 | `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 and stride > 1 (robust-pgd's second convolution) |
+| `pad_last` + `correlate_patches` | forward: the padded input channels-last `(N, Hp, Wp, C)`, its windows copied as rows of patches `(N*Ho*Wo, kh*kw*C)` (each window row one contiguous run of `kw*C` values), then ONE product over the part `(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, F)` | stride above 1, C > 1 and small outputs (`patches_win`: robust-pgd's second convolution, 32->64 at 14x14 to 7x7, forward 2.42 -> 1.76 ms; im2col makes 50 narrow products `(64, 512) @ (512, 49)` of rows of 7 values); at stride 1 or 14x14 outputs im2col is as fast or faster |
+| `patches_weight_grad` | dW: `patches.T @ dy` with dy channels-last, one product over the part, the forward's patches kept | wherever the forward took patches (robust-pgd: 2.42 -> 1.45 ms) |
 | `first_max` + `route_to_first` | max-pool: the max along W, then along H, and the first maximum's index the same way | always (64x16x28x28 forward 1.6 -> 1.1 ms against one pass over kh*kw offsets) |
 | `pad_hw` | padding by `full` plus one copy | always (np.pad: 626 us -> 400 us at 64x16x28x28, and it holds the GIL) |
 
-`wide_rows_win` picks the forward's path (and so dW's), `conv_input_grad` the dx path, by shape.
+`patches_win` and `wide_rows_win` pick the forward's path (and so dW's), `conv_input_grad` the dx path,
+by shape. (Timings above: a part of 64 samples, 50 for robust-pgd, one thread, OpenBLAS's Haswell kernels.)
 
 reference: reference.py
 """
@@ -49,6 +52,12 @@ KEEP_COLUMNS = True
 # Whether stride-1 convolutions take the padded-width path where `wide_rows_win` says it
 # wins (False: the engine before it, im2col everywhere; benchmarks/kernel_switch.py times both).
 WIDE_ROWS = True
+
+
+# Whether convolutions with a stride above 1 and small outputs take the channels-last
+# patches where `patches_win` says it wins (False: im2col, the engine before it;
+# benchmarks/kernel_switch.py times both).
+PATCHES = True
 
 
 def batch_chunks(n, bytes_per_sample):
@@ -207,6 +216,59 @@ def correlate_weight_grad(xp, dy, kernel, stride, columns=None):
             im2col(xp[chunk], kernel, stride, cols[:m])
         dW_t += np.matmul(cols[:m], dy[chunk].reshape(m, f, ho * wo).transpose(0, 2, 1)).sum(axis=0)
     return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
+
+
+def pad_last(x, padding):
+    """`(N, C, H, W)` -> `(N, H + 2*ph, W + 2*pw, C)`: zero padding and channels last, in one copy."""
+    (ph, pw), (n, c, h, w) = padding, x.shape
+    out = np.zeros((n, h + 2 * ph, w + 2 * pw, c), x.dtype)
+    out[:, ph:ph + h, pw:pw + w, :] = x.transpose(0, 2, 3, 1)
+    return out
+
+
+def patches(xl, kernel, stride, out_hw):
+    """Unfold windows channels-last: xl `(N, Hp, Wp, C)` -> patches `(N*Ho*Wo, kh*kw*C)`.
+
+    Row `(n, a, b)` holds the window of sample n whose top-left corner is at
+    `(a*sh, b*sw)`, flattened in `(i, j, c)` order; its row i is one contiguous run
+    of `kw*C` values of xl.
+    """
+    (kh, kw), (sh, sw), (ho, wo), (n, _, _, c) = kernel, stride, out_hw, xl.shape
+    s_n, s_h, s_w, s_c = xl.strides
+    windows = np.ndarray((n, ho, wo, kh, kw, c), xl.dtype, buffer=xl, strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+    out = np.empty((n, ho, wo, kh, kw, c), xl.dtype)
+    np.copyto(out, windows)
+    return out.reshape(n * ho * wo, kh * kw * c)
+
+
+def correlate_patches(xl, W, stride, out_hw):
+    """Cross-correlation over the valid positions of xl `(N, Hp, Wp, C)` (from `pad_last`),
+    W `(F, C, kh, kw)` -> `(N, F, Ho, Wo)`, and the patches for `patches_weight_grad`:
+    one product `patches @ W_last` `(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, F)`, W_last being W
+    in `(i, j, c)` order, then the result channels-first."""
+    (f, c, kh, kw), n, (ho, wo) = W.shape, xl.shape[0], out_hw
+    rows = patches(xl, (kh, kw), stride, out_hw)
+    W_last = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
+    y = np.empty((n, f, ho, wo), xl.dtype)
+    np.copyto(y, (rows @ W_last).reshape(n, ho, wo, f).transpose(0, 3, 1, 2))
+    return y, rows
+
+
+def patches_weight_grad(rows, dy, W_shape):
+    """dL/dW `(F, C, kh, kw)` of `correlate_patches` given dL/dy `(N, F, Ho, Wo)` and its
+    patches `(N*Ho*Wo, kh*kw*C)`: `patches.T @ dy_last`, dy channels-last `(N*Ho*Wo, F)`."""
+    f, c, kh, kw = W_shape
+    dy_last = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, f)
+    return np.ascontiguousarray((rows.T @ dy_last).reshape(kh, kw, c, f).transpose(3, 2, 0, 1))
+
+
+def patches_win(W_shape, stride, out_hw):
+    """Whether a convolution takes the channels-last patches (`correlate_patches` and its
+    weight gradient): a stride above 1, more than one input channel and at most 64
+    output positions (measured: robust-pgd's and small-adv's second convolutions, 7x7
+    outputs, forward 1.4-1.9x and dW 1.0-1.7x faster; at 14x14 outputs the forward is
+    slower, and with one input channel the transposes cost more than they save)."""
+    return PATCHES and tuple(stride) != (1, 1) and W_shape[1] > 1 and out_hw[0] * out_hw[1] <= 64
 
 
 def wide_rows_win(n, W_shape, stride, out_hw, itemsize):

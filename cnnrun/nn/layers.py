@@ -25,8 +25,9 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.kernels import (
-    axis_offsets, conv_input_grad, correlate_keeping_columns, correlate_weight_grad, correlate_wide,
-    correlate_wide_weight_grad, first_max, out_size, pad_hw, pad_wide, route_to_first, wide_rows_win,
+    axis_offsets, conv_input_grad, correlate_keeping_columns, correlate_patches, correlate_weight_grad,
+    correlate_wide, correlate_wide_weight_grad, first_max, out_size, pad_hw, pad_last, pad_wide, patches_weight_grad,
+    patches_win, route_to_first, wide_rows_win,
 )
 from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
 
@@ -154,27 +155,41 @@ class Conv2D(Layer):
             self.params["b"] = np.zeros(f, dtype)
 
     def scratch_per_sample(self):
-        return 0  # the columns are made chunk by chunk, in CHUNK_BYTES (kept only if one chunk)
+        """The channels-last input and patches when the layer takes them (kept for dW);
+        otherwise 0: im2col's columns are made chunk by chunk, in CHUNK_BYTES."""
+        (c, h, w), (kh, kw), (ph, pw), (ho, wo) = self.in_shape, self.kernel, self.padding, self.out_hw
+        if not patches_win((self.filters, c, kh, kw), self.stride, self.out_hw):
+            return 0
+        return (h + 2 * ph) * (w + 2 * pw) * c + ho * wo * kh * kw * c
 
     def forward(self, x):
+        """`(N, C, H, W)` -> `(N, F, Ho, Wo)`, by the path kernels.py picks for the shape:
+        "patches" (channels-last), "wide" (stride 1, over the padded width) or "columns" (im2col)."""
         W, (ho, wo) = self.params["W"], self.out_hw
-        wide = wide_rows_win(x.shape[0], W.shape, self.stride, (ho, wo), x.itemsize)
-        if wide:  # stride 1: the output over the padded width, cropped (a view) below
+        if patches_win(W.shape, self.stride, (ho, wo)):
+            path = "patches"
+            y, columns = correlate_patches(pad_last(x, self.padding), W, self.stride, (ho, wo))
+            xp = None
+        elif wide_rows_win(x.shape[0], W.shape, self.stride, (ho, wo), x.itemsize):
+            path = "wide"  # stride 1: the output over the padded width, cropped (a view) below
             xp = pad_wide(x, self.padding)
             y, columns = correlate_wide(xp, W, ho)
             y = y[:, :, :, :wo]
         else:
+            path = "columns"
             xp = pad_hw(x, self.padding)
             y, columns = correlate_keeping_columns(xp, W, self.stride)
-        self.cache = xp, columns, wide
+        self.cache = xp, columns, path
         if self.bias:  # (into a new array when wide: the crop and the bias in one pass)
-            y = np.add(y, self.params["b"][:, None, None], out=None if wide else y)
+            y = np.add(y, self.params["b"][:, None, None], out=None if path == "wide" else y)
         return np.ascontiguousarray(y)
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        W, (xp, columns, wide) = self.params["W"], self.cache
+        W, (xp, columns, path) = self.params["W"], self.cache
         if need_grads:
-            if wide:
+            if path == "patches":
+                self.grads["W"] = patches_weight_grad(columns, dy, W.shape)
+            elif path == "wide":
                 self.grads["W"] = correlate_wide_weight_grad(xp, dy, self.kernel, columns)
             else:
                 self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride, columns)
