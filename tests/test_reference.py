@@ -123,6 +123,28 @@ def test_the_channels_last_patches_path_matches_the_reference(filters, kernel, s
     assert fast.cache[2] == "patches", "the layer did not take the patches path"
 
 
+@pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
+def test_the_channels_last_input_gradient_matches_the_reference(filters, kernel, stride, padding, shape, rng):
+    """`input_grad_patches` on every case (strides of 1 and one input channel included)."""
+    _, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
+    dy = rng.standard_normal(ref.forward(rng.standard_normal((4,) + shape)).shape)
+    dx = kernels.input_grad_patches(dy, ref.params["W"], layers._pair(stride), layers._pair(padding), shape[1:])
+    np.testing.assert_allclose(dx, ref.backward(dy), rtol=RTOL, atol=ATOL)
+
+
+def test_the_input_gradient_goes_channels_last_where_the_patches_have_32_channels_or_more(monkeypatch):
+    """robust-pgd's second convolution (32 input channels) takes `input_grad_patches`;
+    small-adv's (16) and a stride of 1 do not."""
+    taken = []
+    monkeypatch.setattr(kernels, "input_grad_patches", lambda *args: taken.append(args[1].shape))
+    for W_shape, stride, in_hw, out_hw in [((64, 32, 4, 4), (2, 2), (14, 14), (7, 7)),
+                                           ((32, 16, 4, 4), (2, 2), (14, 14), (7, 7)),
+                                           ((32, 32, 3, 3), (1, 1), (7, 7), (7, 7))]:
+        kernels.conv_input_grad(np.zeros((2, W_shape[0]) + out_hw, np.float32), np.zeros(W_shape, np.float32),
+                                stride, (1, 1), in_hw)
+    assert taken == [(64, 32, 4, 4)]
+
+
 def test_strided_convolutions_with_small_outputs_take_the_channels_last_patches():
     """As measured (kernels.py's table): the second convolutions of robust-pgd (32->64, 4x4,
     stride 2, 7x7 out) and small-adv (16->32) take the patches; a first convolution, a

@@ -22,6 +22,7 @@ per-layer table and timings of the functions alone; docs/performance.md has the 
 | `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 and stride > 1 (robust-pgd's second convolution) |
 | `pad_last` + `correlate_patches` | forward: the padded input channels-last `(N, Hp, Wp, C)`, its windows copied as rows of patches `(N*Ho*Wo, kh*kw*C)` (each window row one contiguous run of `kw*C` values), then ONE product over the part `(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, F)` | stride above 1, C > 1 and small outputs (`patches_win`: robust-pgd's second convolution, 32->64 at 14x14 to 7x7, forward 2.42 -> 1.76 ms; im2col makes 50 narrow products `(64, 512) @ (512, 49)` of rows of 7 values); at stride 1 or 14x14 outputs im2col is as fast or faster |
 | `patches_weight_grad` | dW: `patches.T @ dy` with dy channels-last, one product over the part, the forward's patches kept | wherever the forward took patches (robust-pgd: 2.42 -> 1.45 ms) |
+| `input_grad_patches` | dx by col2im channels-last: `dy_last @ W_last.T` `(N*Ho*Wo, kh*kw*C)` in one product, each kernel offset added back along runs of C values | where the forward took patches and C >= 32 (robust-pgd's second convolution: 2.42 -> 2.18 ms); with 16 channels or fewer the runs are too short (16->32 at 14x14: 0.79 -> 1.03 ms) |
 | `first_max` + `route_to_first` | max-pool: the max along W, then along H, and the first maximum's index the same way | always (64x16x28x28 forward 1.6 -> 1.1 ms against one pass over kh*kw offsets) |
 | `pad_hw` | padding by `full` plus one copy | always (np.pad: 626 us -> 400 us at 64x16x28x28, and it holds the GIL) |
 
@@ -286,9 +287,12 @@ def conv_input_grad(dy, W, stride, padding, in_hw):
     """dL/dx `(N, C, H, W)` of a convolution layer given dL/dy `(N, F, Ho, Wo)`, by
     whichever of the three ways below is fastest for its shape (measured): over the
     padded width for stride 1 and more than one input channel; scatter per sample for
-    one input channel (a first convolution); scatter with the batch last otherwise.
+    one input channel (a first convolution); channels-last where the forward took the
+    patches and C >= 32; scatter with the batch last otherwise.
     With WIDE_ROWS off, as before that path: gather by im2col at stride 1 and C >= F."""
     f, c = W.shape[:2]
+    if c >= 32 and patches_win(W.shape, stride, dy.shape[2:]):
+        return input_grad_patches(dy, W, stride, padding, in_hw)
     if WIDE_ROWS and stride == (1, 1) and c > 1:
         return input_grad_wide(dy, W, padding, in_hw)
     if not WIDE_ROWS and stride == (1, 1) and c >= f:
@@ -296,6 +300,23 @@ def conv_input_grad(dy, W, stride, padding, in_hw):
     if c == 1:
         return input_grad_scatter(dy, W, stride, padding, in_hw)
     return input_grad_scatter_batch_last(dy, W, stride, padding, in_hw)
+
+
+def input_grad_patches(dy, W, stride, padding, in_hw):
+    """dL/dx `(N, C, H, W)` of `correlate_patches` given dL/dy `(N, F, Ho, Wo)`: the patches'
+    gradient `dy_last @ W_last.T` `(N*Ho*Wo, kh*kw*C)`, each entry added back to the
+    channels-last padded-input pixel `patches` read it from (one strided add per kernel
+    offset, along runs of C values), then padding cut off and channels first."""
+    (f, c, kh, kw), (n, _, ho, wo), (ph, pw), (h, w) = W.shape, dy.shape, padding, in_hw
+    dy_last = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, f)
+    W_last = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
+    d_rows = (dy_last @ W_last.T).reshape(n, ho, wo, kh, kw, c)
+    dxl = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dy.dtype)
+    for k, (rows, cols) in enumerate(kernel_offsets((kh, kw), stride, (ho, wo))):
+        dxl[:, rows, cols, :] += d_rows[:, :, :, k // kw, k % kw, :]
+    dx = np.empty((n, c, h, w), dy.dtype)
+    np.copyto(dx, dxl[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2))
+    return dx
 
 
 def input_grad_gather(dy, W, padding, in_hw):
