@@ -1,6 +1,8 @@
 """Throughput of a configured network on random inputs: whole steps and per layer."""
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -77,13 +79,39 @@ def gemm_seconds(shapes, dtype, repeats, warmup, rng):
     return total
 
 
+# Environment variables that make OpenBLAS load other kernels than its own pick for the CPU.
+OPENBLAS_FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+# Prints the kernel set NumPy's BLAS loads, in a fresh process.
+_KERNELS_SCRIPT = ("import numpy, threadpoolctl; print(next((lib.get('architecture') for lib in "
+                   "threadpoolctl.threadpool_info() if lib.get('user_api') == 'blas'), None))")
+
+
 def blas_info():
     """The BLAS library NumPy's matrix products run on: its name, version and kernel set
-    (OpenBLAS picks one for the CPU when it loads, unless OPENBLAS_CORETYPE names one)."""
+    (OpenBLAS picks one for the CPU when it loads, unless OPENBLAS_CORETYPE names one).
+    When it does, `own_kernels` is the set OpenBLAS picks without OPENBLAS_FORCING (asked
+    of a fresh Python; None if that fails): the figures of the forced set say less about
+    what this CPU can do."""
     from threadpoolctl import threadpool_info
     lib = next((lib for lib in threadpool_info() if lib.get("user_api") == "blas"), {})
-    return dict(library=lib.get("internal_api"), version=lib.get("version"), kernels=lib.get("architecture"),
-                forced=os.environ.get("OPENBLAS_CORETYPE") if lib.get("internal_api") == "openblas" else None)
+    forced = os.environ.get("OPENBLAS_CORETYPE") if lib.get("internal_api") == "openblas" else None
+    info = dict(library=lib.get("internal_api"), version=lib.get("version"), kernels=lib.get("architecture"),
+                forced=forced)
+    if forced:
+        info["own_kernels"] = own_kernels()
+    return info
+
+
+def own_kernels():
+    """The kernel set NumPy's BLAS loads in a fresh Python without OPENBLAS_FORCING, or None."""
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_FORCING}
+    try:
+        out = subprocess.run([sys.executable, "-c", _KERNELS_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=60, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return None if out in ("", "None") else out
 
 
 def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):

@@ -155,6 +155,9 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
     blas = result["blas"]
     click.echo(f"BLAS:  {blas['library']} {blas['version']}, {blas['kernels']} kernels"
                + (f" (OPENBLAS_CORETYPE={blas['forced']} chose them)" if blas["forced"] else ""))
+    if blas["forced"] and blas.get("own_kernels") and blas["own_kernels"] != blas["kernels"]:
+        click.echo(f"       this CPU's own pick is {blas['own_kernels']} (to time on it: "
+                   f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE cnnrun bench ...)")
     if engine == "reference":
         fast = result["fast"]
         click.echo(f"reference engine: {fast['train_samples_per_s'] / result['train_samples_per_s']:.1f}x slower "

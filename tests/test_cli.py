@@ -42,6 +42,34 @@ def test_bench_names_the_blas_library_and_the_kernel_set_its_products_run_on():
     assert f"BLAS:  {blas['internal_api']} {blas['version']}, {blas.get('architecture')} kernels" in table
 
 
+def test_bench_under_a_forced_kernel_set_names_the_cpus_own_pick_and_how_to_time_on_it():
+    """OPENBLAS_CORETYPE=Nehalem (SSE only) forces older kernels than any AVX CPU's: bench
+    says which set it timed, that the variable chose it, and the set OpenBLAS picks
+    without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, as a fresh Python reports them."""
+    import subprocess
+
+    from cnnrun import bench
+
+    def kernels(env):
+        return subprocess.run([sys.executable, "-c", bench._KERNELS_SCRIPT], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    free = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    forced = dict(free, OPENBLAS_CORETYPE="Nehalem")
+    own, nehalem = kernels(free), kernels(forced)
+    assert own != nehalem
+    args = [sys.executable, "-m", "cnnrun.cli", "bench", NET1, "--batch-size", "16", "--repeats", "1", "--warmup", "0"]
+    data = json.loads(subprocess.run(args + ["--json"], env=forced, capture_output=True, text=True,
+                                     check=True).stdout)["blas"]
+    assert (data["kernels"], data["forced"], data["own_kernels"]) == (nehalem, "Nehalem", own)
+    table = subprocess.run(args, env=forced, capture_output=True, text=True, check=True).stdout
+    assert f"{nehalem} kernels (OPENBLAS_CORETYPE=Nehalem chose them)" in table
+    assert f"this CPU's own pick is {own} (to time on it: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in table
+    unforced = json.loads(subprocess.run(args + ["--json"], env=free, capture_output=True, text=True,
+                                         check=True).stdout)["blas"]
+    assert (unforced["kernels"], unforced["forced"], "own_kernels" in unforced) == (own, None, False)
+
+
 def test_bench_against_torch_reports_both_sides_and_their_ratio(monkeypatch):
     monkeypatch.setenv("CNNRUN_THREADS", "2")
     result = run("bench", NET1, "--batch-size", 16, "--repeats", 2, "--warmup", 0, "--against", "torch", "--json")
