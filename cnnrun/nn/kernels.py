@@ -1,6 +1,7 @@
 """The fast kernels behind the layers: convolution by im2col and matrix products (or,
-at stride 1, by columns over the padded width), its three input-gradient paths, and
-max-pool's separable first maximum.
+at stride 1, by columns over the padded width; at strides above 1 with small outputs,
+by channels-last patches), its input-gradient paths, and max-pool's separable first
+maximum.
 
 Every function here computes what a function of `reference.py` computes by its
 definition; tests/test_reference.py holds each against it (forward, dx and every
@@ -11,7 +12,7 @@ per-layer table and timings of the functions alone; docs/performance.md has the 
 
 | function | what | wins when |
 |---|---|---|
-| `im2col` + `correlate` | forward: unfold windows into columns a chunk of samples at a time (CHUNK_BYTES), one `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)` product per sample | stride above 1, one input channel, or columns that fit one chunk |
+| `im2col` + `correlate` | forward: unfold windows into columns a chunk of samples at a time (CHUNK_BYTES), one `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)` product per sample | stride above 1 with more than 64 outputs or one input channel, or columns that fit one chunk |
 | `correlate_weight_grad` | dW: `columns @ dy.T` per chunk, summed | wherever the forward used im2col |
 | `pad_wide` + `wide_columns` + `correlate_wide` | stride 1: the columns over the padded width, each row ONE contiguous copy of `Ho*Wp` values (im2col's rows are `Wo` long), the `Wp - Wo` extra values of each output row cropped off | stride 1, C > 1 and columns over one chunk (`wide_rows_win`: net3-4's later convolutions, 10-20 % faster in each pass); the unfold is 3-4x faster, the products 7-14 % larger |
 | `correlate_wide_weight_grad` | dW over the padded width: dy laid out with zeros in the cropped columns | wherever the forward went wide |
@@ -19,15 +20,15 @@ per-layer table and timings of the functions alone; docs/performance.md has the 
 | `correlate_keeping_columns` | the forward, handing its columns on to dW when a whole part's fit in one chunk, so they are unfolded once | those layers (net2's two convolutions: a training step 5 % faster); larger ones unfold twice, a chunk at a time, which keeps the columns in cache |
 | `input_grad_gather` | dx at stride 1 by im2col, the path before `input_grad_wide` | only with WIDE_ROWS off (C >= F) |
 | `input_grad_scatter` | dx by col2im, one strided add per kernel offset, per sample | one input channel (a first convolution: the attack step's input gradient); the wide path there unfolds all F channels of dy, 2.4x slower (0.53 -> 1.25 ms, 1->16 channels at 28x28) |
-| `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 and stride > 1 (robust-pgd's second convolution) |
-| `pad_last` + `correlate_patches` | forward: the padded input channels-last `(N, Hp, Wp, C)`, its windows copied as rows of patches `(N*Ho*Wo, kh*kw*C)` (each window row one contiguous run of `kw*C` values), then ONE product over the part `(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, F)` | stride above 1, C > 1 and small outputs (`patches_win`: robust-pgd's second convolution, 32->64 at 14x14 to 7x7, forward 2.42 -> 1.76 ms; im2col makes 50 narrow products `(64, 512) @ (512, 49)` of rows of 7 values); at stride 1 or 14x14 outputs im2col is as fast or faster |
+| `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 and stride > 1 where `input_grad_patches` does not apply (small-adv's second convolution) |
+| `pad_last` + `correlate_patches` | forward: the padded input channels-last `(N, Hp, Wp, C)`, its windows copied as rows of patches `(N*Ho*Wo, kh*kw*C)` (each window row one contiguous run of `kw*C` values), then ONE product over the part `(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, F)` | stride above 1, C > 1 and small outputs (`patches_win`: robust-pgd's second convolution, 32->64 at 14x14 to 7x7, 50 samples: forward 2.42 -> 1.76 ms; im2col makes 50 narrow products `(64, 512) @ (512, 49)` of rows of 7 values); at stride 1 or 14x14 outputs im2col is as fast or faster |
 | `patches_weight_grad` | dW: `patches.T @ dy` with dy channels-last, one product over the part, the forward's patches kept | wherever the forward took patches (robust-pgd: 2.42 -> 1.45 ms) |
 | `input_grad_patches` | dx by col2im channels-last: `dy_last @ W_last.T` `(N*Ho*Wo, kh*kw*C)` in one product, each kernel offset added back along runs of C values | where the forward took patches and C >= 32 (robust-pgd's second convolution: 2.42 -> 2.18 ms); with 16 channels or fewer the runs are too short (16->32 at 14x14: 0.79 -> 1.03 ms) |
 | `first_max` + `route_to_first` | max-pool: the max along W, then along H, and the first maximum's index the same way | always (64x16x28x28 forward 1.6 -> 1.1 ms against one pass over kh*kw offsets) |
 | `pad_hw` | padding by `full` plus one copy | always (np.pad: 626 us -> 400 us at 64x16x28x28, and it holds the GIL) |
 
 `patches_win` and `wide_rows_win` pick the forward's path (and so dW's), `conv_input_grad` the dx path,
-by shape. (Timings above: a part of 64 samples, 50 for robust-pgd, one thread, OpenBLAS's Haswell kernels.)
+by shape.
 
 reference: reference.py
 """
