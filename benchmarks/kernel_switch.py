@@ -20,8 +20,8 @@ gradient on the input only) with the switch on and off in alternation (8 calls o
 config's batch size, and prints the median of each and of the ratios pair by pair:
 on a noisy machine the ratio of neighbours holds where two separate runs do not.
 With --layers it times instead each convolution of the network alone, forward and
-backward (dx and dW), on one part of the batch (64 samples, 50 for a batch of 100) and one thread, as each
-of a training step's threads runs it.
+backward (dx and dW), on one part of the batch (64 samples, 50 for a batch of 100)
+and one thread, as each of a training step's threads runs it.
 Both ways agree with the reference engine (tests/test_reference.py).
 """
 

@@ -118,7 +118,7 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
     the config's optimizer; with adversarial training configured, making the
     adversarial examples is timed too and reported beside the plain step.
     """
-    from cnnrun.bench import against_torch, benchmark
+    from cnnrun.bench import OPENBLAS_FORCING, against_torch, benchmark
 
     if against:
         try:
@@ -156,8 +156,8 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
     click.echo(f"BLAS:  {blas['library']} {blas['version']}, {blas['kernels']} kernels"
                + (f" (OPENBLAS_CORETYPE={blas['forced']} chose them)" if blas["forced"] else ""))
     if blas["forced"] and blas.get("own_kernels") and blas["own_kernels"] != blas["kernels"]:
-        click.echo(f"       this CPU's own pick is {blas['own_kernels']} (to time on it: "
-                   f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE cnnrun bench ...)")
+        unset = " ".join(f"-u {name}" for name in OPENBLAS_FORCING)
+        click.echo(f"       this CPU's own pick is {blas['own_kernels']} (to time on it: env {unset} cnnrun bench ...)")
     if engine == "reference":
         fast = result["fast"]
         click.echo(f"reference engine: {fast['train_samples_per_s'] / result['train_samples_per_s']:.1f}x slower "

@@ -228,6 +228,17 @@ def pad_last(x, padding):
     return out
 
 
+def weights_last(W):
+    """W `(F, C, kh, kw)` as `(kh*kw*C, F)`, rows in the `(i, j, c)` order of `patches`."""
+    f, c, kh, kw = W.shape
+    return np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
+
+
+def channels_last_rows(a):
+    """`(N, F, Ho, Wo)` -> `(N*Ho*Wo, F)`, a row per output position, as `patches` orders them."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, a.shape[1])
+
+
 def patches(xl, kernel, stride, out_hw):
     """Unfold windows channels-last: xl `(N, Hp, Wp, C)` -> patches `(N*Ho*Wo, kh*kw*C)`.
 
@@ -248,11 +259,10 @@ def correlate_patches(xl, W, stride, out_hw):
     W `(F, C, kh, kw)` -> `(N, F, Ho, Wo)`, and the patches for `patches_weight_grad`:
     one product `patches @ W_last` `(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, F)`, W_last being W
     in `(i, j, c)` order, then the result channels-first."""
-    (f, c, kh, kw), n, (ho, wo) = W.shape, xl.shape[0], out_hw
-    rows = patches(xl, (kh, kw), stride, out_hw)
-    W_last = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
+    f, n, (ho, wo) = W.shape[0], xl.shape[0], out_hw
+    rows = patches(xl, W.shape[2:], stride, out_hw)
     y = np.empty((n, f, ho, wo), xl.dtype)
-    np.copyto(y, (rows @ W_last).reshape(n, ho, wo, f).transpose(0, 3, 1, 2))
+    np.copyto(y, (rows @ weights_last(W)).reshape(n, ho, wo, f).transpose(0, 3, 1, 2))
     return y, rows
 
 
@@ -260,8 +270,7 @@ def patches_weight_grad(rows, dy, W_shape):
     """dL/dW `(F, C, kh, kw)` of `correlate_patches` given dL/dy `(N, F, Ho, Wo)` and its
     patches `(N*Ho*Wo, kh*kw*C)`: `patches.T @ dy_last`, dy channels-last `(N*Ho*Wo, F)`."""
     f, c, kh, kw = W_shape
-    dy_last = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, f)
-    return np.ascontiguousarray((rows.T @ dy_last).reshape(kh, kw, c, f).transpose(3, 2, 0, 1))
+    return np.ascontiguousarray((rows.T @ channels_last_rows(dy)).reshape(kh, kw, c, f).transpose(3, 2, 0, 1))
 
 
 def patches_win(W_shape, stride, out_hw):
@@ -308,10 +317,8 @@ def input_grad_patches(dy, W, stride, padding, in_hw):
     gradient `dy_last @ W_last.T` `(N*Ho*Wo, kh*kw*C)`, each entry added back to the
     channels-last padded-input pixel `patches` read it from (one strided add per kernel
     offset, along runs of C values), then padding cut off and channels first."""
-    (f, c, kh, kw), (n, _, ho, wo), (ph, pw), (h, w) = W.shape, dy.shape, padding, in_hw
-    dy_last = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, f)
-    W_last = np.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh * kw * c, f)
-    d_rows = (dy_last @ W_last.T).reshape(n, ho, wo, kh, kw, c)
+    (_, c, kh, kw), (n, _, ho, wo), (ph, pw), (h, w) = W.shape, dy.shape, padding, in_hw
+    d_rows = (channels_last_rows(dy) @ weights_last(W).T).reshape(n, ho, wo, kh, kw, c)
     dxl = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dy.dtype)
     for k, (rows, cols) in enumerate(kernel_offsets((kh, kw), stride, (ho, wo))):
         dxl[:, rows, cols, :] += d_rows[:, :, :, k // kw, k % kw, :]
