@@ -46,6 +46,7 @@ def train(cfg, runs_dir="runs", data_dir=None, engine="fast", quiet=True):
     """Train `cfg` in a new run folder under `runs_dir` (exactly as `cnnrun train`) and
     return the folder's path; `summary.json` in it holds the final figures."""
     data = load_data(cfg, data_dir)
+    cfg = _data.with_data_location(cfg, data_dir)  # the run folder says where its data is
     run_dir = runs.new_run_dir(runs_dir, cfg["name"], cfg)
     runner.train_run(cfg, run_dir, data, progress=not quiet, log=(lambda _: None) if quiet else print,
                      command="cnnrun.api.train", engine=engine)

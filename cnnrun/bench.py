@@ -29,10 +29,28 @@ def _block_seconds(fn, calls=3):
     return (time.perf_counter() - start) / calls
 
 
-def _median_seconds(fn, repeats, warmup):
+def _all_seconds(fn, repeats, warmup):
+    """Seconds of each of `repeats` timed calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    return float(np.median([_seconds(fn) for _ in range(repeats)]))
+    return np.array([_seconds(fn) for _ in range(repeats)])
+
+
+def _median_seconds(fn, repeats, warmup):
+    return float(np.median(_all_seconds(fn, repeats, warmup)))
+
+
+# A benchmark whose repeats of one step differ by more than this (slowest / fastest) was
+# disturbed, most often by other work on the machine: `benchmark` says so.
+STEADY_SPREAD = 1.25
+
+
+def load_per_core():
+    """The 1-minute load average per core (other processes' work waiting for a core), or None."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return None
 
 
 def _random_batch(net, batch_size, rng):
@@ -71,11 +89,13 @@ def gemm_shapes(layer, n, out_shape, first):
 
 
 def gemm_seconds(shapes, dtype, repeats, warmup, rng):
-    """Median seconds of the products `shapes`, each on random matrices, timed on their own."""
+    """Seconds of the products `shapes`, each on random matrices, timed on their own: the
+    fastest of `repeats` (a busy machine only ever adds time, so the minimum is the
+    figure least moved by it)."""
     total = 0.0
     for m, k, p in shapes:
         a, b = rng.random((m, k), dtype=np.float32).astype(dtype), rng.random((k, p), dtype=np.float32).astype(dtype)
-        total += _median_seconds(lambda: a @ b, repeats, warmup)
+        total += float(_all_seconds(lambda: a @ b, repeats, warmup).min())
     return total
 
 
@@ -127,12 +147,16 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     """
     rng = np.random.default_rng(seed)
     x, _, y = _random_batch(net, batch_size, rng)
-    train_s = _median_seconds(_timed_step(net, train_cfg, x, y), repeats, warmup)
+    load_before = load_per_core()
+    train_times = _all_seconds(_timed_step(net, train_cfg, x, y), repeats, warmup)
+    train_s = float(np.median(train_times))
     eval_s = _median_seconds(lambda: net.forward(x), repeats, warmup)
     result = dict(batch_size=batch_size, repeats=repeats, parameters=int(net.num_parameters()),
                   optimizer=train_cfg["optimizer"], threads=net.threads,
                   train_samples_per_s=batch_size / train_s, eval_samples_per_s=batch_size / eval_s,
-                  train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3, blas=blas_info())
+                  train_step_ms=train_s * 1e3, eval_step_ms=eval_s * 1e3, blas=blas_info(),
+                  train_step_range_ms=[float(train_times.min() * 1e3), float(train_times.max() * 1e3)],
+                  load_per_core=load_before)
     adversary = attacks.adversary(train_cfg["adversarial"], np.random.default_rng(seed))
     if adversary:
         adv_s = _median_seconds(lambda: adversary(net, x, y), repeats, warmup)
@@ -163,8 +187,30 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
                              gemm_ms=gemm_ms[i])
                         for i, layer in enumerate(net.layers)]
     result["gemm_ms"] = float(sum(gemm_ms))
-    result["gemm_share"] = result["gemm_ms"] / result["train_step_ms"]
+    result["gemm_share"] = result["gemm_ms"] / result["train_step_range_ms"][0]  # fastest against fastest
+    result["warnings"] = steadiness_warnings(result)
     return result
+
+
+def steadiness_warnings(result):
+    """Lines saying why a benchmark's figures may not be the machine's (empty if none):
+    repeats that spread widely, a machine already loaded when it started, or matrix
+    products that took longer alone than the whole step they are part of."""
+    out = []
+    fastest, slowest = result["train_step_range_ms"]
+    if slowest > STEADY_SPREAD * fastest:
+        out.append(f"the training step took {fastest:.1f} to {slowest:.1f} ms over the repeats (more than "
+                   f"{STEADY_SPREAD:g}x apart): the machine was busy, so these figures are not steady")
+    load = result.get("load_per_core")
+    if load is not None and load > 0.5:
+        out.append(f"the machine was already loaded when timing began (1-minute load {load:.1f} per core): "
+                   f"other work shares the cores, so these figures are lower than the machine's")
+    if result["gemm_share"] > 1:
+        out.append(f"the matrix products timed alone took longer than the whole step "
+                   f"({100 * result['gemm_share']:.0f} %): they were disturbed, so the GEMM share is not meaningful")
+    if out:
+        out.append("time again on an idle machine, or with more --repeats")
+    return out
 
 
 def against_torch(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):

@@ -8,14 +8,13 @@ import sys
 import time
 
 import click
-import numpy as np
-import yaml
 
 from cnnrun import __version__
-from cnnrun.config import build_network, load_config, parse_yaml
 from cnnrun.errors import CnnrunError, interrupted
-from cnnrun.nn import parallel
-from cnnrun.reports import cell
+
+# Only what every command needs is imported here: NumPy, the engine and (above all)
+# matplotlib are imported by the verbs that use them, so `cnnrun --version`, `runs` and
+# `--help` start at once.
 
 
 class Group(click.Group):
@@ -73,7 +72,7 @@ def format_table(headers, rows):
 
 
 def engine_option(f):
-    return click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+    return click.option("--engine", type=click.Choice(["fast", "reference"], case_sensitive=False), default="fast", show_default=True,
                         help="fast: layers.py on kernels.py. reference: nn/reference.py, every layer written "
                              "as its equations; the same numbers to float tolerance, several times slower.")(f)
 
@@ -86,6 +85,8 @@ def main():
     Every verb takes a YAML config (see configs/) or a run folder; `cnnrun VERB --help`
     explains each one.
     """
+    from cnnrun.nn import parallel
+
     parallel.keep_freed_memory()
     signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
 
@@ -103,11 +104,11 @@ def stop_as_on_ctrl_c(signum, frame):
               help="Timed repeats; the median is reported.")
 @click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
               help="Untimed repeats first.")
-@click.option("--against", type=click.Choice(["torch"]),
+@click.option("--against", type=click.Choice(["torch"], case_sensitive=False),
               help="Also time the PyTorch twin (same layers, same weights) in alternation with "
                    "cnnrun and print both and their ratio (needs pip install -e '.[bench]').")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@click.option("--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True,
+@click.option("--engine", type=click.Choice(["fast", "reference"], case_sensitive=False), default="fast", show_default=True,
               help="The engine to time; reference (nn/reference.py) also times the fast one and prints "
                    "how many times slower the reference is.")
 def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
@@ -119,6 +120,7 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
     adversarial examples is timed too and reported beside the plain step.
     """
     from cnnrun.bench import OPENBLAS_FORCING, against_torch, benchmark
+    from cnnrun.config import build_network, load_config
 
     if against:
         try:
@@ -150,8 +152,9 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
         click.echo(f"adversarial training: {result['adversarial_train_samples_per_s']:,.0f} samples/s "
                    f"(+{result['adversarial_batch_ms']:.1f} ms/step making the adversarial examples)")
     click.echo(f"eval:  {result['eval_samples_per_s']:,.0f} samples/s ({result['eval_step_ms']:.1f} ms/batch)")
-    click.echo(f"GEMMs: {result['gemm_ms']:.1f} ms of the training step ({100 * result['gemm_share']:.0f} %), "
-               f"the same matrix products timed alone")
+    click.echo(f"GEMMs: {result['gemm_ms']:.1f} ms of the fastest training step "
+               f"({result['train_step_range_ms'][0]:.1f} ms; {100 * result['gemm_share']:.0f} %), the same matrix "
+               f"products timed alone (fastest of {repeats})")
     blas = result["blas"]
     click.echo(f"BLAS:  {blas['library']} {blas['version']}, {blas['kernels']} kernels"
                + (f" (OPENBLAS_CORETYPE={blas['forced']} chose them)" if blas["forced"] else ""))
@@ -163,6 +166,8 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
         click.echo(f"reference engine: {fast['train_samples_per_s'] / result['train_samples_per_s']:.1f}x slower "
                    f"than the fast one in training ({fast['train_samples_per_s']:,.0f} samples/s fast), "
                    f"{fast['eval_samples_per_s'] / result['eval_samples_per_s']:.1f}x in evaluation")
+    for line in result["warnings"]:
+        click.echo(f"warning: {line}", err=True)
     if against:
         vs = result["against_torch"]
         rows = [(name, f"{vs[name]['cnnrun']:,.0f}", f"{vs[name]['torch']:,.0f}", f"{vs[name]['ratio']:.2f}x")
@@ -186,6 +191,9 @@ def gradcheck_cmd(config, batch_size, samples, seed, engine):
     Each layer on its own, then the whole network on the cross-entropy loss:
     every parameter tensor and the input gradient. Exits 1 if any check fails.
     """
+    import numpy as np
+
+    from cnnrun.config import build_network, load_config
     from cnnrun.nn import one_hot
     from cnnrun.nn.gradcheck import TOLERANCE, check_all
 
@@ -231,6 +239,12 @@ def trackers_for(mlflow, tensorboard, runs_dir, cfg=None):
                          log=lambda line: click.echo(line, err=True))
 
 
+def echo_where(trackers):
+    """After a verb that logged: where each tracker logged, and how to look (stderr)."""
+    for line in trackers.where():
+        click.echo(line, err=True)
+
+
 def data_dir_option(f):
     return click.option("--data-dir", type=click.Path(file_okay=False),
                         help="MNIST folder (default: $CNNRUN_DATA_DIR, the config's data.dir, "
@@ -260,8 +274,8 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     curves.png. Ctrl-C stops after saving; --resume RUN_DIR continues exactly.
     """
     from cnnrun import runs
-    from cnnrun.config import apply_override
-    from cnnrun.data import check_data_fits, load_data
+    from cnnrun.config import apply_override, build_network, load_config
+    from cnnrun.data import check_data_fits, load_data, with_data_location
     from cnnrun.runner import Stopped, resume_action, train_run
 
     if (config is None) == (resume_dir is None):
@@ -291,6 +305,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     net = build_network(cfg)  # a config that does not build, or would not fit in memory, fails before any data is read
     trackers = trackers_for(mlflow, tensorboard, runs_dir, cfg)  # a bad URI too
     data = load_data(cfg, data_dir, progress=not quiet)
+    cfg = with_data_location(cfg, data_dir)  # config.yaml says where the data is: eval, attack, resume find it
     for images, labels in data.values():  # and data that does not fit it, before a run folder is made
         check_data_fits(net, images, labels)
     if not resume_dir:
@@ -311,6 +326,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     click.echo(f"done: {cfg['name']} test accuracy {acc:.4f} (best {summary['best_test_acc']:.4f} at epoch "
                f"{summary['best_epoch']}), {summary['wall_time_s']:.0f}s, "
                f"{summary['train_samples_per_s'] or 0:,.0f} samples/s -> {run_dir}")
+    echo_where(trackers)
 
 
 @main.command(name="eval", short_help="Test accuracy, per class, confusion matrix, mistakes.")
@@ -328,7 +344,6 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, mlflow, tensorboard):
     """
     from cnnrun.data import check_data_fits, load_data
     from cnnrun.reports import evaluate_run
-    from cnnrun.runs import load_run
 
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
     run_dir, cfg, net = load_run(run_dir, runs_dir, engine=engine)
@@ -336,6 +351,7 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, mlflow, tensorboard):
     check_data_fits(net, x, labels)
     result = evaluate_run(run_dir, cfg, net, x, labels)
     trackers.sync_run(run_dir)
+    echo_where(trackers)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -349,6 +365,7 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, mlflow, tensorboard):
 
 def echo_sweep_summary(table, at_epoch, verb, sweep_dir):
     """Print a sweep's summary rows (at epoch `at_epoch` if given) and the files written."""
+    from cnnrun.reports import cell
     from cnnrun.sweep import SUMMARY_COLUMNS
 
     if at_epoch is not None:
@@ -380,6 +397,7 @@ def plot_cmd(run_dirs, runs_dir, out, at_epoch):
 
     from cnnrun import sweep
 
+    run_dirs = [runs.locate(d, runs_dir) for d in run_dirs]  # names as `cnnrun runs` prints them
     sweeps = [d for d in run_dirs if sweep.is_sweep(d)]
     if at_epoch is not None:
         if not run_dirs:
@@ -437,6 +455,36 @@ def runs_cmd(runs_dir):
         click.echo(("\n" if found else "") + format_table(["sweep", "runs", "status"], rows))
 
 
+@main.command(name="configs", short_help="List the configs shipped with cnnrun; print one.")
+@click.argument("name", required=False)
+def configs_cmd(name):
+    """List the configs that ship with cnnrun (give one by name to train, bench or sweep
+    it: `cnnrun train net2`); with NAME, print that config's YAML, to copy and edit:
+    `cnnrun configs net2 > my-net.yaml`.
+    """
+    from cnnrun.config import find_config, read_yaml, shipped_configs
+
+    if name:
+        path = find_config(name)
+        read_yaml(path)  # a file that is not YAML is one error line
+        with open(path, encoding="utf-8") as f:
+            click.echo(f.read(), nl=False)
+        return
+    rows = []
+    for key, path in shipped_configs().items():
+        raw = read_yaml(path)
+        with open(path, encoding="utf-8") as f:
+            first = next((line[1:].strip() for line in f if line.startswith("#")), "")
+        if isinstance(raw, dict) and "configs" in raw:
+            what = f"sweep of {len(raw['configs'])} configs"
+        else:
+            train = raw.get("train", {}) if isinstance(raw, dict) else {}
+            what = f"{len(raw['model']['layers'])} layers, {train.get('epochs', '?')} epochs"
+        rows.append((key, what, first))
+    click.echo(format_table(["config", "what", "description"], rows))
+    click.echo("\ntrain one by name: cnnrun train net2; print it: cnnrun configs net2")
+
+
 @main.command(name="verify", short_help="Check that a run's files are what was written.")
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @runs_dir_option
@@ -457,6 +505,7 @@ def verify_cmd(run_dirs, runs_dir, as_json):
     if run_dirs:
         folders = []
         for d in run_dirs:
+            d = runs.locate(d, runs_dir)
             if sweep.is_sweep(d):
                 _, entries = sweep.load_sweep(d)
                 folders += [os.path.join(d, e["run"]) for e in entries]
@@ -488,19 +537,24 @@ def verify_cmd(run_dirs, runs_dir, as_json):
 
 
 @main.command(name="predict", short_help="Classify your own digit images.")
-@click.argument("run_dir", type=click.Path())
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1, required=True, metavar="[RUN_DIR] IMAGE...")
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
-def predict_cmd(run_dir, images, runs_dir, as_json):
-    """Classify your own digit images (PNG/JPEG, any size) with a run's weights.
+def predict_cmd(args, runs_dir, as_json):
+    """Classify your own digit images (PNG/JPEG, any size) with a run's weights
+    (RUN_DIR: a path, a name `cnnrun runs` prints or a unique prefix; default: the
+    latest run).
 
     Each image is made MNIST-like: grayscale, inverted if the digit is dark on
     light, scaled into 20x20 and centred in 28x28.
     """
-    from cnnrun.images import read_image, to_mnist
-    from cnnrun.runs import load_run
+    import numpy as np
 
+    from cnnrun.images import read_image, to_mnist
+
+    run_dir, images = split_run_and_files(args, runs_dir)
+    if not images:
+        raise CnnrunError(f"give one or more images after the run folder, e.g. cnnrun predict {args[0]} digit.png")
     run_dir, cfg, net = load_run(run_dir, runs_dir, batch_size=len(images))
     c, h, w = net.input_shape
     if c != 1:
@@ -515,17 +569,43 @@ def predict_cmd(run_dir, images, runs_dir, as_json):
             click.echo(f"{path}: {label} ({p[label]:.3f})   " + " ".join(f"{i}:{v:.2f}" for i, v in enumerate(p)))
 
 
+def split_run_and_files(args, runs_dir):
+    """`[RUN_DIR] IMAGE...` -> `(run or None, images)`: the first argument is an image when
+    its name ends as a picture's does (.png, .jpg, ... as Pillow reads them) and it is
+    not a folder; otherwise it names the run."""
+    from PIL import Image
+
+    first = args[0]
+    picture = os.path.splitext(first)[1].lower() in Image.registered_extensions()
+    if picture and not os.path.isdir(first):
+        return None, list(args)
+    return first, list(args[1:])
+
+
+def load_run(run_dir, runs_dir, **options):
+    """`runs.load_run`, saying on stderr when the run is not finished (its checkpoint's weights)."""
+    from cnnrun import runs
+
+    run_dir, cfg, net = runs.load_run(run_dir, runs_dir, **options)
+    note = runs.unfinished_note(run_dir)
+    if note:
+        click.echo(note, err=True)
+    return run_dir, cfg, net
+
+
 def parse_eps(values):
     """`--eps 0.1 --eps 0.2,0.3` -> [0.1, 0.2, 0.3], each in [0, 1]."""
     out = []
     for value in values:
         for part in str(value).split(","):
             try:
-                eps = float(part)
-            except ValueError:
-                raise CnnrunError(f"--eps {part!r}: expected a number in [0, 1]") from None
+                top, slash, bottom = part.partition("/")  # 8/255 is 0.0314
+                eps = float(top) / float(bottom) if slash else float(part)
+            except (ValueError, ZeroDivisionError):
+                raise CnnrunError(f"--eps {part!r}: expected a number in [0, 1], or a fraction such as 8/255") from None
             if not 0 <= eps <= 1:
-                raise CnnrunError(f"--eps {eps:g}: must be in [0, 1] (pixel units of images scaled to [0, 1])")
+                hint = f"; did you mean {eps:g}/255 = {eps / 255:.3f}?" if 1 < eps <= 255 else ""
+                raise CnnrunError(f"--eps {eps:g}: must be in [0, 1] (pixel units of images scaled to [0, 1]){hint}")
             out.append(eps)
     return sorted(set(out))
 
@@ -533,7 +613,8 @@ def parse_eps(values):
 @main.command(name="attack", short_help="FGSM / BIM / PGD / APGD / FAB-T / Square / AutoAttack accuracy per eps.")
 @click.argument("run_dirs", nargs=-1, type=click.Path())
 @click.option("--eps", "eps_values", multiple=True, default=["0.1"], show_default=True,
-              help="Perturbation size in pixel units; repeatable or a comma list (0.05,0.1,0.2,0.3).")
+              help="Perturbation size in pixel units (images in [0, 1]): a number or a fraction such as 8/255; "
+                   "repeatable or a comma list (0.05,0.1,0.2,0.3).")
 @click.option("--method", "methods", multiple=True, default=["fgsm"], show_default=True,
               help="fgsm, bim (iterative FGSM), pgd (BIM from random starts), apgd-ce (APGD on cross-entropy), "
                    "apgd-t (targeted APGD on the DLR loss), fab-t (targeted FAB: smallest perturbation across "
@@ -580,10 +661,9 @@ def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, ste
     from cnnrun.attacks import METHODS
     from cnnrun.data import check_data_fits, load_data
     from cnnrun.reports import attack_run, compare_attacks
-    from cnnrun.runs import load_run
 
     eps_list = parse_eps(eps_values)
-    methods = [m for value in methods for m in value.split(",")]
+    methods = [m.strip().lower() for value in methods for m in value.split(",")]  # PGD is pgd
     for m in methods:
         if m not in METHODS:
             raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
@@ -602,6 +682,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, ste
             click.echo(f"warning: {r['network']}: {line}", err=True)
     for run_dir, _, _ in loaded:
         trackers.sync_run(run_dir)
+    echo_where(trackers)
     if as_json:
         click.echo(json.dumps(reports[0] if len(reports) == 1 else reports))
         return
@@ -661,18 +742,23 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
     (compare them there with `cnnrun plot SWEEP_DIR --at-epoch N`), and a later
     --resume, with a larger N or none, goes on.
     """
+    import yaml
+
     from cnnrun import runs, sweep
+    from cnnrun.config import find_config, parse_yaml
 
     sweep.require_dask()
     if resume_dir:
         if sources or seeds or grid or overrides or name:
             raise CnnrunError("--resume continues a sweep as planned; give no configs, --seeds, --grid, --set "
                               "or --name with it")
+        resume_dir = runs.locate(resume_dir, runs_dir)
         sweep.check_runs(resume_dir)  # a damaged folder is one line, before any cluster starts
         sweep_dir = resume_dir
     else:
         if not sources:
             raise CnnrunError("give a sweep spec or one or more configs (or --resume SWEEP_DIR)")
+        sources = [find_config(p) for p in sources]  # a path, or a shipped config's name
         spec_files = [p for p in sources if sweep.is_spec_file(p)]
         if spec_files and len(sources) > 1:
             raise CnnrunError(f"{spec_files[0]}: a sweep spec is given alone, not with other files")
@@ -699,6 +785,9 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
             spec["name"] = name
         spec = sweep.check_spec(spec, "the sweep")
         entries, configs = sweep.expand(spec, spec_dir)
+        if data_dir or os.environ.get("CNNRUN_DATA_DIR"):  # each run's config.yaml says where its data is
+            from cnnrun.data import with_data_location
+            configs = [with_data_location(c, data_dir) for c in configs]
     if resume_dir:  # the runs' `track:` section, as the sweep was planned
         _, planned = sweep.load_sweep(resume_dir)
         first = runs.load_run_config(os.path.join(resume_dir, planned[0]["run"])) if planned else None
@@ -726,7 +815,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
     if stopped:  # the cluster is closed: no worker of it can still write a run's summary
         if local:
             sweep.mark_interrupted(sweep_dir, entries)
-        click.echo(f"interrupted; resume with: cnnrun sweep --resume {sweep_dir}", err=True)
+        click.echo(f"interrupted; resume with: cnnrun sweep --resume {shlex.quote(sweep_dir)}", err=True)
         sys.exit(130)
     echo_sweep_summary(table, until_epoch, "saved", sweep_dir)
     untested = [e for e in entries if until_epoch
@@ -736,7 +825,7 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
                    f"every train.eval_every epochs (and a diverged one stops early)")
     if failures:
         raise CnnrunError(f"{len(failures)} run(s) failed, first {failures[0][0]}: {failures[0][1]}; "
-                          f"resume with: cnnrun sweep --resume {sweep_dir}")
+                          f"resume with: cnnrun sweep --resume {shlex.quote(sweep_dir)}")
 
 
 @main.command(name="export", short_help="Write a run's network as an ONNX model, checked by onnxruntime.")
@@ -762,7 +851,7 @@ def export_cmd(run_dir, output, check_images, data_dir, runs_dir, mlflow, tensor
 
     export.require_onnx()
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
-    run_dir, cfg, net = runs.load_run(run_dir, runs_dir)
+    run_dir, cfg, net = load_run(run_dir, runs_dir)
     x = load_data(cfg, data_dir, progress=False, splits=("test",))["test"][0][:check_images]
     check_data_fits(net, x)
     summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
@@ -774,6 +863,7 @@ def export_cmd(run_dir, output, check_images, data_dir, runs_dir, mlflow, tensor
     click.echo(f"wrote {output} ({len(data):,} bytes, opset {export.OPSET}); onnxruntime agrees with cnnrun on "
                f"{len(x)} test images (largest probability difference {difference:.1e})")
     trackers.sync_run(run_dir)
+    echo_where(trackers)
 
 
 @main.command(name="track", short_help="Log run folders or sweeps to MLflow / TensorBoard, afterwards.")
@@ -797,6 +887,7 @@ def track_cmd(paths, runs_dir, mlflow, tensorboard):
             raise CnnrunError(f"no runs or sweeps in {runs_dir}")
     folders = []
     for path in paths:
+        path = runs.locate(path, runs_dir)
         if sweep.is_sweep(path):
             _, entries = sweep.load_sweep(path)
             folders.append((path, [os.path.join(path, e["run"]) for e in entries]))
@@ -812,8 +903,10 @@ def track_cmd(paths, runs_dir, mlflow, tensorboard):
         count += len(run_dirs)
         if not trackers:
             sys.exit(1)
-    where = ", ".join(t.name + (f" ({t.uri})" if hasattr(t, "uri") else "") for t in trackers.trackers)
-    click.echo(f"logged {count} run(s) to {where} in {time.perf_counter() - started:.1f}s")
+    new = len(trackers.updated())
+    click.echo(f"logged {new} of {count} run(s) anew in {time.perf_counter() - started:.1f}s"
+               + ("" if new else ": every one was already logged, nothing new to add"))
+    echo_where(trackers)
 
 
 if __name__ == "__main__":

@@ -189,8 +189,36 @@ def read_yaml(path, what="config file"):
         raise CnnrunError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', None) or e}") from None
 
 
+# The configs that ship inside the package (the repository's configs/ is a link to them).
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def shipped_configs():
+    """`{name: path}` of the configs shipped with cnnrun (net1 ... robust-trades, study)."""
+    if not os.path.isdir(SHIPPED_DIR):
+        return {}
+    return {f[:-5]: os.path.join(SHIPPED_DIR, f) for f in sorted(os.listdir(SHIPPED_DIR)) if f.endswith(".yaml")}
+
+
+def find_config(path):
+    """A config given as a file path, or by the name of a shipped config (`net2`,
+    `net2.yaml`): the path of the file to read. A path that exists always wins."""
+    path = str(path)
+    if os.path.exists(path):
+        return path
+    shipped = shipped_configs()
+    name = os.path.basename(path)[:-5] if path.endswith(".yaml") else path
+    if name in shipped and (os.sep not in path or path == os.path.join("configs", name + ".yaml")):
+        return shipped[name]
+    if os.sep not in path and not path.endswith((".yaml", ".yml")):
+        raise CnnrunError(f"{path}: no such config file, nor a shipped config; shipped: {', '.join(shipped)} "
+                          f"(`cnnrun configs` lists them)")
+    return path
+
+
 def load_config(path):
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file, given by its path or a shipped config's name."""
+    path = find_config(path)
     return validate(read_yaml(path), str(path))
 
 

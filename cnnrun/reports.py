@@ -43,9 +43,10 @@ def evaluate_run(run_dir, cfg, net, x, labels):
     runs.write_json(os.path.join(run_dir, "eval.json"), result)
     plots.confusion_matrix(confusion, os.path.join(run_dir, "confusion.png"), f"{cfg['name']}: test accuracy {acc:.4f}")
     shown = wrong[:40]
-    plots.image_grid(x[shown, 0], [f"true {labels[i]} pred {predicted[i]}\n({probs[i, predicted[i]]:.2f})"
+    plots.image_grid(x[shown, 0], [f"#{i}: true {labels[i]}\npred {predicted[i]} (p {probs[i, predicted[i]]:.2f})"
                                    for i in shown], os.path.join(run_dir, "misclassified.png"),
-                     f"{cfg['name']}: {len(shown)} of {len(wrong)} misclassified test images")
+                     f"{cfg['name']}: {len(shown)} of {len(wrong)} misclassified test images",
+                     note="#: the test image's index; p: the network's probability for its (wrong) prediction")
     return result
 
 

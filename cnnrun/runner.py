@@ -15,6 +15,7 @@ gives exactly the numbers of an uninterrupted one.
 """
 
 import os
+import shlex
 import platform
 import socket
 import subprocess
@@ -287,7 +288,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
         summary.update(status="interrupted")
         runs.write_json(summary_path, summary)
         raise Stopped(f"interrupted during epoch {epoch + 1}; the checkpoint holds epoch "
-                      f"{summary['epochs_done']}. Resume with: cnnrun train --resume {run_dir}", 130) from None
+                      f"{summary['epochs_done']}. Resume with: cnnrun train --resume {shlex.quote(run_dir)}", 130) from None
     if stop < epochs:
         if rows and drawn_rows < len(rows):
             draw()

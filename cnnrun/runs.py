@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import socket
 import sys
 import time
@@ -67,8 +68,33 @@ def list_runs(runs_dir):
             if is_run(os.path.join(runs_dir, d))]
 
 
+def locate(name, runs_dir):
+    """A run or sweep folder named as a user would name it: a path; a name that `cnnrun runs`
+    prints (a folder in `runs_dir` or `runs_dir/sweeps`); or a unique prefix of one
+    (`20261207-1655`). Returns the path (unchanged if nothing matches); several matches
+    are an error listing them."""
+    if os.path.exists(name) or os.sep in name.rstrip(os.sep):
+        return name
+    folders = list_runs(runs_dir)
+    sweeps = os.path.join(runs_dir, "sweeps")
+    if os.path.isdir(sweeps):
+        folders += [os.path.join(sweeps, d) for d in sorted(os.listdir(sweeps))
+                    if os.path.isfile(os.path.join(sweeps, d, "sweep.yaml"))]
+    exact = [f for f in folders if os.path.basename(f) == name]
+    if exact:
+        return exact[0]
+    matches = [f for f in folders if os.path.basename(f).startswith(name)]
+    if len(matches) > 1:
+        shown = ", ".join(os.path.basename(m) for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise CnnrunError(f"{name}: matches {len(matches)} folders in {runs_dir} ({shown}); give more of the name")
+    return matches[0] if matches else name
+
+
 def resolve_run(run_dir, runs_dir):
-    """The run folder given, or the latest in `runs_dir`; a clear error if there is none."""
+    """The run folder given (a path, a name `cnnrun runs` prints, or a unique prefix), or
+    the latest in `runs_dir`; a clear error if there is none."""
+    if run_dir is not None:
+        run_dir = locate(run_dir, runs_dir)
     if run_dir is None:
         if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
             raise CnnrunError(f"{runs_dir}: not a folder (--runs-dir names the folder holding the runs)")
@@ -79,7 +105,8 @@ def resolve_run(run_dir, runs_dir):
     if os.path.isfile(run_dir):
         raise CnnrunError(f"{run_dir}: is a file, not a run folder")
     if not os.path.isdir(run_dir):
-        raise CnnrunError(f"{run_dir}: no such run folder")
+        raise CnnrunError(f"{run_dir}: no such run folder, nor a run in {runs_dir} of that name "
+                          f"(`cnnrun runs` lists them)")
     if not is_run(run_dir):
         raise CnnrunError(f"{run_dir}: not a run folder (no config.yaml)")
     return run_dir
@@ -111,6 +138,19 @@ def load_run(run_dir, runs_dir, need_weights=True, batch_size=500, engine="fast"
     check_file(run_dir, os.path.basename(path))
     net.load(path)
     return run_dir, cfg, net
+
+
+def unfinished_note(run_dir):
+    """One line saying that a run's weights are not its final ones (it stopped, is still
+    training or is paused part-way), or None for a finished run."""
+    summary = read_json(os.path.join(run_dir, "summary.json"), {})
+    status = run_status(summary, run_dir) if summary else "not started"
+    if status == "finished" and os.path.isfile(os.path.join(run_dir, "weights.npz")):
+        return None
+    done, planned = summary.get("epochs_done", checkpoint_epoch(run_dir)), summary.get("epochs_planned", "?")
+    going_on = "" if status.startswith("running") else f"; `cnnrun train --resume {shlex.quote(run_dir)}` trains on"
+    return (f"note: {run_dir} is not finished ({status}, {done} of {planned} epochs): these are the weights "
+            f"of its checkpoint at epoch {done}{going_on}")
 
 
 DIGESTED = ("weights.npz", "checkpoint.npz")
@@ -193,7 +233,7 @@ def check_file(run_dir, name, summary=None):
     """`file_state`, as an error if damaged and a note on stderr if unrecorded."""
     state, detail = file_state(run_dir, name, summary)
     if state == "damaged":
-        raise CnnrunError(f"{detail}; `cnnrun verify {run_dir}` checks the whole folder")
+        raise CnnrunError(f"{detail}; `cnnrun verify {shlex.quote(run_dir)}` checks the whole folder")
     if state == "unrecorded":
         print(f"note: {detail}", file=sys.stderr)
     return state

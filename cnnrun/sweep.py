@@ -31,7 +31,7 @@ import yaml
 
 from cnnrun import plots, runs
 from cnnrun.nn import parallel
-from cnnrun.config import NAME, build_network, load_config, parse_yaml, read_yaml, set_value
+from cnnrun.config import NAME, build_network, find_config, load_config, parse_yaml, read_yaml, set_value
 from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.reports import write_tables
@@ -137,11 +137,13 @@ def setting_label(setting):
 
 
 def resolve_config_path(path, spec_dir):
-    """A config path as written in a spec: relative to the current folder, else to the spec's."""
-    if os.path.isabs(path) or os.path.exists(path) or spec_dir is None:
-        return path
-    beside = os.path.join(spec_dir, path)
-    return beside if os.path.exists(beside) else path
+    """A config as written in a spec: a path relative to the current folder, else to the
+    spec's, else the name of a shipped config (`net2`)."""
+    if not (os.path.isabs(path) or os.path.exists(path) or spec_dir is None):
+        beside = os.path.join(spec_dir, path)
+        if os.path.exists(beside):
+            return beside
+    return find_config(path)
 
 
 def expand(spec, spec_dir=None):

@@ -19,6 +19,7 @@ using it for the rest of the process.
 
 import json
 import os
+import shlex
 import re
 import time
 from urllib.parse import urlparse
@@ -71,9 +72,11 @@ def make_trackers(mlflow=None, tensorboard=False, runs_dir="runs", log=print):
         uri = mlflow_uri(mlflow or None, runs_dir)
         require("mlflow", "mlflow")
         trackers.append(MlflowTracker(uri))
+        log(f"MLflow: logging to {uri} (MLflow takes some seconds to start, more for a new store)")
     if tensorboard:
         require("tensorboardX", "tensorboard")
-        trackers.append(TensorboardTracker())
+        trackers.append(TensorboardTracker(runs_dir))
+        log("TensorBoard: event files in each run folder's tb/")
     return Trackers(trackers, log)
 
 
@@ -85,6 +88,14 @@ class Trackers:
 
     def __bool__(self):
         return bool(self.trackers)
+
+    def updated(self):
+        """The run folders (absolute paths) to which some tracker logged something new."""
+        return set().union(*(tracker.updated for tracker in self.trackers))
+
+    def where(self):
+        """One line per tracker still working: where it logged, and how to look."""
+        return [tracker.where() for tracker in self.trackers]
 
     def call(self, method, *args, **kwargs):
         """`tracker.method(*args)` on each tracker; a failure is one warning line, never an error."""
@@ -220,9 +231,15 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self.uri, self._client, self._experiment = uri, None, None
+        self.updated = set()  # run folders that got anything new from this process
 
     def track_command(self, what):
-        return f"cnnrun track {what} --mlflow {self.uri}"
+        return f"cnnrun track {shlex.quote(str(what))} --mlflow {shlex.quote(self.uri)}"
+
+    def where(self):
+        look = f"open {self.uri}" if self.uri.startswith("http") else f"mlflow ui --backend-store-uri {self.uri}"
+        return f"MLflow: logged to {self.uri}, experiment {os.environ.get('MLFLOW_EXPERIMENT_NAME') or EXPERIMENT}; " \
+               f"to look: {look}"
 
     @property
     def client(self):
@@ -293,6 +310,7 @@ class MlflowTracker:
         status = summary.get("status", "running")
         run_tags = [RunTag("status", str(status))] + changed + \
             [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+        new = new_params or metrics or any(run.data.tags.get(t.key) != t.value for t in run_tags)
         self.client.log_batch(run_id, tags=run_tags)
         for start in range(0, len(new_params), 100):  # MLflow's limits on one batch
             self.client.log_batch(run_id, params=new_params[start:start + 100])
@@ -305,9 +323,12 @@ class MlflowTracker:
                 folder = os.path.dirname(name)
                 self.client.log_artifact(run_id, os.path.join(run_dir, name), artifact_path=folder or None)
                 uploaded[name] = stamp
+                new = True
         state.setdefault("mlflow_artifacts", {})[run_id] = uploaded
         write_state(run_dir, state)
         mlflow_status = STATUS.get(status, "RUNNING")
+        if new or run.info.status != mlflow_status:
+            self.updated.add(os.path.abspath(run_dir))
         if run.info.status != mlflow_status:
             if mlflow_status == "RUNNING":  # resumed
                 self.client.update_run(run_id, status="RUNNING")
@@ -384,8 +405,15 @@ class TensorboardTracker:
 
     name = "TensorBoard"
 
+    def __init__(self, runs_dir="runs"):
+        self.runs_dir = runs_dir
+        self.updated = set()  # run folders that got anything new from this process
+
     def track_command(self, what):
-        return f"cnnrun track {what} --tensorboard"
+        return f"cnnrun track {shlex.quote(str(what))} --tensorboard"
+
+    def where(self):
+        return f"TensorBoard: event files in each run folder's tb/; to look: tensorboard --logdir {self.runs_dir}"
 
     def sync_run(self, run_dir, parent=None):
         from tensorboardX import SummaryWriter
@@ -408,6 +436,7 @@ class TensorboardTracker:
         kernels = first_kernels(run_dir) if summary.get("status") == "finished" and not tb.get("filters") else None
         if first == 10 ** 9 and not changed and not hparams and kernels is None:
             return logdir
+        self.updated.add(os.path.abspath(run_dir))
         # A file of its own per writer (event files are named by the second they were opened in).
         writer = SummaryWriter(logdir, purge_step=first if first != 10 ** 9 else None, flush_secs=3600,
                                filename_suffix=f".{os.getpid()}.{time.time_ns()}")

@@ -26,6 +26,7 @@ def robust(net, x_adv, labels):
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.3])
+@pytest.mark.slow
 def test_apgd_ce_is_as_strong_as_torchattacks_apgd(trained, eps):
     net, x, labels = trained
     y = np.eye(10, dtype=np.float32)[labels]
@@ -44,6 +45,7 @@ def test_apgd_ce_is_as_strong_as_torchattacks_apgd(trained, eps):
         assert 0.05 < theirs < clean - 0.1, f"eps 0.1 does not separate: clean {clean:.3f}, attacked {theirs:.3f}"
 
 
+@pytest.mark.slow
 def test_autoattack_is_no_weaker_than_pgd_on_any_image(trained):
     net, x, labels = trained
     x, labels = x[:150], labels[:150]  # the full suite's cost; 150 images hold both outcomes
@@ -55,6 +57,7 @@ def test_autoattack_is_no_weaker_than_pgd_on_any_image(trained):
     assert not np.any(by_autoattack & ~by_pgd), "an image survives autoattack but not PGD"
 
 
+@pytest.mark.slow
 def test_targeted_apgd_is_as_strong_as_torchattacks_apgdt(trained):
     """APGD-T on the DLR loss towards each of the 9 most likely other classes in turn,
     against torchattacks' APGDT with the same settings (100 steps, one restart each)."""
@@ -71,6 +74,7 @@ def test_targeted_apgd_is_as_strong_as_torchattacks_apgdt(trained):
     assert abs(ours - theirs) <= 0.02, f"apgd-t at eps {eps}: cnnrun {ours:.3f}, torchattacks {theirs:.3f}"
 
 
+@pytest.mark.slow
 def test_targeted_apgd_uses_the_scale_invariant_dlr_loss_where_cross_entropy_saturates(trained):
     """Multiply the logits by 1,000: the softmax saturates, so cross-entropy's gradient is
     exactly zero in float32 on confident images and APGD-CE cannot move; the targeted DLR

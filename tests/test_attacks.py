@@ -62,6 +62,7 @@ def test_pgd_never_leaves_the_eps_ball_or_the_unit_range(tiny_run):
     assert x_adv.min() >= 0 and x_adv.max() <= 1
 
 
+@pytest.mark.slow
 def test_eps_zero_leaves_accuracy_unchanged_and_attacks_hurt(tiny_run):
     net, x, labels = trained(tiny_run)
     clean = net.forward(x).argmax(axis=1)
@@ -87,6 +88,7 @@ def attack(tiny_run, *args):
                                      "--runs-dir", tiny_run["runs"]])
 
 
+@pytest.mark.slow
 def test_attack_verb_reports_writes_and_never_changes_the_run(tiny_run):
     run = tiny_run["run"]
     with open(os.path.join(run, "weights.npz"), "rb") as f:
@@ -111,6 +113,7 @@ def test_attack_verb_reports_writes_and_never_changes_the_run(tiny_run):
         assert f.read() == metrics
 
 
+@pytest.mark.slow
 def test_attack_compares_several_runs(tiny_run):
     result = CliRunner().invoke(main, ["train", tiny_run["config"], "--data-dir", tiny_run["data"], "--runs-dir",
                                        tiny_run["runs"], "--quiet", "--epochs", 1])
@@ -266,6 +269,7 @@ def test_autoattack_is_no_weaker_than_pgd_on_any_image(tiny_run):
     assert not (fooled["pgd"] & ~fooled["autoattack"]).any()
 
 
+@pytest.mark.slow
 def test_attack_verb_runs_the_apgd_methods(tiny_run):
     result = attack(tiny_run, "--eps", "0.1", "--method", "apgd-ce,autoattack", "--steps", 5, "--targets", 2,
                     "--queries", 50, "--limit", 20, "--json")
@@ -283,6 +287,7 @@ def test_attack_verb_runs_the_apgd_methods(tiny_run):
     assert report["large_eps_check"]["eps"] == 0.5 and report["large_eps_check"]["n"] == 20
 
 
+@pytest.mark.slow
 def test_attack_writes_which_attack_of_the_suite_broke_each_image(tiny_run):
     import csv
     result = attack(tiny_run, "--eps", "0.1", "--method", "autoattack", "--steps", 5, "--targets", 2,

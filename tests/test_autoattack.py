@@ -31,6 +31,7 @@ def robust(net, x_adv, labels):
     return net.logits(x_adv).argmax(axis=1) == labels
 
 
+@pytest.mark.slow
 def test_fab_t_is_as_strong_as_torchattacks_multi_targeted_fab(trained):
     """At eps 0.1, where about 12 % of these images stay robust. (Checking at eps 0.06 as
     well took about 40 s more of the suite, most of it in torchattacks' FAB.)"""
@@ -47,6 +48,7 @@ def test_fab_t_is_as_strong_as_torchattacks_multi_targeted_fab(trained):
     assert abs(ours - theirs) <= 0.02, f"fab-t at eps {eps}: cnnrun {ours:.3f}, torchattacks {theirs:.3f}"
 
 
+@pytest.mark.slow
 def test_square_is_as_strong_as_torchattacks_square_with_the_reference_schedule(trained):
     """Square is random (cnnrun draws from NumPy, torchattacks from torch). Measured on
     2026-12-02: over seeds 0-4 of cnnrun's, on these 300 images at eps 0.1, robust accuracy
@@ -135,6 +137,7 @@ def test_every_suite_attack_stays_in_the_eps_ball_and_the_box_and_does_nothing_a
     np.testing.assert_array_equal(attacks.attack(net, x, y, method, 0.0, **options), x)
 
 
+@pytest.mark.slow
 def test_autoattack_breaks_every_image_that_any_of_its_four_attacks_breaks_alone(trained):
     """Each attack of the suite runs on what the ones before left; alone, each runs on
     every image, with the generator the suite gives it (`rng.spawn(4)[k]`). An image any

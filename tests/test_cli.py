@@ -42,6 +42,7 @@ def test_bench_names_the_blas_library_and_the_kernel_set_its_products_run_on():
     assert f"BLAS:  {blas['internal_api']} {blas['version']}, {blas.get('architecture')} kernels" in table
 
 
+@pytest.mark.slow
 def test_bench_under_a_forced_kernel_set_names_the_cpus_own_pick_and_how_to_time_on_it():
     """OPENBLAS_CORETYPE=Nehalem (SSE only) forces older kernels than any AVX CPU's: bench
     says which set it timed, that the variable chose it, and the set OpenBLAS picks
@@ -70,6 +71,7 @@ def test_bench_under_a_forced_kernel_set_names_the_cpus_own_pick_and_how_to_time
     assert (unforced["kernels"], unforced["forced"], "own_kernels" in unforced) == (own, None, False)
 
 
+@pytest.mark.slow
 def test_bench_against_torch_reports_both_sides_and_their_ratio(monkeypatch):
     monkeypatch.setenv("CNNRUN_THREADS", "2")
     result = run("bench", NET1, "--batch-size", 16, "--repeats", 2, "--warmup", 0, "--against", "torch", "--json")
@@ -150,4 +152,18 @@ def test_bench_times_each_layers_matrix_products_at_their_shapes():
     data = json.loads(run("bench", NET1, "--batch-size", 8, "--repeats", 1, "--warmup", 0, "--json").output)
     assert [layer["gemm_ms"] > 0 for layer in data["layers"]] == [False, True, False, False, False, True, False]
     assert data["gemm_ms"] == pytest.approx(sum(layer["gemm_ms"] for layer in data["layers"]))
-    assert data["gemm_share"] == pytest.approx(data["gemm_ms"] / data["train_step_ms"])
+    assert data["gemm_share"] == pytest.approx(data["gemm_ms"] / data["train_step_range_ms"][0])
+
+
+def test_bench_says_when_its_figures_are_not_steady():
+    from cnnrun.bench import steadiness_warnings
+    steady = dict(train_step_range_ms=[10.0, 11.0], load_per_core=0.1, gemm_share=0.6)
+    assert steadiness_warnings(steady) == []
+    spread = steadiness_warnings(dict(steady, train_step_range_ms=[10.0, 30.0]))
+    assert "10.0 to 30.0 ms" in spread[0] and "busy" in spread[0] and "--repeats" in spread[-1]
+    assert "loaded" in steadiness_warnings(dict(steady, load_per_core=1.5))[0]
+    assert "not meaningful" in steadiness_warnings(dict(steady, gemm_share=4.94))[0]
+    data = json.loads(run("bench", NET1, "--batch-size", 8, "--repeats", 3, "--warmup", 0, "--json").output)
+    fastest, slowest = data["train_step_range_ms"]
+    assert fastest <= data["train_step_ms"] <= slowest
+    assert data["warnings"] == steadiness_warnings(data)

@@ -39,6 +39,7 @@ def calls(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_attack_passes_steps_step_size_restarts_targets_and_seed_to_the_attack(run, calls):
     result = invoke(run, "attack", run["run"], "--method", "bim,pgd,apgd-t", "--eps", "0.1", "--steps", 3,
                     "--step-size", 0.02, "--restarts", 2, "--targets", 3, "--seed", 7, "--limit", 16,

@@ -128,10 +128,11 @@ def test_corrupt_or_missing_download_leaves_no_partial_file(mirror, tmp_path):
     with pytest.raises(CnnrunError, match="could not download train-labels-idx1-ubyte.*MD5.*--data-dir"):
         mnist.download(str(target), ["train-labels-idx1-ubyte"], mirrors=[url],
                        checksums={"train-labels-idx1-ubyte": "0" * 32}, progress=False)
-    assert os.listdir(target) == []
+    assert not target.exists()  # nothing landed: the folder it made is gone too
+    target.mkdir()
     with pytest.raises(CnnrunError, match="could not download t10k-labels-idx1-ubyte.*404"):
         mnist.download(str(target), ["t10k-labels-idx1-ubyte"], mirrors=[url], checksums={}, progress=False)
-    assert os.listdir(target) == []
+    assert os.listdir(target) == []  # a folder that was there stays, empty
 
 
 def test_load_downloads_missing_mnist_files_from_a_mirror(mirror, tmp_path, monkeypatch):

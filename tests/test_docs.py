@@ -22,6 +22,7 @@ def code_blocks(page, language):
     return re.findall(rf"^```{language}\n(.*?)^```", (DOCS / page).read_text(), re.S | re.M)
 
 
+@pytest.mark.slow
 def test_the_site_builds_with_no_warning_and_generates_its_reference_pages(tmp_path):
     site = tmp_path / "site"
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=ROOT,
@@ -36,6 +37,7 @@ def test_the_site_builds_with_no_warning_and_generates_its_reference_pages(tmp_p
     assert "load_run" in (site / "python" / "index.html").read_text()  # from the docstrings
 
 
+@pytest.mark.slow
 def test_every_command_of_the_tutorial_runs_and_makes_the_pictures_it_shows(tmp_path):
     data = real_mnist_dir()
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
@@ -72,6 +74,7 @@ def test_every_step_of_how_it_works_runs_and_checks_itself(monkeypatch):
     assert "conv_loops" in namespace and "maxpool_backward_loops" in namespace
 
 
+@pytest.mark.slow
 def test_the_python_page_runs_on_real_mnist(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNRUN_DATA_DIR", real_mnist_dir())
     shutil.copytree(ROOT / "configs", tmp_path / "configs")

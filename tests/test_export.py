@@ -146,6 +146,7 @@ def test_without_onnx_export_says_how_to_install_it(trained, monkeypatch):
     assert result.exit_code == 1 and "pip install -e '.[onnx]'" in result.output
 
 
+@pytest.mark.slow
 def test_a_short_real_mnist_run_classifies_1000_test_images_alike(tmp_path):
     from test_data import real_mnist_dir
     from cnnrun.data import load_data

@@ -136,6 +136,7 @@ def test_an_unwritable_run_folder_is_one_line_and_loses_nothing(setup):
 
 
 @pytest.mark.parametrize("damage", ["config", "metrics", "summary", "checkpoint", "weights"])
+@pytest.mark.slow
 def test_a_damaged_run_folder_is_a_clear_error_or_harmless(setup, damage):
     run = setup["run"]
     target = {"config": "config.yaml", "metrics": "metrics.csv", "summary": "summary.json",

@@ -108,6 +108,7 @@ def test_verify_checks_every_file_of_runs_and_sweeps(run):
     assert result.exit_code == 1 and "metrics.csv" in result.output and "1 of 1 run damaged" in result.output
 
 
+@pytest.mark.slow
 def test_verify_takes_a_sweep_folder(run):
     result = invoke(run, "sweep", run["config"], "--seeds", "0-1", "--workers", 1, "--data-dir", run["data"],
                     "--quiet")
@@ -133,6 +134,7 @@ def test_a_run_folder_written_before_digests_still_loads_with_a_note(run):
     assert result.exit_code == 0 and "unrecorded" in result.output
 
 
+@pytest.mark.slow
 def test_a_second_resume_of_a_run_in_training_is_refused_and_the_run_ends_intact(run):
     """Two `train --resume` of one folder at once: the second is one line and changes
     nothing; the first finishes exactly, and every file verifies. The second process

@@ -304,6 +304,7 @@ def test_an_unknown_engine_is_a_clear_error():
         Network([("flatten", {}), ("dense", dict(units=2)), ("softmax", {})], (1, 2, 2), engine="slow")
 
 
+@pytest.mark.slow
 def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
     """train, eval, gradcheck and bench with --engine reference: the run trains to the
     fast engine's figures (float32 tolerance), and the other verbs work on it."""

@@ -59,6 +59,7 @@ def test_ctrl_c_in_the_first_epoch_resumes_from_the_start_in_the_same_folder(set
     assert_same_run(reference, part)
 
 
+@pytest.mark.slow
 def test_ctrl_c_inside_an_import_is_an_interruption_not_a_traceback(setup, reference, monkeypatch):
     """Python turns Ctrl-C inside an import (matplotlib's first figure, after an epoch)
     into an ImportError caused by it; the run still stops as interrupted and resumes."""

@@ -118,6 +118,7 @@ def test_divergence_stops_with_the_epoch_and_batch_and_keeps_the_checkpoint(setu
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_eval_plot_and_runs_verbs(setup):
     assert train(setup, "--quiet").exit_code == 0
     assert train(setup, "--quiet", "--epochs", 2).exit_code == 0
@@ -256,6 +257,7 @@ def test_predict_rejects_an_unreadable_image(setup, tmp_path):
     assert result.exit_code == 1 and "bad.png: not a readable image" in result.output
 
 
+@pytest.mark.slow
 def test_net2_learns_real_mnist_quickly(tmp_path):
     from test_data import real_mnist_dir
 

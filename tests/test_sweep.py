@@ -74,6 +74,7 @@ def local_sweep(tiny):
     return runs_dir, only_sweep(runs_dir)
 
 
+@pytest.mark.slow
 def test_a_local_sweep_writes_results_that_match_its_runs(local_sweep):
     runs_dir, sweep_dir = local_sweep
     plan = yaml.safe_load(open(os.path.join(sweep_dir, "sweep.yaml")))
@@ -155,6 +156,7 @@ def scheduler(tmp_path_factory):
     log.close()
 
 
+@pytest.mark.slow
 def test_a_sweep_on_an_existing_scheduler_gives_exactly_the_runs_of_cnnrun_train(tiny, scheduler):
     runs_dir = tiny["tmp"] / "remote"
     result = cli("sweep", tiny["a"], tiny["b"], "--seeds", "0,1", "--scheduler", scheduler,
@@ -171,6 +173,7 @@ def test_a_sweep_on_an_existing_scheduler_gives_exactly_the_runs_of_cnnrun_train
         assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_run_whose_worker_is_killed_is_rescheduled_and_resumes_exactly(tiny, scheduler):
     long = write_config(tiny["tmp"] / "long.yaml", name="long", train__epochs=16)
     runs_dir = tiny["tmp"] / "killed"
@@ -199,6 +202,7 @@ def test_a_run_whose_worker_is_killed_is_rescheduled_and_resumes_exactly(tiny, s
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_of_an_interrupted_sweep_trains_only_the_missing_runs(tiny):
     runs_dir = tiny["tmp"] / "resume"
     assert cli("sweep", tiny["a"], tiny["b"], "--seeds", "0", "--workers", 1, "--data-dir", tiny["data"],
@@ -218,6 +222,7 @@ def test_resume_of_an_interrupted_sweep_trains_only_the_missing_runs(tiny):
     assert [r["status"] for r in read_csv(os.path.join(sweep_dir, "results.csv"))] == ["finished", "finished"]
 
 
+@pytest.mark.slow
 def test_until_epoch_pauses_every_run_there_and_resume_goes_on_exactly(tiny, local_sweep):
     runs_dir = tiny["tmp"] / "until"
     common = ["--workers", 2, "--data-dir", tiny["data"], "--runs-dir", runs_dir]
@@ -272,6 +277,7 @@ def test_a_bad_spec_is_one_line_before_any_run_starts(tiny, spec, message):
     assert not os.path.exists(runs_dir)
 
 
+@pytest.mark.slow
 def test_an_unreachable_scheduler_is_a_clear_error_within_the_timeout(tiny):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -308,6 +314,7 @@ def test_the_shipped_study_plans_every_network_over_five_seeds(monkeypatch):
     assert sorted({c["seed"] for c in configs}) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_recorded_and_not_retried(tiny):
     runs_dir = tiny["tmp"] / "diverged"
     result = cli("sweep", tiny["a"], tiny["b"], "--set", "train.lr=1e300", "--seeds", "0", "--workers", 1,
@@ -320,6 +327,7 @@ def test_a_diverged_run_is_recorded_and_not_retried(tiny):
     assert again.exit_code == 0 and "0 of 2 runs to train" in again.output
 
 
+@pytest.mark.slow
 def test_a_run_whose_network_does_not_fit_the_data_fails_in_one_line_and_the_others_train(tiny):
     narrow = write_config(tiny["tmp"] / "narrow.yaml", name="narrow",
                           model__layers=["flatten", {"dense": {"units": 9}}, "softmax"])
@@ -343,6 +351,7 @@ def long_run(tiny):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.slow
 def test_ctrl_c_or_sigterm_stops_the_sweep_and_resume_finishes_it_exactly(long_run, signum):
     tiny, long, reference = long_run
     runs_dir = tiny["tmp"] / f"ctrlc-{signum}"
@@ -401,6 +410,7 @@ def test_a_sweep_too_large_to_plan_or_an_address_that_is_not_one_is_one_line(tin
     assert not os.path.exists(tiny["tmp"] / "refused")
 
 
+@pytest.mark.slow
 def test_a_grid_sweep_has_a_label_and_a_summary_row_per_setting_and_takes_its_name(tiny):
     runs_dir = tiny["tmp"] / "grid"
     result = cli("sweep", tiny["b"], "--grid", "train.lr=0.05,0.2", "--grid", "train.batch_size=16,64",

@@ -50,6 +50,7 @@ def run_figures(sweep_dir, entry):
     return runs.read_json(os.path.join(run_dir, "summary.json"), {}), runs.read_metrics(run_dir)
 
 
+@pytest.mark.slow
 def test_results_csv_has_a_row_per_planned_run_with_its_own_summary_figures(folder):
     sweep_dir, entries = folder
     sweep.write_results(sweep_dir)

@@ -1,16 +1,26 @@
 """Data sets: MNIST and anything else in its IDX format."""
 
+import os
+
 from cnnrun.data import mnist
 from cnnrun.errors import CnnrunError
 
 
 def load_data(config, data_dir=None, progress=True, splits=("train", "test")):
     """The splits a config trains and tests on, from `data_dir` or where the config's
-    `data` section and the environment say (see `mnist.resolve_data_dir`)."""
+    `data` section and the environment say (see `mnist.data_source`)."""
     data = config["data"]
-    directory = mnist.resolve_data_dir(data_dir, data["dir"])
+    directory, named_by = mnist.data_source(data_dir, data["dir"])
     return mnist.load(directory, data["dataset"], data["train_limit"], data["test_limit"],
-                      progress=progress, splits=splits)
+                      progress=progress, splits=splits, named_by=named_by)
+
+
+def with_data_location(config, data_dir=None):
+    """A copy of `config` whose `data.dir` is the absolute path of the folder its data is
+    read from (`data_dir`, else as `load_data` finds it): a run folder's config.yaml then
+    says where its data is, and every verb that reads the run finds it there."""
+    directory = os.path.abspath(mnist.data_source(data_dir, config["data"]["dir"])[0])
+    return {**config, "data": {**config["data"], "dir": directory}}
 
 
 def check_data_fits(net, images, labels=None):

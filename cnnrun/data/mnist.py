@@ -40,9 +40,20 @@ def default_cache_dir():
     return os.path.join(base, "cnnrun", "mnist")
 
 
+def data_source(cli_dir=None, config_dir=None):
+    """`(data directory, what named it)` by precedence: the CLI option ("--data-dir"), the
+    environment ("CNNRUN_DATA_DIR"), the config or run ("data.dir"), else the user cache
+    (None: nobody named it, so it may be made and downloaded into)."""
+    for value, source in ((cli_dir, "--data-dir"), (os.environ.get("CNNRUN_DATA_DIR"), "CNNRUN_DATA_DIR"),
+                          (config_dir, "data.dir")):
+        if value:
+            return os.path.expanduser(value), source
+    return default_cache_dir(), None
+
+
 def resolve_data_dir(cli_dir=None, config_dir=None):
     """The data directory, by precedence: CLI option, environment, config, user cache."""
-    return cli_dir or os.environ.get("CNNRUN_DATA_DIR") or config_dir or default_cache_dir()
+    return data_source(cli_dir, config_dir)[0]
 
 
 def find_file(directory, name):
@@ -100,10 +111,27 @@ def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=Tr
     move it into `directory` atomically. A failure leaves no partial file behind."""
     from tqdm import tqdm
 
+    made = []  # the folders this call creates, removed again if nothing lands in them
+    parent = os.path.abspath(directory)
+    while not os.path.exists(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
         raise CnnrunError(f"{directory}: cannot make the data folder ({e.strerror or e})") from None
+    try:
+        _download_each(directory, names, mirrors, checksums, progress, tqdm)
+    except BaseException:
+        for folder in made:  # innermost first; a folder holding anything else stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        raise
+
+
+def _download_each(directory, names, mirrors, checksums, progress, tqdm):
     for name in names:
         errors = []
         for mirror in mirrors:
@@ -122,17 +150,21 @@ def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=Tr
                 break
             except (OSError, CnnrunError, ValueError) as e:
                 errors.append(f"{url}: {e}")
+            finally:  # a failure, or Ctrl-C, leaves no partial file behind
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
             raise CnnrunError(
                 f"could not download {name} ({'; '.join(errors)}). Put the four MNIST files "
-                f"({', '.join(FILES.values())}, .gz or not) in {directory}, or pass --data-dir DIR")
+                f"({', '.join(FILES.values())}, .gz or not) in {directory}, or give the folder that holds them with --data-dir DIR")
 
 
 def load(directory, dataset="mnist", train_limit=None, test_limit=None, num_classes=10,
-         allow_download=True, progress=True, mirrors=MIRRORS, splits=("train", "test")):
+         allow_download=True, progress=True, mirrors=MIRRORS, splits=("train", "test"), named_by=None):
     """Load the IDX files of `splits` from `directory` (downloading MNIST if missing).
+    `named_by` says who named the folder ("--data-dir", "CNNRUN_DATA_DIR", "data.dir"):
+    such a folder must exist (a typo is an error, never a new empty folder), while the
+    default cache (None) is made when first needed.
 
     Returns `{"train": (x, labels), "test": (x, labels)}` (the splits asked for)
     with x float32 `(N, 1, H, W)` in [0, 1] and labels int64 `(N,)`.
@@ -140,6 +172,9 @@ def load(directory, dataset="mnist", train_limit=None, test_limit=None, num_clas
     checksums = MNIST_MD5 if dataset == "mnist" else None
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise CnnrunError(f"{directory}: not a folder (the data folder: --data-dir, CNNRUN_DATA_DIR or data.dir)")
+    if named_by and not os.path.exists(directory):
+        raise CnnrunError(f"{directory}: no such folder (named by {named_by}); give the folder that holds the "
+                          f"four MNIST files, or leave it out to download MNIST into {default_cache_dir()}")
     wanted = {key: name for key, name in FILES.items() if key.split("_")[0] in splits}
     missing = [name for name in wanted.values() if find_file(directory, name) is None]
     if missing:

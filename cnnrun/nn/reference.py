@@ -38,6 +38,7 @@ def offset_slices(i, j, stride, out_hw):
 
 # --- convolution ---------------------------------------------------------------
 
+# --8<-- [start:conv]  (shown in docs/how-it-works.md)
 def conv_forward(x, W, b, stride, padding):
     """Cross-correlation, x `(N, C, H, W)`, W `(F, C, kh, kw)`, b `(F,)` or None -> `(N, F, Ho, Wo)`:
 
@@ -76,10 +77,12 @@ def conv_backward(dy, x, W, stride, padding):
             dW[:, :, i, j] = np.einsum("nfab,ncab->fc", dy, xp[:, :, rows, cols], optimize=True)
             dxp[:, :, rows, cols] += np.einsum("fc,nfab->ncab", W[:, :, i, j], dy, optimize=True)
     return dxp[:, :, ph:ph + h, pw:pw + w], dW, dy.sum(axis=(0, 2, 3))
+# --8<-- [end:conv]
 
 
 # --- max-pool ------------------------------------------------------------------
 
+# --8<-- [start:maxpool]  (shown in docs/how-it-works.md)
 def maxpool_forward(x, kernel, stride, padding):
     """x `(N, C, H, W)` -> `(y, first)`, both `(N, C, Ho, Wo)`, padding reading -inf:
 
@@ -107,10 +110,12 @@ def maxpool_backward(dy, first, in_shape, kernel, stride, padding):
         for j in range(kw):
             dxp[(..., *offset_slices(i, j, stride, dy.shape[2:]))] += dy * (first == i * kw + j)
     return dxp[:, :, ph:ph + h, pw:pw + w]
+# --8<-- [end:maxpool]
 
 
 # --- instance norm ---------------------------------------------------------------
 
+# --8<-- [start:instance_norm]  (shown in docs/how-it-works.md)
 def instance_norm_forward(x, gamma, beta, eps):
     """Each sample's channel normalised over its H*W pixels -> `(y, xhat, std)`:
 
@@ -137,10 +142,12 @@ def instance_norm_backward(dy, xhat, std, gamma):
     g = dy if gamma is None else dy * gamma[None, :, None, None]
     dx = (g - g.mean(axis=(2, 3), keepdims=True) - xhat * (g * xhat).mean(axis=(2, 3), keepdims=True)) / std
     return dx, (dy * xhat).sum(axis=(0, 2, 3)), dy.sum(axis=(0, 2, 3))
+# --8<-- [end:instance_norm]
 
 
 # --- softmax and cross-entropy ---------------------------------------------------
 
+# --8<-- [start:softmax]  (shown in docs/how-it-works.md)
 def softmax(z):
     """p[n, k] = exp(z[n, k]) / sum_j exp(z[n, j]) of logits `(N, K)` (the row's max
     subtracted first: the same p, and no overflow)."""
@@ -161,6 +168,7 @@ def softmax_cross_entropy(z, y):
     """
     p = softmax(z)
     return float(-(y * np.log(p)).sum() / len(z)), (p - y) / len(z)
+# --8<-- [end:softmax]
 
 
 # --- the layers, on these functions ----------------------------------------------
