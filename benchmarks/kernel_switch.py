@@ -1,18 +1,23 @@
-"""What one of the fast kernels' switches saves, timed both ways in one process.
+"""What one rule of the convolution plan (`kernels.conv_plan`) saves, timed both ways in
+one process: the plan as the engine makes it ("on") against the plan with that rule
+undone ("off"), every convolution forced onto it.
 
-    python benchmarks/kernel_switch.py configs/net4.yaml --switch WIDE_ROWS --rounds 20
+    python benchmarks/kernel_switch.py configs/net4.yaml --switch WIDE --rounds 20
     python benchmarks/kernel_switch.py configs/net2.yaml --switch KEEP_COLUMNS --rounds 30
     python benchmarks/kernel_switch.py configs/robust-pgd.yaml --switch PATCHES --rounds 30
+    python benchmarks/kernel_switch.py configs/net1.yaml --switch SCATTER --rounds 30
 
-The switches (cnnrun/nn/kernels.py):
-- WIDE_ROWS: stride-1 convolutions whose columns take more than one chunk unfold them
-  over the padded width (`correlate_wide`), and dx at stride 1 is taken the same way;
-  off, every convolution uses im2col and dx is scattered back (col2im).
+The rules undone:
+- WIDE: stride-1 convolutions whose columns take more than one chunk unfold them over
+  the padded width (`correlate_wide`), and dx at stride 1 is taken the same way; off,
+  im2col and dx scattered back (col2im, the batch last).
 - KEEP_COLUMNS: a convolution whose columns fit one chunk hands them from the forward
-  on to the weight gradient instead of unfolding them again.
+  on to the weight gradient; off, it unfolds them again.
 - PATCHES: convolutions with a stride above 1, more than one input channel and small
   outputs unfold channels-last patches and make one product over the part
-  (`correlate_patches`); off, they use im2col.
+  (`correlate_patches`); off, im2col and dx scattered back with the batch last.
+- SCATTER: a one-channel convolution's dx scattered back per sample; off, with the
+  batch last, as for more channels.
 
 This times the config's training step, evaluation pass and attack step (the loss
 gradient on the input only) with the switch on and off in alternation (8 calls on,
@@ -31,12 +36,32 @@ import time
 import numpy as np
 
 from cnnrun import api, bench
-from cnnrun.nn import kernels, parallel
+from cnnrun.nn import kernels, layers, parallel
 from threadpoolctl import threadpool_limits
 
 
+def undone(switch, plan):
+    """`plan` with the rule `switch` undone."""
+    if switch == "WIDE" and plan.forward == "wide":
+        plan = plan._replace(forward="columns")
+    if switch == "WIDE" and plan.input_grad == "wide":
+        plan = plan._replace(input_grad="scatter_batch_last")
+    if switch == "KEEP_COLUMNS":
+        plan = plan._replace(keep_columns=False)
+    if switch == "PATCHES" and plan.forward == "patches":
+        plan = plan._replace(forward="columns", input_grad="scatter_batch_last", keep_columns=False)
+    if switch == "SCATTER" and plan.input_grad == "scatter":
+        plan = plan._replace(input_grad="scatter_batch_last")
+    return plan
+
+
+def use(switch, on):
+    """The engine's plan (on), or the plan with the rule `switch` undone (off)."""
+    layers.conv_plan = kernels.conv_plan if on else (lambda *shape: undone(switch, kernels.conv_plan(*shape)))
+
+
 def call_ms(fn, switch, on, calls, setup=None):
-    setattr(kernels, switch, on)
+    use(switch, on)
     if setup:  # (a backward's forward, so that its cache is of the path switched to)
         setup()
     fn()  # the first call after a switch is not timed
@@ -69,7 +94,7 @@ def conv_layers(net, switch, rounds, calls, rng, part):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config")
-    parser.add_argument("--switch", choices=["WIDE_ROWS", "KEEP_COLUMNS", "PATCHES"], default="WIDE_ROWS")
+    parser.add_argument("--switch", choices=["WIDE", "KEEP_COLUMNS", "PATCHES", "SCATTER"], default="WIDE")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--layers", action="store_true", help="time each convolution alone (one part, one thread)")
@@ -83,7 +108,7 @@ def main():
               f"{args.rounds} rounds of {args.calls} calls each way")
         with threadpool_limits(1):
             conv_layers(net, args.switch, args.rounds, args.calls, np.random.default_rng(0), part)
-        setattr(kernels, args.switch, True)
+        use(args.switch, True)
         return
     x, _, y = bench._random_batch(net, cfg["train"]["batch_size"], np.random.default_rng(0))
     passes = {"train": bench._timed_step(net, cfg["train"], x, y),
@@ -97,7 +122,7 @@ def main():
         ratio = off / on
         print(f"{name:12s} on {np.median(on):7.2f} ms, off {np.median(off):7.2f} ms; speed-up {np.median(ratio):.3f}x "
               f"(quartiles {np.quantile(ratio, 0.25):.3f}-{np.quantile(ratio, 0.75):.3f})")
-    setattr(kernels, args.switch, True)
+    use(args.switch, True)
 
 
 if __name__ == "__main__":

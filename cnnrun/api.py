@@ -14,7 +14,8 @@ their arguments are documented in docs/python.md and kept.
 
 import numpy as np
 
-from cnnrun import attacks, config as _config, data as _data, runner, runs, training
+from cnnrun import config as _config, data as _data, runner, runs, training
+from cnnrun.robustness import attacks
 from cnnrun.nn.network import Network
 
 __all__ = ["load_config", "build_network", "load_data", "train", "load_run", "evaluate", "attack",

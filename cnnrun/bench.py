@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from cnnrun import attacks
+from cnnrun.robustness import attacks
 from cnnrun.nn import make_optimizer, one_hot
 from cnnrun.nn.network import backward_through
 
@@ -64,8 +64,7 @@ def _random_batch(net, batch_size, rng):
 def _timed_step(net, train_cfg, x, y):
     """A training step with the config's optimizer at a tiny learning rate: the update's
     cost is what is timed, not where it leads."""
-    optimizer = make_optimizer(train_cfg)
-    optimizer.lr = 1e-6
+    optimizer = make_optimizer(dict(train_cfg, lr=1e-6, lr_decay=1.0))
 
     def train_step():
         net.loss_and_backward(x, y)
@@ -184,8 +183,9 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     result["layers"] = [dict(index=i, kind=layer.kind, output_shape=list(net.shapes[i + 1]),
                              forward_ms=float(np.median(forward_ms[i])),
                              backward_ms=float(np.median(backward_ms[i])) if backward_ms[i] else None,
-                             gemm_ms=gemm_ms[i])
+                             gemm_ms=gemm_ms[i], plan=str(layer.plan) if getattr(layer, "plan", None) else None)
                         for i, layer in enumerate(net.layers)]
+    result["part_plans"] = {i: str(plan) for i, plan in net.conv_plans(batch_size).items()}
     result["gemm_ms"] = float(sum(gemm_ms))
     result["gemm_share"] = result["gemm_ms"] / result["train_step_range_ms"][0]  # fastest against fastest
     result["warnings"] = steadiness_warnings(result)

@@ -142,8 +142,13 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
         return
     rows = [(l["index"], l["kind"], "x".join(map(str, l["output_shape"])), f"{l['forward_ms']:.2f}",
              "fused" if l["backward_ms"] is None else f"{l['backward_ms']:.2f}",
-             f"{l['gemm_ms']:.2f}" if l["gemm_ms"] else "") for l in result["layers"]]
-    click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms", "of which GEMM ms"], rows))
+             f"{l['gemm_ms']:.2f}" if l["gemm_ms"] else "", l["plan"] or "") for l in result["layers"]]
+    click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms", "of which GEMM ms",
+                             "kernels (kernels.conv_plan)"], rows))
+    differ = {i: plan for i, plan in result["part_plans"].items() if plan != result["layers"][i]["plan"]}
+    if differ:  # the table times whole batches; a training step runs parts of it on its threads
+        click.echo("in a training step, each part of the batch runs other kernels at layer "
+                   + "; ".join(f"{i}: {plan}" for i, plan in differ.items()))
     click.echo(f"\n{cfg['name']}: {result['parameters']:,} parameters, batch {result['batch_size']}, "
                f"{result['threads']} threads (CNNRUN_THREADS), median of {repeats}")
     click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step, "
@@ -658,7 +663,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, ste
     On a robust network autoattack takes minutes per 1,000 images: FAB-T and Square
     run on every image the gradient attacks leave robust (times: docs/attacks.md).
     """
-    from cnnrun.attacks import METHODS
+    from cnnrun.robustness.attacks import METHODS
     from cnnrun.data import check_data_fits, load_data
     from cnnrun.reports import attack_run, compare_attacks
 
@@ -742,10 +747,8 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
     (compare them there with `cnnrun plot SWEEP_DIR --at-epoch N`), and a later
     --resume, with a larger N or none, goes on.
     """
-    import yaml
-
     from cnnrun import runs, sweep
-    from cnnrun.config import find_config, parse_yaml
+    from cnnrun.config import find_config, parse_assignment
 
     sweep.require_dask()
     if resume_dir:
@@ -773,14 +776,9 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
         for text in grid:
             key, values = sweep.parse_grid_option(text)
             spec["grid"][key] = values
-        for text in overrides:
-            key, sep, value = text.partition("=")
-            if not sep or not key:
-                raise CnnrunError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=20")
-            try:
-                spec["set"][key] = parse_yaml(value)
-            except yaml.YAMLError:
-                raise CnnrunError(f"--set {text!r}: the value is not valid YAML") from None
+        for text in overrides:  # checked against each config when the plan is expanded
+            key, value = parse_assignment(text)
+            spec["set"][key] = value
         if name is not None:
             spec["name"] = name
         spec = sweep.check_spec(spec, "the sweep")

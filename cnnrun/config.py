@@ -240,15 +240,21 @@ def apply_override(config, assignment, source="--set"):
     The key is a dotted path; a layer is reached by its index in the layer list:
     `model.layers[0].conv.filters=4`, or replaced whole: `model.layers[2]=relu`.
     """
+    key, value = parse_assignment(assignment, source)
+    return set_value(config, key, value, source, f"{source} {assignment!r}")
+
+
+def parse_assignment(assignment, source="--set"):
+    """`"train.lr=0.05"` -> `("train.lr", 0.05)`: a key path and its value parsed as YAML
+    (what `--set` takes, in `train` and `sweep` alike)."""
     key, sep, text = assignment.partition("=")
     if not sep or not _key_path(key):
         raise CnnrunError(f"{source} {assignment!r}: expected KEY=VALUE, e.g. train.lr=0.05 "
                           f"or model.layers[0].conv.filters=4")
     try:
-        value = parse_yaml(text)
+        return key, parse_yaml(text)
     except yaml.YAMLError:
         raise CnnrunError(f"{source} {assignment!r}: the value is not valid YAML") from None
-    return set_value(config, key, value, source, f"{source} {assignment!r}")
 
 
 def set_value(config, key, value, source="--set", shown=None):

@@ -6,7 +6,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from cnnrun import attacks, plots, runs
+from cnnrun import plots, runs
+from cnnrun.robustness import attacks
 from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.runner import summarise
 from cnnrun.training import evaluate

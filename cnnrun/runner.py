@@ -25,12 +25,13 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from cnnrun import attacks, plots, runs
+from cnnrun import plots, runs
+from cnnrun.robustness import attacks
 from cnnrun.config import build_network
 from cnnrun.data import check_data_fits
 from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.fileio import write_atomic
-from cnnrun.nn import exponential_lr, make_optimizer
+from cnnrun.nn import make_optimizer
 from cnnrun.training import Diverged, epoch_rng, evaluate, train_epoch
 
 # During training, curves.png is redrawn after a tested epoch at most once in this many
@@ -138,7 +139,7 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
     train_cfg, seed = config["train"], config["seed"]
     (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
     epochs = train_cfg["epochs"]
-    optimizer.lr = exponential_lr(train_cfg["lr"], train_cfg["lr_decay"], epoch)
+    optimizer.begin_epoch(epoch)  # the rate of this epoch, from the config's schedule
     started = time.perf_counter()
     batches = -(-len(x_train) // train_cfg["batch_size"])
     with tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,

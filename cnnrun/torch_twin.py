@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cnnrun.errors import CnnrunError
+from cnnrun.nn.optim import learning_rate
 
 
 def twin(net):
@@ -65,11 +66,13 @@ def gradients(model, net):
     return grads
 
 
-def make_optimizer(model, train_cfg):
-    """The torch optimizer matching the config's (SGD with its momentum, or Adam)."""
+def make_optimizer(model, train_cfg, epoch=0):
+    """The torch optimizer matching the config's (SGD with its momentum, or Adam), at the
+    rate the config's schedule gives `epoch` (cnnrun.nn.optim.learning_rate)."""
+    lr = learning_rate(train_cfg, epoch)
     if train_cfg["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=train_cfg["lr"])
-    return torch.optim.SGD(model.parameters(), lr=train_cfg["lr"], momentum=train_cfg["momentum"])
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg["momentum"])
 
 
 class Normalize(nn.Module):

@@ -23,7 +23,7 @@ module=$1; commit=${2:-HEAD}; dir=${3:-/tmp/cnnrun-mutation-$module}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 names=()
 case $module in
-  attacks)  path=cnnrun/attacks.py
+  attacks)  path=cnnrun/robustness/attacks.py
             tests="tests/test_attacks.py tests/test_autoattack.py tests/test_attack_reference.py tests/test_trades.py tests/test_cli_options.py" ;;
   training) path=cnnrun/training.py
             tests="tests/test_training.py tests/test_runner.py tests/test_trades.py tests/test_attacks.py tests/test_resume.py tests/test_network.py" ;;
@@ -36,7 +36,7 @@ case $module in
   *) echo "unknown module $module: one of attacks, training, runner, sweep, losses" >&2; exit 2 ;;
 esac
 tests=${TESTS:-$tests}  # TESTS="tests/a.py tests/b.py": another selection (an older commit's files, say)
-[ -n "${NAMES:-}" ] && read -r -a names <<< "$NAMES"  # NAMES="cnnrun.attacks.x_trades_adversary*": those only
+[ -n "${NAMES:-}" ] && read -r -a names <<< "$NAMES"  # NAMES="cnnrun.robustness.attacks.x_trades_adversary*": those only
 # mutmut's CPU-time limit is 2 x multiplier x (its estimate + this constant). The sweep
 # results tests train 12 runs in a module fixture (about 7 s) that the estimate leaves out.
 constant=${TIMEOUT_CONSTANT:-$([ "$module" = sweep ] && echo 30 || echo 1)}

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torchattacks
 
-from cnnrun import attacks, torch_twin
+from cnnrun import torch_twin
+from cnnrun.robustness import attacks
 from cnnrun.config import build_network, load_config
 from helpers import briefly_trained
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnnrun import attacks, runs
+from cnnrun import runs
+from cnnrun.robustness import attacks
 from cnnrun.cli import main
 from cnnrun.nn import Network
 from idx import make_digits, write_config
@@ -173,7 +174,7 @@ def test_pgd_keeps_for_each_image_the_first_restart_that_fools_the_network(monke
     fooled_at = {0: 1, 1: 2}
     calls = []
 
-    def fake_bim(net, x, y, eps, steps, step_size, start):
+    def fake_bim(net, x, y, eps, *, steps, step_size, start):
         calls.append(1)
         return np.full(x.shape, float(len(calls)))
 
@@ -184,7 +185,7 @@ def test_pgd_keeps_for_each_image_the_first_restart_that_fools_the_network(monke
 
     monkeypatch.setattr(attacks, "bim", fake_bim)
     monkeypatch.setattr(net, "logits", fake_logits)
-    out = attacks.pgd(net, x, y, 0.1, 1, 0.1, restarts=3, rng=np.random.default_rng(0))
+    out = attacks.pgd(net, x, y, 0.1, steps=1, step_size=0.1, restarts=3, rng=np.random.default_rng(0))
     assert out[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]
 
 
@@ -391,7 +392,7 @@ def test_fast_fgsm_training_is_one_step_of_bim_from_a_uniform_start_in_the_eps_b
     settings = dict(method="fgsm", eps=0.2, ratio=0.5, random_start=True, step_size=step_size, steps=1, warmup=0)
     out = attacks.adversary(settings, np.random.default_rng(3))(net, x, y)
     start = np.clip(x[:5] + np.random.default_rng(3).uniform(-0.2, 0.2, x[:5].shape), 0, 1).astype(x.dtype)
-    np.testing.assert_array_equal(out[:5], attacks.bim(net, x[:5], y[:5], 0.2, 1, expected, start))
+    np.testing.assert_array_equal(out[:5], attacks.bim(net, x[:5], y[:5], 0.2, steps=1, step_size=expected, start=start))
     np.testing.assert_array_equal(out[5:], x[5:])
 
 
@@ -411,8 +412,8 @@ def test_attacking_in_batches_reports_each_batch_and_sums_each_suite_attacks_sec
     net, x, labels = trained(tiny_run)
     x, labels = x[:10], labels[:10]
 
-    def fake_suite(net, xb, yb, eps, method, steps, on_stage=None, **options):
-        for name in attacks.SUITES[method]:
+    def fake_suite(net, xb, yb, eps, *, suite, steps, on_stage=None, **options):
+        for name in attacks.SUITES[suite]:
             on_stage(name, len(xb), 1.5)
         return xb, np.zeros(len(xb), int)
 
@@ -434,9 +435,9 @@ def test_a_suite_in_batches_gets_every_option_and_its_seconds_rounded_to_millise
     net, x, labels = trained(tiny_run)
     seen = []
 
-    def fake_suite(net, xb, yb, eps, method, steps, on_stage=None, **options):
+    def fake_suite(net, xb, yb, eps, *, suite, steps, on_stage=None, **options):
         seen.append((steps, options))
-        for name in attacks.SUITES[method]:
+        for name in attacks.SUITES[suite]:
             on_stage(name, len(xb), 0.123456)
         return xb, np.zeros(len(xb), int)
 
@@ -476,9 +477,9 @@ def test_pgd_is_bim_from_a_uniform_start_in_the_eps_ball_clipped_to_the_unit_box
     net, x, labels = trained(tiny_run)
     x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
     assert x.min() == 0 and x.max() == 1
-    out = attacks.pgd(net, x, y, 0.2, 3, 0.05, 1, np.random.default_rng(4))
+    out = attacks.pgd(net, x, y, 0.2, steps=3, step_size=0.05, restarts=1, rng=np.random.default_rng(4))
     start = np.clip(x + np.random.default_rng(4).uniform(-0.2, 0.2, x.shape), 0, 1).astype(x.dtype)
-    np.testing.assert_array_equal(out, attacks.bim(net, x, y, 0.2, 3, 0.05, start))
+    np.testing.assert_array_equal(out, attacks.bim(net, x, y, 0.2, steps=3, step_size=0.05, start=start))
 
 
 def test_pgd_training_batches_are_one_pgd_run_with_the_configured_steps(tiny_run):
@@ -488,7 +489,8 @@ def test_pgd_training_batches_are_one_pgd_run_with_the_configured_steps(tiny_run
     x, y = x[:40], np.eye(10, dtype=np.float32)[labels[:40]]
     settings = dict(method="pgd", eps=0.1, ratio=0.5, random_start=True, step_size=None, steps=3, warmup=0)
     out = attacks.adversary(settings, np.random.default_rng(6))(net, x, y)
-    expected = attacks.pgd(net, x[:20], y[:20], 0.1, 3, attacks.default_step_size(0.1, 3), 1, np.random.default_rng(6))
+    expected = attacks.pgd(net, x[:20], y[:20], 0.1, steps=3, step_size=attacks.default_step_size(0.1, 3), restarts=1,
+                           rng=np.random.default_rng(6))
     assert (net.logits(expected).argmax(axis=1) == labels[:20]).any()
     np.testing.assert_array_equal(out[:20], expected)
     np.testing.assert_array_equal(out[20:], x[20:])
@@ -519,9 +521,9 @@ def test_every_attack_feeds_the_network_images_in_its_own_dtype(tiny_run, monkey
 def test_the_suite_defaults_to_one_restart_and_a_generator_seeded_with_0(tiny_run):
     net, x, labels = trained(tiny_run)
     x, y = x[:20], np.eye(10, dtype=np.float32)[labels[:20]]
-    default = attacks.run_suite(net, x, y, 0.05, "autoattack-apgd", steps=3)
-    explicit = attacks.run_suite(net, x, y, 0.05, "autoattack-apgd", steps=3, restarts=1, rng=np.random.default_rng(0))
-    twice = attacks.run_suite(net, x, y, 0.05, "autoattack-apgd", steps=3, restarts=2, rng=np.random.default_rng(0))
+    default = attacks.run_suite(net, x, y, 0.05, suite="autoattack-apgd", steps=3)
+    explicit = attacks.run_suite(net, x, y, 0.05, suite="autoattack-apgd", steps=3, restarts=1, rng=np.random.default_rng(0))
+    twice = attacks.run_suite(net, x, y, 0.05, suite="autoattack-apgd", steps=3, restarts=2, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(default[0], explicit[0])
     np.testing.assert_array_equal(default[1], explicit[1])
     assert not np.array_equal(twice[0], explicit[0])  # (a second restart would show)
@@ -545,17 +547,19 @@ def test_each_attack_of_the_suite_runs_on_the_images_still_robust_with_the_suite
         monkeypatch.setattr(attacks, name, spy(name, getattr(attacks, name)))
     stages = []
     started = time.perf_counter()
-    _, broken_by = attacks.run_suite(net, x, y, 0.05, "autoattack", steps=2, restarts=1, rng=np.random.default_rng(2),
+    _, broken_by = attacks.run_suite(net, x, y, 0.05, suite="autoattack", steps=2, restarts=1, rng=np.random.default_rng(2),
                                      targets=2, queries=20, on_stage=lambda *a: stages.append(a))
     elapsed = time.perf_counter() - started
     assert [c[0] for c in calls] == ["apgd", "apgd", "fab_t", "square"]
     for k, (name, args, kwargs) in enumerate(calls):
         np.testing.assert_array_equal(kwargs["active"], broken_by >= k)
     (_, a_ce, k_ce), (_, a_t, k_t), (_, a_fab, k_fab), (_, a_sq, k_sq) = calls
-    assert a_ce[4:6] == (2, 1) and k_ce.get("targets", 0) == 0 and a_t[4:6] == (2, 1) and k_t["targets"] == 2
-    np.testing.assert_array_equal(a_fab[2], labels[:20])
-    assert a_fab[4:6] == (2, 2) and a_sq[4] == 20
-    np.testing.assert_array_equal(a_sq[2], labels[:20])
+    assert all(len(args) == 4 for _, args, _ in calls)  # (net, x, y, eps), and every setting by name
+    assert (k_ce["steps"], k_ce["restarts"], k_ce.get("targets", 0)) == (2, 1, 0)
+    assert (k_t["steps"], k_t["restarts"], k_t["targets"]) == (2, 1, 2)
+    assert (k_fab["targets"], k_fab["steps"], k_sq["queries"]) == (2, 2, 20)
+    for _, args, _ in calls:
+        np.testing.assert_array_equal(args[2], y)
     assert [(s[0], s[1]) for s in stages] == [(name, int(np.sum(broken_by > k)))
                                               for k, name in enumerate(attacks.SUITES["autoattack"])]
     assert all(0 <= s[2] <= elapsed for s in stages)
@@ -568,21 +572,22 @@ def test_attack_hands_its_step_size_generator_and_queries_on(tiny_run, monkeypat
     net, x, labels = trained(tiny_run)
     x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
     np.testing.assert_array_equal(attacks.attack(net, x, y, "bim", 0.1, steps=2, step_size=0.01),
-                                  attacks.bim(net, x, y, 0.1, 2, 0.01))
+                                  attacks.bim(net, x, y, 0.1, steps=2, step_size=0.01))
     np.testing.assert_array_equal(attacks.attack(net, x, y, "pgd", 0.1, steps=2, step_size=0.01, rng=np.random.default_rng(3)),
-                                  attacks.pgd(net, x, y, 0.1, 2, 0.01, 1, np.random.default_rng(3)))
-    for method, alone in [("apgd-ce", lambda rng: attacks.apgd(net, x, y, 0.1, 2, 1, rng)),
-                          ("apgd-t", lambda rng: attacks.apgd(net, x, y, 0.1, 2, 1, rng, targets=2)),
-                          ("fab-t", lambda rng: attacks.fab_t(net, x, labels[:10], 0.1, 2, 2)),
-                          ("square", lambda rng: attacks.square(net, x, labels[:10], 0.1, 20, rng=rng))]:
+                                  attacks.pgd(net, x, y, 0.1, steps=2, step_size=0.01, rng=np.random.default_rng(3)))
+    for method, alone in [("apgd-ce", lambda rng: attacks.apgd(net, x, y, 0.1, steps=2, restarts=1, rng=rng)),
+                          ("apgd-t", lambda rng: attacks.apgd(net, x, y, 0.1, steps=2, rng=rng, targets=2)),
+                          ("fab-t", lambda rng: attacks.fab_t(net, x, y, 0.1, targets=2, steps=2)),
+                          ("square", lambda rng: attacks.square(net, x, y, 0.1, queries=20, rng=rng))]:
         np.testing.assert_array_equal(attacks.attack(net, x, y, method, 0.1, steps=2, targets=2, queries=20,
                                                      rng=np.random.default_rng(5)),
                                       alone(np.random.default_rng(5)), err_msg=method)
     seen = []
-    monkeypatch.setattr(attacks, "run_suite", lambda *args: seen.append(args) or (args[1], None))
+    monkeypatch.setattr(attacks, "run_suite", lambda *args, **kwargs: seen.append((args, kwargs)) or (args[1], None))
     rng = np.random.default_rng(4)
     attacks.attack(net, x, y, "autoattack", 0.1, steps=3, restarts=2, rng=rng, targets=4, queries=50)
-    assert seen[0][3:] == (0.1, "autoattack", 3, 2, rng, 4, 50)
+    args, kwargs = seen[0]
+    assert args[3] == 0.1 and kwargs == dict(suite="autoattack", steps=3, restarts=2, rng=rng, targets=4, queries=50)
 
 
 def apgd_checkpoints(steps):
@@ -678,9 +683,10 @@ def test_apgd_defaults_to_autoattacks_100_steps_and_one_restart(monkeypatch):
 
 def test_apgd_without_a_generator_uses_one_seeded_with_0_and_apgd_t_needs_4_classes():
     net, x, y = linear_net(), np.random.default_rng(1).uniform(0, 1, (5, 1, 1, 4)), np.eye(2)[[0, 1, 0, 1, 1]]
-    np.testing.assert_array_equal(attacks.apgd(net, x, y, 0.1, 3), attacks.apgd(net, x, y, 0.1, 3, rng=np.random.default_rng(0)))
+    np.testing.assert_array_equal(attacks.apgd(net, x, y, 0.1, steps=3),
+                                  attacks.apgd(net, x, y, 0.1, steps=3, rng=np.random.default_rng(0)))
     with pytest.raises(attacks.CnnrunError, match="apgd-t: the DLR loss needs at least 4 classes, the network has 2"):
-        attacks.apgd(net, x, y, 0.1, 3, targets=1)
+        attacks.apgd(net, x, y, 0.1, steps=3, targets=1)
 
 
 def test_apgd_t_never_targets_the_true_class_of_a_misclassified_image(tiny_run, monkeypatch):
@@ -693,6 +699,6 @@ def test_apgd_t_never_targets_the_true_class_of_a_misclassified_image(tiny_run, 
     seen = []
     monkeypatch.setattr(attacks, "_apgd_run", lambda net, x, labels, targets, eps, steps, noise:
                         seen.append((labels, targets)) or (x, np.zeros(len(x), bool)))
-    attacks.apgd(net, x, y, 0.1, 2, targets=3)
+    attacks.apgd(net, x, y, 0.1, steps=2, targets=3)
     assert len(seen) == 3 and all(np.all(targets != labels) for labels, targets in seen)
     np.testing.assert_array_equal(seen[0][1], ranked[:, 0])

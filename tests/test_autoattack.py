@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchattacks
 
-from cnnrun import attacks, fab, square, torch_twin
+from cnnrun import torch_twin
+from cnnrun.robustness import attacks, fab, square
 from cnnrun.config import load_config
 from cnnrun.nn import one_hot
 from helpers import briefly_trained
@@ -37,7 +38,7 @@ def test_fab_t_is_as_strong_as_torchattacks_multi_targeted_fab(trained):
     well took about 40 s more of the suite, most of it in torchattacks' FAB.)"""
     net, x, labels = trained
     eps = 0.1
-    ours = robust(net, fab.fab_t(net, x, labels, eps, targets=9, steps=100), labels).mean()
+    ours = robust(net, fab.fab_t(net, x, one_hot(labels, 10), eps, targets=9, steps=100), labels).mean()
     model = torch_twin.twin(net).eval()
     reference = torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, alpha_max=0.1, eta=1.05,
                                  beta=0.9, multi_targeted=True, n_classes=10, seed=0)
@@ -57,7 +58,8 @@ def test_square_is_as_strong_as_torchattacks_square_with_the_reference_schedule(
     the spread."""
     net, x, labels = trained
     eps = 0.1
-    ours = robust(net, square.square(net, x, labels, eps, queries=5000, p_init=0.8, rng=np.random.default_rng(0)),
+    ours = robust(net, square.square(net, x, one_hot(labels, 10), eps, queries=5000, p_init=0.8,
+                                    rng=np.random.default_rng(0)),
                   labels).mean()
     model = torch_twin.twin(net).eval()
     reference = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8,
@@ -146,13 +148,13 @@ def test_autoattack_breaks_every_image_that_any_of_its_four_attacks_breaks_alone
     x, labels = x[:150], labels[:150]
     y = one_hot(labels, 10)
     eps, steps, queries = 0.08, 30, 500
-    x_adv, broken_by = attacks.run_suite(net, x, y, eps, "autoattack", steps, rng=np.random.default_rng(7),
+    x_adv, broken_by = attacks.run_suite(net, x, y, eps, suite="autoattack", steps=steps, rng=np.random.default_rng(7),
                                          queries=queries)
     rngs = np.random.default_rng(7).spawn(4)
-    alone = {"apgd-ce": attacks.apgd(net, x, y, eps, steps, rng=rngs[0]),
-             "apgd-t": attacks.apgd(net, x, y, eps, steps, rng=rngs[1], targets=9),
-             "fab-t": fab.fab_t(net, x, labels, eps, steps=steps),
-             "square": square.square(net, x, labels, eps, queries, rng=rngs[3])}
+    alone = {"apgd-ce": attacks.apgd(net, x, y, eps, steps=steps, rng=rngs[0]),
+             "apgd-t": attacks.apgd(net, x, y, eps, steps=steps, rng=rngs[1], targets=9),
+             "fab-t": fab.fab_t(net, x, y, eps, steps=steps),
+             "square": square.square(net, x, y, eps, queries=queries, rng=rngs[3])}
     suite_broken = ~robust(net, x_adv, labels)
     np.testing.assert_array_equal(suite_broken, broken_by < 4)
     clean_right = robust(net, x, labels)
@@ -168,8 +170,8 @@ def test_autoattack_apgd_is_the_first_two_attacks_of_the_suite(trained):
     net, x, labels = trained
     x, labels = x[:60], labels[:60]
     y = one_hot(labels, 10)
-    short = attacks.run_suite(net, x, y, 0.08, "autoattack-apgd", 20, rng=np.random.default_rng(3), targets=3)
-    full = attacks.run_suite(net, x, y, 0.08, "autoattack", 20, rng=np.random.default_rng(3), targets=3,
+    short = attacks.run_suite(net, x, y, 0.08, suite="autoattack-apgd", steps=20, rng=np.random.default_rng(3), targets=3)
+    full = attacks.run_suite(net, x, y, 0.08, suite="autoattack", steps=20, rng=np.random.default_rng(3), targets=3,
                              queries=100)
     np.testing.assert_array_equal(np.where(full[1] < 2, full[1], 2), short[1])
 
@@ -190,7 +192,7 @@ def test_square_breaking_what_the_gradient_attacks_left_is_reported_as_possible_
         def backward(dlogits, need_input_grad=True, need_param_grads=False):
             return np.zeros((len(dlogits),) + net.input_shape, net.dtype)
 
-    _, broken_by = attacks.run_suite(Masked, x, one_hot(labels, 10), 0.15, "autoattack", 10,
+    _, broken_by = attacks.run_suite(Masked, x, one_hot(labels, 10), 0.15, suite="autoattack", steps=10,
                                      rng=np.random.default_rng(0), queries=300)
     assert not np.any((broken_by >= 0) & (broken_by < 3)), "a gradient attack broke an image with no gradient"
     by_square = int(np.sum(broken_by == 3))

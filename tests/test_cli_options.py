@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnnrun import attacks, runs
+from cnnrun import runs
+from cnnrun.robustness import attacks
 from cnnrun.cli import main
 from idx import make_digits, write_config
 

@@ -78,7 +78,6 @@ def test_the_input_gradient_paths_agree(kernel, stride, padding, monkeypatch, rn
     np.testing.assert_allclose(batch_last, scattered, rtol=1e-12, atol=1e-12)
     if stride == (1, 1):
         np.testing.assert_allclose(kernels.input_grad_wide(dy, W, padding, (h, w)), scattered, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(kernels.input_grad_gather(dy, W, padding, (h, w)), scattered, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_without_bias_has_only_weights(rng):
@@ -105,20 +104,22 @@ def test_conv_in_chunks_of_samples_matches_one_chunk_and_finite_differences(monk
 def test_conv_weight_gradient_from_the_forwards_columns_equals_one_unfolded_anew(monkeypatch, rng):
     """A batch whose columns fit one chunk keeps them from the forward for the weight
     gradient: the same bits as unfolding again, and a chunked batch keeps none."""
-    monkeypatch.setattr(kernels, "PATCHES", False)  # (this shape would take the patches, which are always kept)
+    planned = layers.conv_plan  # (this shape would take the patches, which are always kept)
+    monkeypatch.setattr(layers, "conv_plan", lambda *shape: planned(*shape)._replace(forward="columns"))
     layer = built(Conv2D(filters=4, kernel=3, stride=[1, 2], padding=[1, 2]), (3, 7, 8), rng)
     x, dy = rng.standard_normal((6, 3, 7, 8)), rng.standard_normal((6, 4, 7, 5))
     layer.forward(x)
     assert layer.cache[1] is not None
     layer.backward(dy)
     kept = layer.grads["W"].copy()
-    monkeypatch.setattr(kernels, "KEEP_COLUMNS", False)
+    monkeypatch.setattr(layers, "conv_plan",
+                        lambda *shape: planned(*shape)._replace(forward="columns", keep_columns=False))
     layer.forward(x)
     assert layer.cache[1] is None
     layer.backward(dy)
     np.testing.assert_array_equal(layer.grads["W"], kept)
-    monkeypatch.setattr(kernels, "KEEP_COLUMNS", True)
-    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one sample a chunk
+    monkeypatch.setattr(layers, "conv_plan", lambda *shape: planned(*shape)._replace(forward="columns"))
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one sample a chunk: nothing kept, whatever the plan
     layer.forward(x)
     assert layer.cache[1] is None
 

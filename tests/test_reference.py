@@ -48,9 +48,9 @@ def assert_same_layer(fast, ref, x, rng):
 
 
 CONV_CASES = [  # (filters, kernel, stride, padding, input shape)
-    (3, 3, 1, 1, (1, 28, 28)),         # a first convolution: dx scattered per sample
-    (8, 3, 1, 1, (8, 14, 14)),         # C == F, stride 1: dx gathered
-    (16, 3, 1, 1, (8, 7, 7)),          # C < F: dx scattered with the batch last
+    (3, 3, 1, 1, (1, 28, 28)),         # a first convolution: dx scattered per sample (plan "scatter")
+    (8, 3, 1, 1, (8, 14, 14)),         # C == F, stride 1: dx over the padded width ("wide")
+    (16, 3, 1, 1, (8, 7, 7)),          # C < F, stride 1: dx "wide" too
     (4, 3, 2, 1, (3, 9, 8)),           # stride 2, odd and even sizes
     (2, 5, 2, 2, (1, 11, 13)),         # kernel 5, stride not dividing the input
     (2, 4, 1, 2, (3, 6, 5)),           # even kernel
@@ -83,100 +83,88 @@ def test_fast_conv_matches_the_reference_in_chunks_of_samples(filters, kernel, s
 STRIDE_1_CASES = [case for case in CONV_CASES if layers._pair(case[2]) == (1, 1)]
 
 
-@pytest.mark.parametrize("chunk_bytes", [1 << 30, 1])  # one chunk (its columns kept for dW); a sample a chunk
+def force_plan(monkeypatch, **fields):
+    """Make every convolution take the kernels `fields` name, whatever `conv_plan` says."""
+    planned = layers.conv_plan
+    monkeypatch.setattr(layers, "conv_plan", lambda *shape: planned(*shape)._replace(**fields))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 1])  # one chunk; a sample a chunk
 @pytest.mark.parametrize("filters,kernel,stride,padding,shape", STRIDE_1_CASES)
 def test_the_padded_width_path_matches_the_reference(filters, kernel, stride, padding, shape, chunk_bytes,
                                                      monkeypatch, rng):
-    """Every stride-1 case through `correlate_wide` and its weight gradient (forced, one
-    input channel included), in one chunk and a sample a chunk: forward, dx and dW."""
+    """Every stride-1 case through `correlate_wide`, its weight gradient and `input_grad_wide`
+    (forced, one input channel included), in one chunk and a sample a chunk: forward, dx and dW."""
     fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
-    monkeypatch.setattr(layers, "wide_rows_win", lambda *shape_and_stride: True)
+    force_plan(monkeypatch, forward="wide", input_grad="wide", keep_columns=False)
     monkeypatch.setattr(kernels, "CHUNK_BYTES", chunk_bytes)
     assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
-    assert fast.cache[2] == "wide", "the layer did not take the padded-width path"
+    assert fast.plan.forward == "wide", "the layer did not take the padded-width path"
 
 
+@pytest.mark.parametrize("input_grad", ["scatter", "scatter_batch_last"])
+@pytest.mark.parametrize("keep_columns", [True, False])
 @pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
-def test_the_engine_before_the_padded_width_path_matches_the_reference(filters, kernel, stride, padding, shape,
-                                                                      monkeypatch, rng):
-    """kernels.WIDE_ROWS and PATCHES off (what benchmarks/kernel_switch.py compares
-    against): im2col everywhere, dx gathered at stride 1 when C >= F, in chunks of one
-    sample."""
+def test_im2col_and_each_col2im_path_match_the_reference(filters, kernel, stride, padding, shape, keep_columns,
+                                                         input_grad, monkeypatch, rng):
+    """Every case through im2col (its columns kept for dW or unfolded again) and each
+    col2im input gradient, forced, in chunks of one sample: forward, dx and dW."""
     fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
-    monkeypatch.setattr(kernels, "WIDE_ROWS", False)
-    monkeypatch.setattr(kernels, "PATCHES", False)
+    force_plan(monkeypatch, forward="columns", input_grad=input_grad, keep_columns=keep_columns)
     monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
     assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
-    assert fast.cache[2] == "columns"
+    assert fast.plan == ("columns", input_grad, keep_columns)
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
 def test_the_channels_last_patches_path_matches_the_reference(filters, kernel, stride, padding, shape, bias,
                                                               monkeypatch, rng):
-    """Every case through `correlate_patches` and `patches_weight_grad` (forced: strides
-    of 1 and one input channel included): forward, dx and dW."""
+    """Every case through `correlate_patches`, `patches_weight_grad` and `input_grad_patches`
+    (forced: strides of 1 and one input channel included): forward, dx and dW."""
     fast, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding, bias=bias),
                       shape, rng)
-    monkeypatch.setattr(layers, "patches_win", lambda *shape_and_stride: True)
+    force_plan(monkeypatch, forward="patches", input_grad="patches", keep_columns=True)
     assert_same_layer(fast, ref, rng.standard_normal((5,) + shape), rng)
-    assert fast.cache[2] == "patches", "the layer did not take the patches path"
+    assert fast.plan.forward == "patches", "the layer did not take the patches path"
 
 
-@pytest.mark.parametrize("filters,kernel,stride,padding,shape", CONV_CASES)
-def test_the_channels_last_input_gradient_matches_the_reference(filters, kernel, stride, padding, shape, rng):
-    """`input_grad_patches` on every case (strides of 1 and one input channel included)."""
-    _, ref = twins("conv", dict(filters=filters, kernel=kernel, stride=stride, padding=padding), shape, rng)
-    dy = rng.standard_normal(ref.forward(rng.standard_normal((4,) + shape)).shape)
-    dx = kernels.input_grad_patches(dy, ref.params["W"], layers._pair(stride), layers._pair(padding), shape[1:])
-    np.testing.assert_allclose(dx, ref.backward(dy), rtol=RTOL, atol=ATOL)
-
-
-def test_the_input_gradient_goes_channels_last_where_the_patches_have_32_channels_or_more(monkeypatch):
-    """robust-pgd's second convolution (32 input channels) takes `input_grad_patches`;
-    small-adv's (16) and a stride of 1 do not."""
-    taken = []
-    monkeypatch.setattr(kernels, "input_grad_patches", lambda *args: taken.append(args[1].shape))
-    for W_shape, stride, in_hw, out_hw in [((64, 32, 4, 4), (2, 2), (14, 14), (7, 7)),
-                                           ((32, 16, 4, 4), (2, 2), (14, 14), (7, 7)),
-                                           ((32, 32, 3, 3), (1, 1), (7, 7), (7, 7))]:
-        kernels.conv_input_grad(np.zeros((2, W_shape[0]) + out_hw, np.float32), np.zeros(W_shape, np.float32),
-                                stride, (1, 1), in_hw)
-    assert taken == [(64, 32, 4, 4)]
-
-
-def test_strided_convolutions_with_small_outputs_take_the_channels_last_patches():
-    """As measured (kernels.py's table): the second convolutions of robust-pgd (32->64, 4x4,
-    stride 2, 7x7 out) and small-adv (16->32) take the patches; a first convolution, a
-    stride of 1, a 14x14 output and the switch off stay where they were."""
-    assert kernels.patches_win((64, 32, 4, 4), (2, 2), (7, 7))
-    assert kernels.patches_win((32, 16, 4, 4), (2, 2), (7, 7))
-    assert kernels.patches_win((8, 3, 3, 3), (1, 2), (8, 8))
-    assert not kernels.patches_win((32, 1, 4, 4), (2, 2), (14, 14))   # robust-pgd's first
-    assert not kernels.patches_win((32, 16, 3, 3), (2, 2), (14, 14))  # 196 outputs
-    assert not kernels.patches_win((32, 32, 3, 3), (1, 1), (7, 7))
-    assert not kernels.patches_win((32, 16, 4, 4), (2, 2), (8, 9))    # 72 outputs
+def test_the_plan_takes_the_patches_for_strided_convolutions_with_small_outputs():
+    """As measured (docs/performance.md): the second convolutions of robust-pgd (32->64,
+    4x4, stride 2, 7x7 out) and small-adv (16->32) take the patches, and the input gradient
+    goes channels-last from 32 input channels; a first convolution, a stride of 1 and more
+    than 64 outputs do not take them."""
+    plan = kernels.conv_plan
+    assert plan(50, (64, 32, 4, 4), (2, 2), (7, 7), 4) == ("patches", "patches", True)
+    assert plan(64, (32, 16, 4, 4), (2, 2), (7, 7), 4) == ("patches", "scatter_batch_last", True)
+    assert plan(64, (8, 3, 3, 3), (1, 2), (8, 8), 4).forward == "patches"
+    assert plan(50, (32, 1, 4, 4), (2, 2), (14, 14), 4) == ("columns", "scatter", True)  # robust-pgd's first
+    assert plan(64, (32, 16, 3, 3), (2, 2), (14, 14), 4).forward == "columns"  # 196 outputs
+    assert plan(64, (32, 32, 3, 3), (1, 1), (7, 7), 4).forward != "patches"
+    assert plan(64, (32, 16, 4, 4), (2, 2), (8, 9), 4).forward == "columns"    # 72 outputs
 
 
 def test_the_memory_estimate_counts_the_patches_a_layer_keeps_for_its_weight_gradient(monkeypatch):
     """robust-pgd's second convolution keeps its channels-last input (16x16x32) and its
-    patches (7x7 windows of 4x4x32) per sample; with the switch off it keeps nothing."""
+    patches (7x7 windows of 4x4x32) per sample; on im2col it keeps nothing."""
     layer = layers.Conv2D(filters=64, kernel=4, stride=2, padding=1)
     layer.build((32, 14, 14))
     assert layer.scratch_per_sample() == 16 * 16 * 32 + 7 * 7 * 4 * 4 * 32
-    monkeypatch.setattr(kernels, "PATCHES", False)
+    force_plan(monkeypatch, forward="columns")
     assert layer.scratch_per_sample() == 0
 
 
-def test_stride_1_convolutions_larger_than_a_chunk_take_the_padded_width_path():
-    """As measured (kernels.py's table): net4's 16->16 at 28x28 and net3's 16->32 at 14x14
-    on a part of 64 samples go wide; a first convolution, a stride of 2 and a layer whose
-    columns fit one chunk stay on im2col."""
-    assert kernels.wide_rows_win(64, (16, 16, 3, 3), (1, 1), (28, 28), 4)
-    assert kernels.wide_rows_win(64, (32, 16, 3, 3), (1, 1), (14, 14), 4)
-    assert not kernels.wide_rows_win(64, (16, 1, 3, 3), (1, 1), (28, 28), 4)
-    assert not kernels.wide_rows_win(64, (64, 32, 4, 4), (2, 2), (7, 7), 4)
-    assert not kernels.wide_rows_win(64, (16, 8, 3, 3), (1, 1), (14, 14), 4)  # net2's second: 3.6 MB
+def test_the_plan_goes_wide_at_stride_1_where_the_columns_outgrow_a_chunk():
+    """As measured: net4's 16->16 at 28x28 and net3's 16->32 at 14x14 on a part of 64
+    samples go wide, dx too; a first convolution, a stride of 2 and a layer whose columns
+    fit one chunk (kept for dW) stay on im2col."""
+    plan = kernels.conv_plan
+    assert plan(64, (16, 16, 3, 3), (1, 1), (28, 28), 4) == ("wide", "wide", False)
+    assert plan(64, (32, 16, 3, 3), (1, 1), (14, 14), 4) == ("wide", "wide", False)
+    assert plan(64, (16, 1, 3, 3), (1, 1), (28, 28), 4) == ("columns", "scatter", True)  # 1.8 MB: kept
+    assert plan(64, (64, 32, 4, 4), (2, 2), (7, 7), 4).forward == "patches"
+    assert plan(64, (16, 8, 3, 3), (1, 1), (14, 14), 4) == ("columns", "wide", True)  # net2's second: 3.6 MB
+    assert plan(2, (16, 16, 3, 3), (1, 1), (28, 28), 4) == ("columns", "wide", True)  # a small part
 
 
 @pytest.mark.parametrize("kernel,stride,padding,shape", [
@@ -335,3 +323,31 @@ def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
                                        "--warmup", "0", "--json"])
     out = json.loads(result.output)
     assert out["engine"] == "reference" and out["fast"]["train_samples_per_s"] > 0
+
+
+# The kernels each shipped config's convolutions run in training (a part of its batch:
+# 64 samples, 50 for robust-*'s and small-adv's 100). A change here is a change of plan:
+# it needs its measurement in docs/performance.md.
+SHIPPED_PLANS = {
+    "net1": {1: ("columns", "scatter", True)},
+    "net2": {0: ("columns", "scatter", True), 4: ("columns", "wide", True)},
+    "net3": {0: ("columns", "scatter", True), 4: ("wide", "wide", False)},
+    "net4": {0: ("columns", "scatter", True), 3: ("wide", "wide", False), 7: ("wide", "wide", False),
+             10: ("wide", "wide", False)},
+    "robust-pgd": {0: ("columns", "scatter", True), 2: ("patches", "patches", True)},
+    "robust-trades": {0: ("columns", "scatter", True), 2: ("patches", "patches", True)},
+    "small-adv": {0: ("columns", "scatter", True), 2: ("patches", "scatter_batch_last", True)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_PLANS))
+def test_each_shipped_configs_convolutions_run_the_planned_kernels(name):
+    from cnnrun.config import build_network, load_config, shipped_configs
+    assert set(SHIPPED_PLANS) == set(shipped_configs()) - {"study"}
+    cfg = load_config(name)
+    net = build_network(cfg)
+    batch = cfg["train"]["batch_size"]
+    assert {i: tuple(plan) for i, plan in net.conv_plans(batch).items()} == SHIPPED_PLANS[name]
+    net.forward(np.zeros((batch,) + net.input_shape, net.dtype))  # what a forward of a batch's part took
+    taken = {i: tuple(net.replicas[0][i].plan) for i in SHIPPED_PLANS[name]}
+    assert taken == SHIPPED_PLANS[name]

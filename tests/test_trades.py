@@ -4,7 +4,7 @@ finite differences in float64; its inner maximisation; and training with it."""
 import numpy as np
 import pytest
 
-from cnnrun import attacks
+from cnnrun.robustness import attacks
 from cnnrun.config import build_network, validate
 from cnnrun.errors import CnnrunError
 from cnnrun.data import mnist

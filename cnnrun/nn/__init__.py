@@ -1,4 +1,6 @@
-"""The numeric core: layers, loss, optimizer and network. No file or terminal I/O here."""
+"""The numeric core: layers, loss, optimizer and network. Nothing here prints or reads
+the terminal; the only file access is a network's weights, to and from .npz
+(`Network.save`, `Network.load`)."""
 
 from cnnrun.nn.layers import (
     Conv2D, Dense, Flatten, InstanceNorm, Layer, MaxPool2D, Normalize, ReLU, Reshape, Softmax,

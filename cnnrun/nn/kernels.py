@@ -1,39 +1,25 @@
-"""The fast kernels behind the layers: convolution by im2col and matrix products (or,
-at stride 1, by columns over the padded width; at strides above 1 with small outputs,
-by channels-last patches), its input-gradient paths, and max-pool's separable first
-maximum.
+"""The fast kernels behind the layers. Each computes what a function of `reference.py`
+computes by its definition (read that first); tests/test_reference.py holds each against
+it on odd shapes, strides, padding and ties. Which of them a convolution runs is decided
+in ONE place, `conv_plan`, and kept on the layer (`Conv2D.plan`); docs/performance.md
+has the measurements behind each variant and its rule.
 
-Every function here computes what a function of `reference.py` computes by its
-definition; tests/test_reference.py holds each against it (forward, dx and every
-parameter gradient, odd shapes, strides, padding and ties). Read reference.py first.
-
-Variants, and when each wins (one thread, batch 64, `cnnrun bench configs/netN.yaml`
-per-layer table and timings of the functions alone; docs/performance.md has the log):
-
-| function | what | wins when |
-|---|---|---|
-| `im2col` + `correlate` | forward: unfold windows into columns a chunk of samples at a time (CHUNK_BYTES), one `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)` product per sample | stride above 1 with more than 64 outputs or one input channel, or columns that fit one chunk |
-| `correlate_weight_grad` | dW: `columns @ dy.T` per chunk, summed | wherever the forward used im2col |
-| `pad_wide` + `wide_columns` + `correlate_wide` | stride 1: the columns over the padded width, each row ONE contiguous copy of `Ho*Wp` values (im2col's rows are `Wo` long), the `Wp - Wo` extra values of each output row cropped off | stride 1, C > 1 and columns over one chunk (`wide_rows_win`: net3-4's later convolutions, 10-20 % faster in each pass); the unfold is 3-4x faster, the products 7-14 % larger |
-| `correlate_wide_weight_grad` | dW over the padded width: dy laid out with zeros in the cropped columns | wherever the forward went wide |
-| `input_grad_wide` | dx as the correlation of padded dy with the flipped kernel, channels swapped, over the padded width | stride 1 and C > 1 (net2-4's later convolutions; 16->32 at 14x14: 2.09 -> 1.99 ms against the scatter below) |
-| `correlate_keeping_columns` | the forward, handing its columns on to dW when a whole part's fit in one chunk, so they are unfolded once | those layers (net2's two convolutions: a training step 5 % faster); larger ones unfold twice, a chunk at a time, which keeps the columns in cache |
-| `input_grad_gather` | dx at stride 1 by im2col, the path before `input_grad_wide` | only with WIDE_ROWS off (C >= F) |
-| `input_grad_scatter` | dx by col2im, one strided add per kernel offset, per sample | one input channel (a first convolution: the attack step's input gradient); the wide path there unfolds all F channels of dy, 2.4x slower (0.53 -> 1.25 ms, 1->16 channels at 28x28) |
-| `input_grad_scatter_batch_last` | col2im with the samples as the last axis, so each add runs along rows of Wo*m values | C > 1 and stride > 1 where `input_grad_patches` does not apply (small-adv's second convolution) |
-| `pad_last` + `correlate_patches` | forward: the padded input channels-last `(N, Hp, Wp, C)`, its windows copied as rows of patches `(N*Ho*Wo, kh*kw*C)` (each window row one contiguous run of `kw*C` values), then ONE product over the part `(N*Ho*Wo, kh*kw*C) @ (kh*kw*C, F)` | stride above 1, C > 1 and small outputs (`patches_win`: robust-pgd's second convolution, 32->64 at 14x14 to 7x7, 50 samples: forward 2.42 -> 1.76 ms; im2col makes 50 narrow products `(64, 512) @ (512, 49)` of rows of 7 values); at stride 1 or 14x14 outputs im2col is as fast or faster |
-| `patches_weight_grad` | dW: `patches.T @ dy` with dy channels-last, one product over the part, the forward's patches kept | wherever the forward took patches (robust-pgd: 2.42 -> 1.45 ms) |
-| `input_grad_patches` | dx by col2im channels-last: `dy_last @ W_last.T` `(N*Ho*Wo, kh*kw*C)` in one product, each kernel offset added back along runs of C values | where the forward took patches and C >= 32 (robust-pgd's second convolution: 2.42 -> 2.18 ms); with 16 channels or fewer the runs are too short (16->32 at 14x14: 0.79 -> 1.03 ms) |
-| `first_max` + `route_to_first` | max-pool: the max along W, then along H, and the first maximum's index the same way | always (64x16x28x28 forward 1.6 -> 1.1 ms against one pass over kh*kw offsets) |
-| `pad_hw` | padding by `full` plus one copy | always (np.pad: 626 us -> 400 us at 64x16x28x28, and it holds the GIL) |
-
-`patches_win` and `wide_rows_win` pick the forward's path (and so dW's), `conv_input_grad` the dx path,
-by shape.
-
-reference: reference.py
+Convolution forward (and its weight gradient, from the same layout):
+- `correlate` on `im2col`: windows unfolded into columns, a chunk of samples at a time
+  (CHUNK_BYTES), one `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)` product per sample;
+  `correlate_weight_grad`.
+- `correlate_wide` on `pad_wide` + `wide_columns`: stride 1, the columns over the padded
+  width, each row one contiguous copy; `correlate_wide_weight_grad`.
+- `correlate_patches` on `pad_last` + `patches`: channels last, one product over the
+  whole part; `patches_weight_grad`.
+Convolution input gradient: `input_grad_wide` (the flipped kernel, stride 1),
+`input_grad_scatter` and `input_grad_scatter_batch_last` (col2im), `input_grad_patches`
+(col2im channels-last).
+Max-pool: `first_max` and `route_to_first`. Padding: `pad_hw`.
 """
 
 import functools
+import typing
 
 import numpy as np
 
@@ -46,21 +32,6 @@ def out_size(size, kernel, stride, padding):
 # The columns of one chunk of samples take at most this many bytes, so that they stay in
 # the cache between being written and being multiplied (a whole batch's do not).
 CHUNK_BYTES = 4 << 20
-
-# Whether `correlate_keeping_columns` hands a one-chunk batch's columns on to the weight
-# gradient (False: unfold them again there; benchmarks/kernel_switch.py times both).
-KEEP_COLUMNS = True
-
-# Whether stride-1 convolutions take the padded-width path where `wide_rows_win` says it
-# wins (False: the engine before it, im2col everywhere; benchmarks/kernel_switch.py times both).
-WIDE_ROWS = True
-
-
-# Whether convolutions with a stride above 1 and small outputs take the channels-last
-# patches where `patches_win` says it wins (False: im2col, the engine before it;
-# benchmarks/kernel_switch.py times both).
-PATCHES = True
-
 
 def batch_chunks(n, bytes_per_sample):
     """Slices of a batch of `n` whose work buffers take at most CHUNK_BYTES each."""
@@ -97,28 +68,21 @@ def pad_hw(x, padding, value=0.0):
     return out
 
 
-def correlate(xp, W, stride):
-    """Cross-correlation over the valid positions (a convolution layer's forward, no padding):
-    xp `(N, C, Hp, Wp)`, W `(F, C, kh, kw)` -> `(N, F, Ho, Wo)`.
-
-    Chunk by chunk of samples: unfold into columns, then one matrix product per
-    sample, `(F, C*kh*kw) @ (C*kh*kw, Ho*Wo)`, written straight into the output.
-    """
-    return correlate_keeping_columns(xp, W, stride)[0]
-
-
-def correlate_keeping_columns(xp, W, stride):
-    """`correlate`, and its columns `(N, C*kh*kw, Ho*Wo)` when the whole batch's fit in
-    one chunk (else None), for `correlate_weight_grad` to reuse instead of unfolding again."""
+def correlate(xp, W, stride, keep=False):
+    """Cross-correlation over the valid positions (a convolution's forward, no padding):
+    xp `(N, C, Hp, Wp)`, W `(F, C, kh, kw)` -> `(N, F, Ho, Wo)`, chunk by chunk of
+    samples: unfold into columns, then one product per sample, `(F, C*kh*kw) @
+    (C*kh*kw, Ho*Wo)`. Returns `(y, columns)`: with `keep` and the whole batch's columns
+    `(N, C*kh*kw, Ho*Wo)` in one chunk, those, for `correlate_weight_grad` (else None)."""
     kh, kw = W.shape[2:]
     out_hw = out_size(xp.shape[2], kh, stride[0], 0), out_size(xp.shape[3], kw, stride[1], 0)
-    return unfold_and_multiply(xp, W, out_hw, lambda part, out: im2col(part, (kh, kw), stride, out))
+    return unfold_and_multiply(xp, W, out_hw, lambda part, out: im2col(part, (kh, kw), stride, out), keep)
 
 
-def unfold_and_multiply(xp, W, out_hw, unfold):
+def unfold_and_multiply(xp, W, out_hw, unfold, keep=False):
     """`(N, F, *out_hw)`: chunk by chunk of samples, `unfold(xp[chunk], columns)` fills the
     columns `(m, C*kh*kw, prod(out_hw))`, then one `(F, C*kh*kw)` product per sample;
-    and the columns when the whole batch's fit in one chunk (else None)."""
+    and, with `keep`, the columns when the whole batch's fit in one chunk (else None)."""
     f, c, kh, kw = W.shape
     n, size = xp.shape[0], out_hw[0] * out_hw[1]
     y = np.empty((n, f) + tuple(out_hw), xp.dtype)
@@ -129,7 +93,7 @@ def unfold_and_multiply(xp, W, out_hw, unfold):
         m = chunk.stop - chunk.start
         unfold(xp[chunk], cols[:m])
         np.matmul(W_rows, cols[:m], out=y[chunk].reshape(m, f, size))
-    return y, (cols if KEEP_COLUMNS and len(chunks) == 1 else None)
+    return y, (cols if keep and len(chunks) == 1 else None)
 
 
 def pad_wide(x, padding):
@@ -159,35 +123,21 @@ def wide_columns(xq, kernel, ho, out):
     return out
 
 
-def correlate_wide(xq, W, ho):
+def correlate_wide(xq, W, ho, keep=False):
     """Stride-1 cross-correlation over the padded width: xq `(N, C, Hp + 1, Wp)` (from
     `pad_wide`), W `(F, C, kh, kw)` -> `(N, F, Ho, Wp)`, of which the first Wo = Wp - kw + 1
-    columns are the output; and the columns, as `correlate_keeping_columns` gives them.
-    Chunk by chunk of samples: `wide_columns`, then `(F, C*kh*kw) @ (C*kh*kw, Ho*Wp)`
-    per sample."""
+    columns are the output; and the columns, as `correlate` gives them. Chunk by chunk
+    of samples: `wide_columns`, then `(F, C*kh*kw) @ (C*kh*kw, Ho*Wp)` per sample."""
     kernel = W.shape[2:]
-    return unfold_and_multiply(xq, W, (ho, xq.shape[3]), lambda part, out: wide_columns(part, kernel, ho, out))
+    return unfold_and_multiply(xq, W, (ho, xq.shape[3]), lambda part, out: wide_columns(part, kernel, ho, out), keep)
 
 
 def correlate_wide_weight_grad(xq, dy, kernel, columns=None):
-    """dL/dW `(F, C, kh, kw)` of `correlate_wide(xq, W, Ho)` given dL/dy `(N, F, Ho, Wo)`:
-    per chunk, dy laid out over the padded width with zeros in the cropped columns
-    (so the values no window owns add nothing), then `columns_n @ dy_n.T` summed."""
-    (kh, kw), (n, f, ho, wo), (c, wp) = kernel, dy.shape, (xq.shape[1], xq.shape[3])
-    dW_t = np.zeros((c * kh * kw, f), dy.dtype)
-    if columns is not None:
-        chunks, cols = [slice(0, n)], columns
-    else:
-        chunks = batch_chunks(n, c * kh * kw * ho * wp * xq.itemsize)
-        cols = np.empty((chunks[0].stop, c * kh * kw, ho * wp), xq.dtype)
-    dy_wide = np.zeros((chunks[0].stop, f, ho, wp), dy.dtype)
-    for chunk in chunks:
-        m = chunk.stop - chunk.start
-        if columns is None:
-            wide_columns(xq[chunk], kernel, ho, cols[:m])
-        dy_wide[:m, :, :, :wo] = dy[chunk]
-        dW_t += np.matmul(cols[:m], dy_wide[:m].reshape(m, f, ho * wp).transpose(0, 2, 1)).sum(axis=0)
-    return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
+    """dL/dW `(F, C, kh, kw)` of `correlate_wide(xq, W, Ho)` given dL/dy `(N, F, Ho, Wo)`,
+    by `columns_weight_grad` with dy laid out over the padded width."""
+    ho = dy.shape[2]
+    return columns_weight_grad(xq, dy, kernel, lambda part, out: wide_columns(part, kernel, ho, out), xq.shape[3],
+                               columns)
 
 
 def input_grad_wide(dy, W, padding, in_hw):
@@ -201,22 +151,36 @@ def input_grad_wide(dy, W, padding, in_hw):
 
 
 def correlate_weight_grad(xp, dy, kernel, stride, columns=None):
-    """dL/dW of `correlate(xp, W, stride)` given dL/dy `(N, F, Ho, Wo)`:
-    the sum over samples of `dy_n (F, Ho*Wo) @ columns_n.T` -> `(F, C, kh, kw)`,
-    computed transposed (`columns_n @ dy_n.T`), the faster shape for BLAS.
-    `columns`: the forward's, from `correlate_keeping_columns` (unfolded anew if None)."""
+    """dL/dW `(F, C, kh, kw)` of `correlate(xp, W, stride)` given dL/dy `(N, F, Ho, Wo)`,
+    by `columns_weight_grad` on im2col's columns."""
+    return columns_weight_grad(xp, dy, kernel, lambda part, out: im2col(part, kernel, stride, out), dy.shape[3],
+                               columns)
+
+
+def columns_weight_grad(xp, dy, kernel, unfold, width, columns=None):
+    """dL/dW of a correlation by columns: the sum over samples of `dy_n (F, Ho*width) @
+    columns_n.T` -> `(F, C, kh, kw)`, computed transposed (`columns_n @ dy_n.T`, the faster
+    shape for BLAS). `unfold(xp[chunk], out)` makes the columns `(m, C*kh*kw, Ho*width)`
+    (`columns`: the forward's, if it kept them); dy is laid out `width` wide, with zeros
+    in the columns past Wo, which belong to no window and so add nothing."""
     (kh, kw), (n, f, ho, wo), c = kernel, dy.shape, xp.shape[1]
     dW_t = np.zeros((c * kh * kw, f), dy.dtype)
     if columns is not None:
         chunks, cols = [slice(0, n)], columns
     else:
-        chunks = batch_chunks(n, c * kh * kw * ho * wo * xp.itemsize)
-        cols = np.empty((chunks[0].stop, c * kh * kw, ho * wo), xp.dtype)
+        chunks = batch_chunks(n, c * kh * kw * ho * width * xp.itemsize)
+        cols = np.empty((chunks[0].stop, c * kh * kw, ho * width), xp.dtype)
+    dy_wide = np.zeros((chunks[0].stop, f, ho, width), dy.dtype) if width != wo else None
     for chunk in chunks:
         m = chunk.stop - chunk.start
         if columns is None:
-            im2col(xp[chunk], kernel, stride, cols[:m])
-        dW_t += np.matmul(cols[:m], dy[chunk].reshape(m, f, ho * wo).transpose(0, 2, 1)).sum(axis=0)
+            unfold(xp[chunk], cols[:m])
+        if dy_wide is None:
+            d = dy[chunk].reshape(m, f, ho * wo)
+        else:
+            dy_wide[:m, :, :, :wo] = dy[chunk]
+            d = dy_wide[:m].reshape(m, f, ho * width)
+        dW_t += np.matmul(cols[:m], d.transpose(0, 2, 1)).sum(axis=0)
     return np.ascontiguousarray(dW_t.T).reshape(f, c, kh, kw)
 
 
@@ -273,43 +237,50 @@ def patches_weight_grad(rows, dy, W_shape):
     return np.ascontiguousarray((rows.T @ channels_last_rows(dy)).reshape(kh, kw, c, f).transpose(3, 2, 0, 1))
 
 
-def patches_win(W_shape, stride, out_hw):
-    """Whether a convolution takes the channels-last patches (`correlate_patches` and its
-    weight gradient): a stride above 1, more than one input channel and at most 64
-    output positions (measured: robust-pgd's and small-adv's second convolutions, 7x7
-    outputs, forward 1.4-1.9x and dW 1.0-1.7x faster; at 14x14 outputs the forward is
-    slower, and with one input channel the transposes cost more than they save)."""
-    return PATCHES and tuple(stride) != (1, 1) and W_shape[1] > 1 and out_hw[0] * out_hw[1] <= 64
+class ConvPlan(typing.NamedTuple):
+    """Which kernels a convolution runs (`conv_plan`): `forward` (and so its weight
+    gradient) "patches", "wide" or "columns"; `input_grad` "patches", "wide", "scatter" or
+    "scatter_batch_last"; `keep_columns`: the forward's columns (or patches) are kept for
+    the weight gradient instead of unfolded again."""
+    forward: str
+    input_grad: str
+    keep_columns: bool
+
+    def __str__(self):
+        return f"{self.forward}{' (kept)' if self.keep_columns else ''}, dx {self.input_grad}"
 
 
-def wide_rows_win(n, W_shape, stride, out_hw, itemsize):
-    """Whether a stride-1 convolution of `n` samples takes the padded-width path
-    (`correlate_wide` and its weight gradient): when it has more than one input channel
-    and its columns take more than one chunk (measured: there each pass is 10-20 %
-    faster; on smaller layers, whose columns are kept for the weight gradient, and on
-    one input channel, im2col is as fast or faster)."""
+def conv_plan(n, W_shape, stride, out_hw, itemsize):
+    """The kernels a convolution with weights `W_shape` `(F, C, kh, kw)`, `stride` and
+    outputs `out_hw` runs on a part of `n` samples of `itemsize` bytes. The rules, each
+    measured on the shipped configs (docs/performance.md):
+
+    - forward "patches" at a stride above 1 with C > 1 and at most 64 output positions
+      (robust-pgd's and small-adv's second convolutions: their products are narrow);
+      "wide" at stride 1 with C > 1 when the columns take more than one chunk (net3-4's
+      later convolutions); else "columns" (im2col), its columns kept when they fit one
+      chunk (net2's convolutions);
+    - input_grad "patches" where the forward took them and C >= 32; else "wide" at
+      stride 1 with C > 1; "scatter" for one input channel (a first convolution: the
+      attack step's input gradient); else "scatter_batch_last".
+    """
     f, c, kh, kw = W_shape
-    return (WIDE_ROWS and stride == (1, 1) and c > 1
-            and n * c * kh * kw * out_hw[0] * out_hw[1] * itemsize > CHUNK_BYTES)
-
-
-def conv_input_grad(dy, W, stride, padding, in_hw):
-    """dL/dx `(N, C, H, W)` of a convolution layer given dL/dy `(N, F, Ho, Wo)`, by
-    whichever of the three ways below is fastest for its shape (measured): over the
-    padded width for stride 1 and more than one input channel; scatter per sample for
-    one input channel (a first convolution); channels-last where the forward took the
-    patches and C >= 32; scatter with the batch last otherwise.
-    With WIDE_ROWS off, as before that path: gather by im2col at stride 1 and C >= F."""
-    f, c = W.shape[:2]
-    if c >= 32 and patches_win(W.shape, stride, dy.shape[2:]):
-        return input_grad_patches(dy, W, stride, padding, in_hw)
-    if WIDE_ROWS and stride == (1, 1) and c > 1:
-        return input_grad_wide(dy, W, padding, in_hw)
-    if not WIDE_ROWS and stride == (1, 1) and c >= f:
-        return input_grad_gather(dy, W, padding, in_hw)
-    if c == 1:
-        return input_grad_scatter(dy, W, stride, padding, in_hw)
-    return input_grad_scatter_batch_last(dy, W, stride, padding, in_hw)
+    ho, wo = out_hw
+    column_bytes = c * kh * kw * ho * wo * itemsize  # im2col's columns of one sample
+    stride_1 = tuple(stride) == (1, 1)
+    if not stride_1 and c > 1 and ho * wo <= 64:
+        forward, keep = "patches", True
+    elif stride_1 and c > 1 and n * column_bytes > CHUNK_BYTES:
+        forward, keep = "wide", False  # (its columns, wider than im2col's, take more than one chunk too)
+    else:
+        forward, keep = "columns", len(batch_chunks(n, column_bytes)) == 1
+    if forward == "patches" and c >= 32:
+        input_grad = "patches"
+    elif stride_1 and c > 1:
+        input_grad = "wide"
+    else:
+        input_grad = "scatter" if c == 1 else "scatter_batch_last"
+    return ConvPlan(forward, input_grad, keep)
 
 
 def input_grad_patches(dy, W, stride, padding, in_hw):
@@ -325,14 +296,6 @@ def input_grad_patches(dy, W, stride, padding, in_hw):
     dx = np.empty((n, c, h, w), dy.dtype)
     np.copyto(dx, dxl[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2))
     return dx
-
-
-def input_grad_gather(dy, W, padding, in_hw):
-    """`input_grad_wide` by im2col: the engine's dx at stride 1 and C >= F before the
-    padded-width path, kept as what WIDE_ROWS = False falls back to."""
-    (kh, kw), (ph, pw), (h, w) = W.shape[2:], padding, in_hw
-    window = shifted_window(dy, (ph - kh + 1, pw - kw + 1), (h + kh - 1, w + kw - 1))
-    return correlate(window, W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), (1, 1))
 
 
 def input_grad_scatter(dy, W, stride, padding, in_hw):

@@ -25,9 +25,9 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.kernels import (
-    axis_offsets, conv_input_grad, correlate_keeping_columns, correlate_patches, correlate_weight_grad,
-    correlate_wide, correlate_wide_weight_grad, first_max, out_size, pad_hw, pad_last, pad_wide, patches_weight_grad,
-    patches_win, route_to_first, wide_rows_win,
+    axis_offsets, conv_plan, correlate, correlate_patches, correlate_weight_grad, correlate_wide,
+    correlate_wide_weight_grad, first_max, input_grad_patches, input_grad_scatter, input_grad_scatter_batch_last,
+    input_grad_wide, out_size, pad_hw, pad_last, pad_wide, patches_weight_grad, route_to_first,
 )
 from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
 
@@ -127,6 +127,7 @@ class Conv2D(Layer):
         super().__init__()
         self.filters, self.bias, self.init, self.init_gain = filters, bias, init, init_gain
         self.kernel, self.stride, self.padding = _pair(kernel), _pair(stride), _pair(padding)
+        self.plan = None  # the kernels of the last forward: kernels.conv_plan's choice for its shape
 
     def build(self, in_shape):
         if len(in_shape) != 3:
@@ -158,38 +159,41 @@ class Conv2D(Layer):
         """The channels-last input and patches when the layer takes them (kept for dW);
         otherwise 0: im2col's columns are made chunk by chunk, in CHUNK_BYTES."""
         (c, h, w), (kh, kw), (ph, pw), (ho, wo) = self.in_shape, self.kernel, self.padding, self.out_hw
-        if not patches_win((self.filters, c, kh, kw), self.stride, self.out_hw):
+        if self.plan_for(1).forward != "patches":
             return 0
         return (h + 2 * ph) * (w + 2 * pw) * c + ho * wo * kh * kw * c
 
+    def plan_for(self, n, itemsize=4):
+        """The kernels (`kernels.ConvPlan`) this layer runs on a part of `n` samples."""
+        c, (kh, kw) = self.in_shape[0], self.kernel
+        return conv_plan(n, (self.filters, c, kh, kw), self.stride, self.out_hw, itemsize)
+
     def forward(self, x):
-        """`(N, C, H, W)` -> `(N, F, Ho, Wo)`, by the path kernels.py picks for the shape:
-        "patches" (channels-last), "wide" (stride 1, over the padded width) or "columns" (im2col)."""
+        """`(N, C, H, W)` -> `(N, F, Ho, Wo)`, by the kernels `kernels.conv_plan` picks for the
+        shape and the part size, kept as `self.plan`."""
         W, (ho, wo) = self.params["W"], self.out_hw
-        if patches_win(W.shape, self.stride, (ho, wo)):
-            path = "patches"
-            y, columns = correlate_patches(pad_last(x, self.padding), W, self.stride, (ho, wo))
+        self.plan = plan = self.plan_for(len(x), x.itemsize)
+        if plan.forward == "patches":  # channels-last, one product over the part
             xp = None
-        elif wide_rows_win(x.shape[0], W.shape, self.stride, (ho, wo), x.itemsize):
-            path = "wide"  # stride 1: the output over the padded width, cropped (a view) below
+            y, columns = correlate_patches(pad_last(x, self.padding), W, self.stride, (ho, wo))
+        elif plan.forward == "wide":  # stride 1: the output over the padded width, cropped (a view) below
             xp = pad_wide(x, self.padding)
-            y, columns = correlate_wide(xp, W, ho)
+            y, columns = correlate_wide(xp, W, ho, plan.keep_columns)
             y = y[:, :, :, :wo]
-        else:
-            path = "columns"
+        else:  # im2col
             xp = pad_hw(x, self.padding)
-            y, columns = correlate_keeping_columns(xp, W, self.stride)
-        self.cache = xp, columns, path
+            y, columns = correlate(xp, W, self.stride, plan.keep_columns)
+        self.cache = xp, columns, plan
         if self.bias:  # (into a new array when wide: the crop and the bias in one pass)
-            y = np.add(y, self.params["b"][:, None, None], out=None if path == "wide" else y)
+            y = np.add(y, self.params["b"][:, None, None], out=None if plan.forward == "wide" else y)
         return np.ascontiguousarray(y)
 
     def backward(self, dy, need_dx=True, need_grads=True):
-        W, (xp, columns, path) = self.params["W"], self.cache
+        W, (xp, columns, plan) = self.params["W"], self.cache
         if need_grads:
-            if path == "patches":
+            if plan.forward == "patches":
                 self.grads["W"] = patches_weight_grad(columns, dy, W.shape)
-            elif path == "wide":
+            elif plan.forward == "wide":
                 self.grads["W"] = correlate_wide_weight_grad(xp, dy, self.kernel, columns)
             else:
                 self.grads["W"] = correlate_weight_grad(xp, dy, self.kernel, self.stride, columns)
@@ -197,7 +201,14 @@ class Conv2D(Layer):
                 self.grads["b"] = dy.sum(axis=(0, 2, 3))
         if not need_dx:
             return None
-        return conv_input_grad(dy, W, self.stride, self.padding, self.in_shape[1:])
+        in_hw = self.in_shape[1:]
+        if plan.input_grad == "patches":
+            return input_grad_patches(dy, W, self.stride, self.padding, in_hw)
+        if plan.input_grad == "wide":
+            return input_grad_wide(dy, W, self.padding, in_hw)
+        if plan.input_grad == "scatter":
+            return input_grad_scatter(dy, W, self.stride, self.padding, in_hw)
+        return input_grad_scatter_batch_last(dy, W, self.stride, self.padding, in_hw)
 
 
 class MaxPool2D(Layer):

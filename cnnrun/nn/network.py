@@ -96,6 +96,15 @@ class Network:
         for layer in self.layers:  # only now are parameters allocated
             layer.init_params(rng, self.dtype)
 
+    def conv_plans(self, batch_size):
+        """`{layer index: kernels.ConvPlan}`: the kernels each convolution runs on a part of a
+        batch of `batch_size` (the parts a training step's threads run; parallel.parts)."""
+        if self.engine != "fast":
+            return {}
+        part = parallel.parts(batch_size)[0]
+        return {i: layer.plan_for(part.stop - part.start, self.dtype.itemsize)
+                for i, layer in enumerate(self.layers) if layer.kind == "conv"}
+
     def memory_bytes(self, batch_size):
         """Estimated bytes each layer needs in training, before anything is allocated:
         parameters with their gradients and two optimizer states (4 copies), plus

@@ -1,11 +1,14 @@
 """Optimizers on `(param, grad)` pairs: SGD (optionally with momentum) and Adam;
-and the per-epoch exponential learning-rate decay.
+and the learning-rate schedule, which owns the rate: an optimizer reads its rate from
+its schedule at the start of every epoch (`begin_epoch`), and nothing else sets it.
 
 An optimizer keeps its per-parameter state (velocities, moment estimates) in the
 order of the pairs; `state(names)` / `load_state(arrays, names)` name it by the
 parameters' qualified names so that a checkpoint can hold it and a resumed run
 continues exactly.
 """
+
+import functools
 
 import numpy as np
 
@@ -15,7 +18,26 @@ def exponential_lr(lr, decay, epoch):
     return lr * decay ** epoch
 
 
-class SGD:
+def learning_rate(train_cfg, epoch):
+    """The rate a config's `train` section gives `epoch` (from 0): its schedule, the one
+    place the rate is decided (the optimizer and the PyTorch twin both read it here)."""
+    return exponential_lr(train_cfg["lr"], train_cfg["lr_decay"], epoch)
+
+
+class Optimizer:
+    """What SGD and Adam share: the rate, read from `schedule` (a function of the epoch,
+    or a number for a constant rate) when an epoch begins."""
+
+    def __init__(self, schedule):
+        self.schedule = schedule if callable(schedule) else (lambda epoch: schedule)
+        self.lr = self.schedule(0)
+
+    def begin_epoch(self, epoch):
+        """Take the rate of `epoch` (counted from 0) from the schedule."""
+        self.lr = self.schedule(epoch)
+
+
+class SGD(Optimizer):
     """param -= lr * grad. With `momentum` m > 0 (heavy ball, as PyTorch's SGD):
     v = m * v + grad, then param -= lr * v.
 
@@ -23,7 +45,8 @@ class SGD:
     """
 
     def __init__(self, lr, momentum=0.0):
-        self.lr, self.momentum = lr, momentum
+        super().__init__(lr)
+        self.momentum = momentum
         self.velocity = []  # one array per parameter, made at the first step
 
     def step(self, pairs):
@@ -46,12 +69,13 @@ class SGD:
             self.velocity = [arrays[f"velocity.{name}"] for name in names]
 
 
-class Adam:
+class Adam(Optimizer):
     """Adam (Kingma & Ba 2015): running means of the gradient (m) and of its square
     (v), bias-corrected; param -= lr * m_hat / (sqrt(v_hat) + eps)."""
 
     def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m, self.v, self.t = [], [], 0  # moments per parameter, and steps taken
 
     def step(self, pairs):
@@ -81,7 +105,8 @@ class Adam:
 
 
 def make_optimizer(train_cfg):
-    """The optimizer of a config's `train` section."""
+    """The optimizer of a config's `train` section, on its learning-rate schedule."""
+    schedule = functools.partial(learning_rate, train_cfg)
     if train_cfg["optimizer"] == "adam":
-        return Adam(train_cfg["lr"])
-    return SGD(train_cfg["lr"], train_cfg["momentum"])
+        return Adam(schedule)
+    return SGD(schedule, train_cfg["momentum"])

@@ -2,8 +2,9 @@
 and on the targeted DLR loss) from the network's own input gradient; FAB-T (fab.py) and
 the gradient-free Square (square.py); and AutoAttack's standard suite of four.
 
-Images are `(N, C, H, W)` in [0, 1]; eps is in the same pixel units, and every
-adversarial image is clipped to [0, 1]. `y` is one-hot `(N, K)`.
+Every attack has one signature, `attack(net, x, y, eps, *, settings by name)`: images
+`x` `(N, C, H, W)` in [0, 1], one-hot labels `y` `(N, K)`, eps in the same pixel units;
+every adversarial image is clipped to [0, 1].
 """
 
 import time
@@ -12,9 +13,9 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn import one_hot
-from cnnrun.fab import fab_t
+from cnnrun.robustness.fab import fab_t
 from cnnrun.nn.losses import cross_entropy_per_sample, dlr_targeted, kl_to_clean
-from cnnrun.square import square
+from cnnrun.robustness.square import square
 
 METHODS = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack", "autoattack-apgd")
 # Steps (iterations) of each iterative method; for square, its queries.
@@ -34,7 +35,7 @@ def fgsm(net, x, y, eps):
     return np.clip(x + eps * np.sign(input_gradient(net, x, y)), 0, 1).astype(x.dtype)
 
 
-def bim(net, x, y, eps, steps, step_size, start=None):
+def bim(net, x, y, eps, *, steps, step_size, start=None):
     """Basic Iterative Method: `steps` signed-gradient steps of `step_size` from `start`
     (default: x), each followed by projection onto the eps-ball around x and onto [0, 1]."""
     low, high = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
@@ -44,15 +45,15 @@ def bim(net, x, y, eps, steps, step_size, start=None):
     return x_adv.astype(x.dtype)
 
 
-def pgd(net, x, y, eps, steps, step_size, restarts, rng):
+def pgd(net, x, y, eps, *, steps, step_size, restarts=1, rng=None):
     """Projected Gradient Descent: BIM from a uniform random start in the eps-ball,
     `restarts` times; each image keeps the first restart that fools the network
     (else the last one)."""
-    labels = y.argmax(axis=1)
+    labels, rng = y.argmax(axis=1), np.random.default_rng(0) if rng is None else rng
     best, fooled = None, np.zeros(len(x), bool)
     for restart in range(restarts):
         start = np.clip(x + rng.uniform(-eps, eps, x.shape), 0, 1).astype(x.dtype)
-        x_adv = bim(net, x, y, eps, steps, step_size, start)
+        x_adv = bim(net, x, y, eps, steps=steps, step_size=step_size, start=start)
         if best is None:
             best = x_adv
         else:
@@ -123,7 +124,7 @@ def _apgd_run(net, x, labels, targets, eps, steps, noise, rho=0.75):
     return np.where(per_image(fooled), x_fooled, x_best), fooled
 
 
-def apgd(net, x, y, eps, steps=100, restarts=1, rng=None, targets=0, active=None):
+def apgd(net, x, y, eps, *, steps=100, restarts=1, rng=None, targets=0, active=None):
     """APGD-CE (`targets=0`) or APGD-T on the DLR loss towards each of the `targets`
     most likely other classes in turn (at the clean image). Each restart and target
     runs only on the images not fooled yet, and of those only on the `active` ones
@@ -151,7 +152,7 @@ def apgd(net, x, y, eps, steps=100, restarts=1, rng=None, targets=0, active=None
     return out
 
 
-def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=None, targets=9, queries=5000,
+def run_suite(net, x, y, eps, *, suite="autoattack", steps=100, restarts=1, rng=None, targets=9, queries=5000,
               on_stage=None):
     """AutoAttack: the attacks of `SUITES[suite]` in turn, each on the images that the
     ones before left robust, each from the clean image; the result per image is the
@@ -171,13 +172,14 @@ def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=Non
         robust = broken_by == len(stages)
         if robust.any() and eps > 0:
             if name == "apgd-ce":
-                adv = apgd(net, x, y, eps, steps, restarts, stage_rngs[index], active=robust)
+                adv = apgd(net, x, y, eps, steps=steps, restarts=restarts, rng=stage_rngs[index], active=robust)
             elif name == "apgd-t":
-                adv = apgd(net, x, y, eps, steps, restarts, stage_rngs[index], targets=targets, active=robust)
+                adv = apgd(net, x, y, eps, steps=steps, restarts=restarts, rng=stage_rngs[index], targets=targets,
+                           active=robust)
             elif name == "fab-t":
-                adv = fab_t(net, x, labels, eps, targets, steps, active=robust)
+                adv = fab_t(net, x, y, eps, targets=targets, steps=steps, active=robust)
             else:
-                adv = square(net, x, labels, eps, queries, rng=stage_rngs[index], active=robust)
+                adv = square(net, x, y, eps, queries=queries, rng=stage_rngs[index], active=robust)
             fooled = robust & (net.logits(adv).argmax(axis=1) != labels)
             out[fooled] = adv[fooled]
             broken_by[fooled] = index
@@ -186,7 +188,7 @@ def run_suite(net, x, y, eps, suite="autoattack", steps=100, restarts=1, rng=Non
     return out, broken_by
 
 
-def attack(net, x, y, method, eps, steps=None, step_size=None, restarts=1, rng=None, targets=9, queries=5000):
+def attack(net, x, y, method, eps, *, steps=None, step_size=None, restarts=1, rng=None, targets=9, queries=5000):
     """Adversarial versions of `x` by `method` (one of METHODS); steps default to 40 for bim
     and pgd, 100 for the APGD methods and FAB-T; Square makes `queries` queries; random
     starts come from `rng` (default: seeded with 0)."""
@@ -197,19 +199,20 @@ def attack(net, x, y, method, eps, steps=None, step_size=None, restarts=1, rng=N
         raise ValueError(f"unknown attack {method!r}")
     steps = DEFAULT_STEPS[method] if steps is None or method == "square" else steps
     if method == "apgd-ce":
-        return apgd(net, x, y, eps, steps, restarts, rng)
+        return apgd(net, x, y, eps, steps=steps, restarts=restarts, rng=rng)
     if method == "apgd-t":
-        return apgd(net, x, y, eps, steps, restarts, rng, targets=targets)
+        return apgd(net, x, y, eps, steps=steps, restarts=restarts, rng=rng, targets=targets)
     if method == "fab-t":
-        return fab_t(net, x, y.argmax(axis=1), eps, targets, steps)
+        return fab_t(net, x, y, eps, targets=targets, steps=steps)
     if method == "square":
-        return square(net, x, y.argmax(axis=1), eps, queries, rng=rng)
+        return square(net, x, y, eps, queries=queries, rng=rng)
     if method in SUITES:
-        return run_suite(net, x, y, eps, method, steps, restarts, rng, targets, queries)[0]
+        return run_suite(net, x, y, eps, suite=method, steps=steps, restarts=restarts, rng=rng, targets=targets,
+                         queries=queries)[0]
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     if method == "bim":
-        return bim(net, x, y, eps, steps, step_size)
-    return pgd(net, x, y, eps, steps, step_size, restarts, rng)
+        return bim(net, x, y, eps, steps=steps, step_size=step_size)
+    return pgd(net, x, y, eps, steps=steps, step_size=step_size, restarts=restarts, rng=rng)
 
 
 def evaluate_attack(net, x, labels, method, eps, batch_size=500, on_batch=None, **options):
@@ -239,7 +242,7 @@ def evaluate_suite(net, x, labels, method, eps, batch_size=500, on_batch=None, o
             options = dict(options)
             steps = options.pop("steps", None) or DEFAULT_STEPS[method]
             options.pop("step_size", None)
-            x_adv, by = run_suite(net, xb, yb, eps, method, steps, on_stage=stage_done, **options)
+            x_adv, by = run_suite(net, xb, yb, eps, suite=method, steps=steps, on_stage=stage_done, **options)
             broken.append(by)
         else:
             x_adv = attack(net, xb, yb, method, eps, **options) if eps > 0 else xb
@@ -297,11 +300,11 @@ def adversary(settings, rng, epoch=0):
         xa, ya = x[:n], y[:n]
         if method == "fgsm" and settings["random_start"]:  # Wong et al. 2020, "fast" FGSM training
             start = np.clip(xa + rng.uniform(-eps, eps, xa.shape), 0, 1).astype(x.dtype)
-            x_adv = bim(net, xa, ya, eps, 1, step_size or 1.25 * eps, start)
+            x_adv = bim(net, xa, ya, eps, steps=1, step_size=step_size or 1.25 * eps, start=start)
         elif method == "fgsm":
             x_adv = fgsm(net, xa, ya, eps)
         else:
-            x_adv = pgd(net, xa, ya, eps, steps, step_size or default_step_size(eps, steps), 1, rng)
+            x_adv = pgd(net, xa, ya, eps, steps=steps, step_size=step_size or default_step_size(eps, steps), rng=rng)
         out = x.copy()
         out[:n] = x_adv
         return out

@@ -87,12 +87,13 @@ def fab_targeted_run(net, x, labels, targets, steps=100, alpha_max=0.1, eta=1.05
     return best, best_dist
 
 
-def fab_t(net, x, labels, eps, targets=9, steps=100, active=None, on_target=None):
+def fab_t(net, x, y, eps, *, targets=9, steps=100, active=None, on_target=None):
     """FAB-T within eps: FAB towards each of the `targets` most likely other classes at
     the clean image in turn, on the images classified right and not fooled yet (and of
     those only the `active` ones, a mask `(N,)`); returns the adversarial images (x
-    where nothing within eps was found). `on_target(r, n_left)` is called after each."""
-    out = x.copy()
+    where nothing within eps was found). `y` is one-hot `(N, K)`, as for every attack.
+    `on_target(r, n_left)` is called after each."""
+    labels, out = y.argmax(axis=1), x.copy()
     ranked = np.argsort(net.logits(x), axis=1)[:, ::-1]  # classes by decreasing clean logit
     robust = ranked[:, 0] == labels
     if active is not None:

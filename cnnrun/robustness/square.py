@@ -50,13 +50,14 @@ def margins(net, x, labels):
     return correct - z.max(axis=1)
 
 
-def square(net, x, labels, eps, queries=5000, p_init=0.8, rng=None, active=None, on_query=None):
+def square(net, x, y, eps, *, queries=5000, p_init=0.8, rng=None, active=None, on_query=None):
     """Square attack on every image (or the `active` ones, a mask `(N,)`); returns the
     adversarial images `(N, C, H, W)`: the point of lowest margin found, within eps of x
-    and in [0, 1]. `queries` is the number of iterations after the start, one forward
-    pass of the images still robust each; `on_query(i, n_left)` is called after each.
-    An image's windows do not depend on the other images of the batch."""
-    rng = np.random.default_rng(0) if rng is None else rng
+    and in [0, 1]. `y` is one-hot `(N, K)`, as for every attack. `queries` is the number
+    of iterations after the start, one forward pass of the images still robust each;
+    `on_query(i, n_left)` is called after each. An image's windows do not depend on the
+    other images of the batch."""
+    labels, rng = y.argmax(axis=1), np.random.default_rng(0) if rng is None else rng
     n, c, h, w = x.shape
     low, high = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
     x_best = np.clip(x + eps * rng.choice([-1.0, 1.0], size=(n, c, 1, w)), 0, 1).astype(x.dtype)
