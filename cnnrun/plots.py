@@ -184,8 +184,11 @@ def mean_curves(lines, path, title):
         mean, std = np.array(mean), np.array(std)
         (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=label)
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="epoch", ylabel="test accuracy", title=title)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set(xlabel="epoch", ylabel="test accuracy (mean, band: one standard deviation)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(alpha=0.3)
     if lines:
-        ax.legend()
+        ax.legend(title="config and setting")
     save(fig, path)
