@@ -29,46 +29,73 @@ def require_onnx():
 
 
 def _nodes(index, layer, x, constant):
-    """ONNX nodes computing `layer` on the tensor named `x`; returns `(nodes, output name)`.
-    `constant(name, array)` registers an initializer and returns its name."""
+    """ONNX nodes computing `layer` on the tensor named `x` (by its kind's entry in NODES);
+    returns `(nodes, output name)`. `constant(name, array)` registers an initializer and
+    returns its name."""
+    if layer.kind not in NODES:
+        raise CnnrunError(f"layer {index} ({layer.kind}): has no ONNX export")
+    name = f"{index}.{layer.kind}"
+    return NODES[layer.kind](layer, name, x, f"{name}.out", constant), f"{name}.out"
+
+
+def _node(*args, **kwargs):
     from onnx import helper
 
-    name, out = f"{index}.{layer.kind}", f"{index}.{layer.kind}.out"
+    return helper.make_node(*args, **kwargs)
+
+
+def _pads(layer):
+    (ph, pw) = layer.padding
+    return [ph, pw, ph, pw]
+
+
+def _normalize(layer, name, x, out, constant):
+    mean = constant(f"{name}.mean", np.array(layer.mean, np.float32))
+    std = constant(f"{name}.std", np.array(layer.std, np.float32))
+    return [_node("Sub", [x, mean], [f"{name}.centred"]), _node("Div", [f"{name}.centred", std], [out])]
+
+
+def _conv(layer, name, x, out, constant):
     p = layer.params
-    if layer.kind == "normalize":
-        mean = constant(f"{name}.mean", np.array(layer.mean, np.float32))
-        std = constant(f"{name}.std", np.array(layer.std, np.float32))
-        return [helper.make_node("Sub", [x, mean], [f"{name}.centred"]),
-                helper.make_node("Div", [f"{name}.centred", std], [out])], out
-    if layer.kind == "conv":
-        (ph, pw) = layer.padding
-        inputs = [x, constant(f"{name}.W", p["W"])] + ([constant(f"{name}.b", p["b"])] if layer.bias else [])
-        return [helper.make_node("Conv", inputs, [out], kernel_shape=list(layer.kernel), strides=list(layer.stride),
-                                 pads=[ph, pw, ph, pw])], out
-    if layer.kind == "maxpool":
-        (ph, pw) = layer.padding
-        return [helper.make_node("MaxPool", [x], [out], kernel_shape=list(layer.kernel), strides=list(layer.stride),
-                                 pads=[ph, pw, ph, pw])], out
-    if layer.kind == "instance_norm":
-        c = layer.in_shape[0]
-        gamma = p["gamma"] if layer.affine else np.ones(c, np.float32)
-        beta = p["beta"] if layer.affine else np.zeros(c, np.float32)
-        return [helper.make_node("InstanceNormalization", [x, constant(f"{name}.gamma", gamma),
-                                                           constant(f"{name}.beta", beta)], [out],
-                                 epsilon=float(layer.eps))], out
-    if layer.kind == "flatten":
-        return [helper.make_node("Flatten", [x], [out], axis=1)], out
-    if layer.kind == "reshape":
-        shape = constant(f"{name}.shape", np.array((0,) + layer.shape, np.int64))  # 0: keep the batch axis
-        return [helper.make_node("Reshape", [x, shape], [out])], out
-    if layer.kind == "dense":
-        W = constant(f"{name}.W", p["W"])
-        if layer.bias:
-            return [helper.make_node("Gemm", [x, W, constant(f"{name}.b", p["b"])], [out])], out
-        return [helper.make_node("MatMul", [x, W], [out])], out
-    if layer.kind == "relu":
-        return [helper.make_node("Relu", [x], [out])], out
-    raise CnnrunError(f"layer {index} ({layer.kind}): has no ONNX export")
+    inputs = [x, constant(f"{name}.W", p["W"])] + ([constant(f"{name}.b", p["b"])] if layer.bias else [])
+    return [_node("Conv", inputs, [out], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                  pads=_pads(layer))]
+
+
+def _instance_norm(layer, name, x, out, constant):
+    c, p = layer.in_shape[0], layer.params
+    gamma = p["gamma"] if layer.affine else np.ones(c, np.float32)
+    beta = p["beta"] if layer.affine else np.zeros(c, np.float32)
+    return [_node("InstanceNormalization", [x, constant(f"{name}.gamma", gamma), constant(f"{name}.beta", beta)],
+                  [out], epsilon=float(layer.eps))]
+
+
+def _reshape(layer, name, x, out, constant):
+    shape = constant(f"{name}.shape", np.array((0,) + layer.shape, np.int64))  # 0: keep the batch axis
+    return [_node("Reshape", [x, shape], [out])]
+
+
+def _dense(layer, name, x, out, constant):
+    W = constant(f"{name}.W", layer.params["W"])
+    if layer.bias:
+        return [_node("Gemm", [x, W, constant(f"{name}.b", layer.params["b"])], [out])]
+    return [_node("MatMul", [x, W], [out])]
+
+
+# Layer kind -> `(layer, node name, input name, output name, constant) -> [nodes]`: the
+# ONNX export of every layer in cnnrun.nn.network.LAYERS but softmax (added at the end).
+NODES = {
+    "normalize": _normalize,
+    "conv": _conv,
+    "maxpool": lambda layer, name, x, out, constant: [
+        _node("MaxPool", [x], [out], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+              pads=_pads(layer))],
+    "instance_norm": _instance_norm,
+    "flatten": lambda layer, name, x, out, constant: [_node("Flatten", [x], [out], axis=1)],
+    "reshape": _reshape,
+    "dense": _dense,
+    "relu": lambda layer, name, x, out, constant: [_node("Relu", [x], [out])],
+}
 
 
 def to_onnx(net, metadata=None):

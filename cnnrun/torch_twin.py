@@ -14,36 +14,53 @@ from cnnrun.nn.optim import learning_rate
 
 def twin(net):
     """A `torch.nn.Sequential` computing `net.logits`: one module per cnnrun layer
-    but the final softmax, at the same index, holding copies of the same weights."""
+    but the final softmax, at the same index, holding copies of the same weights
+    (each made by its kind's entry in TWINS)."""
     dtype = getattr(torch, net.dtype.name)
     modules = []
-    for layer in net.layers[:-1]:
+    for index, layer in enumerate(net.layers[:-1]):
+        if layer.kind not in TWINS:
+            raise CnnrunError(f"layer {index} ({layer.kind}) has no PyTorch twin")
         p = {name: torch.tensor(value) for name, value in layer.params.items()}
-        if layer.kind == "normalize":
-            module = Normalize(layer.mean, layer.std)
-        elif layer.kind == "conv":
-            module = nn.Conv2d(layer.in_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding,
-                               bias=layer.bias, dtype=dtype)
-            _copy(module, weight=p["W"], bias=p.get("b"))
-        elif layer.kind == "maxpool":
-            module = nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
-        elif layer.kind == "instance_norm":
-            module = nn.InstanceNorm2d(layer.in_shape[0], eps=layer.eps, affine=layer.affine, dtype=dtype)
-            if layer.affine:
-                _copy(module, weight=p["gamma"], bias=p["beta"])
-        elif layer.kind == "relu":
-            module = nn.ReLU()
-        elif layer.kind == "flatten":
-            module = nn.Flatten()
-        elif layer.kind == "reshape":
-            module = Reshape(layer.shape)
-        elif layer.kind == "dense":
-            module = nn.Linear(layer.in_shape[0], layer.units, bias=layer.bias, dtype=dtype)
-            _copy(module, weight=p["W"].T, bias=p.get("b"))  # torch keeps W as (units, D)
-        else:
-            raise CnnrunError(f"layer {layer.kind!r} has no PyTorch twin")
-        modules.append(module)
+        modules.append(TWINS[layer.kind](layer, p, dtype))
     return nn.Sequential(*modules)
+
+
+def _conv(layer, p, dtype):
+    module = nn.Conv2d(layer.in_shape[0], layer.filters, layer.kernel, layer.stride, layer.padding,
+                       bias=layer.bias, dtype=dtype)
+    _copy(module, weight=p["W"], bias=p.get("b"))
+    return module
+
+
+def _instance_norm(layer, p, dtype):
+    module = nn.InstanceNorm2d(layer.in_shape[0], eps=layer.eps, affine=layer.affine, dtype=dtype)
+    if layer.affine:
+        _copy(module, weight=p["gamma"], bias=p["beta"])
+    return module
+
+
+def _dense(layer, p, dtype):
+    module = nn.Linear(layer.in_shape[0], layer.units, bias=layer.bias, dtype=dtype)
+    _copy(module, weight=p["W"].T, bias=p.get("b"))  # torch keeps W as (units, D)
+    return module
+
+
+# Layer kind -> `(layer, its parameters as tensors, dtype) -> torch module`: the twin of
+# every layer in cnnrun.nn.network.LAYERS but softmax (fused into the loss).
+TWINS = {
+    "normalize": lambda layer, p, dtype: Normalize(layer.mean, layer.std),
+    "conv": _conv,
+    "maxpool": lambda layer, p, dtype: nn.MaxPool2d(layer.kernel, layer.stride, layer.padding),
+    "instance_norm": _instance_norm,
+    "relu": lambda layer, p, dtype: nn.ReLU(),
+    "flatten": lambda layer, p, dtype: nn.Flatten(),
+    "reshape": lambda layer, p, dtype: Reshape(layer.shape),
+    "dense": _dense,
+}
+# Layer kind -> {cnnrun's parameter name: the twin module's}, for every layer with parameters.
+PARAMETERS = {"conv": {"W": "weight", "b": "bias"}, "dense": {"W": "weight", "b": "bias"},
+              "instance_norm": {"gamma": "weight", "beta": "bias"}}
 
 
 def _copy(module, weight, bias):
@@ -56,12 +73,10 @@ def _copy(module, weight, bias):
 def gradients(model, net):
     """The twin's parameter gradients after a backward pass, by cnnrun's qualified
     names and in cnnrun's layouts (`{"1.conv.W": array, ...}`), like `net.named_gradients()`."""
-    names = {"conv": {"W": "weight", "b": "bias"}, "dense": {"W": "weight", "b": "bias"},
-             "instance_norm": {"gamma": "weight", "beta": "bias"}}
     grads = {}
     for i, layer in enumerate(net.layers[:-1]):
         for name in layer.params:
-            g = getattr(model[i], names[layer.kind][name]).grad.numpy()
+            g = getattr(model[i], PARAMETERS[layer.kind][name]).grad.numpy()
             grads[f"{i}.{layer.kind}.{name}"] = g.T if layer.kind == "dense" and name == "W" else g
     return grads
 

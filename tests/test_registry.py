@@ -1,0 +1,95 @@
+"""One place to add a layer: every kind in `cnnrun.nn.network.LAYERS` has a reference
+twin, a PyTorch twin, an ONNX export, a finite-difference check and a parallel-parts
+check. A new layer without an example below fails here first."""
+
+import numpy as np
+import pytest
+import torch
+
+from cnnrun import export, torch_twin
+from cnnrun.nn import Network, reference
+from cnnrun.nn.gradcheck import TOLERANCE, check_layer
+from cnnrun.nn.network import LAYERS
+
+# Each kind with the arguments and input shape (odd sizes) its checks build it with;
+# softmax ends every network (its backward is fused into the loss).
+EXAMPLES = {
+    "normalize": ({"mean": 0.2, "std": 0.5}, (2, 5, 7)),
+    "conv": ({"filters": 3, "kernel": 3, "stride": 2, "padding": 1}, (2, 7, 9)),
+    "maxpool": ({"kernel": 3, "stride": 2, "padding": 1}, (2, 7, 9)),
+    "instance_norm": ({}, (2, 5, 7)),
+    "flatten": ({}, (2, 3, 5)),
+    "reshape": ({"shape": [5, 6]}, (2, 3, 5)),
+    "dense": ({"units": 4}, (7,)),
+    "relu": ({}, (2, 5, 7)),
+    "softmax": ({}, (6,)),
+}
+
+
+def test_every_layer_kind_has_an_example_a_reference_a_twin_and_an_onnx_export():
+    kinds = set(LAYERS)
+    assert set(EXAMPLES) == kinds, "add the new layer's example here (and its checks follow)"
+    assert set(reference.LAYERS) == kinds
+    assert set(torch_twin.TWINS) == kinds - {"softmax"}
+    assert set(export.NODES) == kinds - {"softmax"}
+    for kind, (kwargs, shape) in EXAMPLES.items():  # the twin knows the names of its parameters
+        layer = LAYERS[kind](**kwargs)
+        layer.build(shape)
+        assert set(layer.param_shapes()) == set(torch_twin.PARAMETERS.get(kind, {})), kind
+
+
+def network_around(kind, dtype=np.float64, threads=None):
+    """`kind` (its example) followed by flatten, a dense layer of 3 and softmax."""
+    kwargs, shape = EXAMPLES[kind]
+    specs = [(kind, kwargs)] + ([] if kind == "softmax" else [("flatten", {}), ("dense", {"units": 3}),
+                                                               ("softmax", {})])
+    if kind == "softmax":
+        specs = [("dense", {"units": 3}), ("softmax", {})]
+    return Network(specs, shape, seed=1, dtype=dtype, threads=threads)
+
+
+@pytest.mark.parametrize("kind", sorted(set(EXAMPLES) - {"softmax"}))
+def test_every_layers_backward_passes_the_finite_difference_check(kind, rng):
+    kwargs, shape = EXAMPLES[kind]
+    layer = LAYERS[kind](**kwargs)
+    layer.build(shape)
+    layer.init_params(rng, np.float64)
+    for p in layer.params.values():
+        p += rng.standard_normal(p.shape) * 0.1
+    rows = check_layer(layer, rng.standard_normal((3,) + shape), rng, 30)
+    assert any(name == "dx" for name, _ in rows) and set(layer.params) <= {name for name, _ in rows}
+    for name, error in rows:
+        assert error < TOLERANCE, f"{kind} {name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_every_layer_gives_the_same_numbers_in_parts_on_two_threads_as_whole_on_one(kind, rng):
+    """A batch of 130 runs in three parts (64 is the most a part holds); laid through the
+    layers whole, by hand, it gives the same logits, loss and gradients."""
+    net = network_around(kind, threads=2)
+    x = rng.standard_normal((130,) + net.input_shape)
+    y = np.eye(3)[rng.integers(0, 3, 130)]
+    loss, _, dx = net.loss_and_backward(x, y, need_input_grad=True)
+    assert len(net.parts) == 3
+    h = x
+    for layer in net.layers[:-1]:
+        h = layer.replica().forward(h)
+    np.testing.assert_allclose(net.logits(x), h, rtol=1e-12, atol=1e-12)
+    whole = network_around(kind, threads=1)
+    loss_1, _, dx_1 = whole.loss_and_backward(x, y, need_input_grad=True)
+    assert loss == pytest.approx(loss_1, rel=1e-12)
+    np.testing.assert_allclose(dx, dx_1, rtol=1e-10, atol=1e-12)
+    for (name, g), g_1 in zip(net.named_gradients().items(), whole.named_gradients().values()):
+        np.testing.assert_allclose(g, g_1, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", sorted(set(EXAMPLES) - {"softmax"}))
+def test_every_layers_twin_and_onnx_export_compute_what_it_computes(kind, rng):
+    net = network_around(kind, dtype=np.float32)
+    x = rng.random((5,) + net.input_shape, dtype=np.float32)
+    logits = net.logits(x)
+    model = torch_twin.twin(net).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), logits, rtol=1e-5, atol=1e-5)
+    probabilities, onnx_logits = export.run_onnx(export.to_onnx(net), x)
+    np.testing.assert_allclose(onnx_logits, logits, rtol=1e-5, atol=1e-5)
