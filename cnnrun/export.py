@@ -95,6 +95,14 @@ NODES = {
     "reshape": _reshape,
     "dense": _dense,
     "relu": lambda layer, name, x, out, constant: [_node("Relu", [x], [out])],
+    "avgpool": lambda layer, name, x, out, constant: [
+        _node("AveragePool", [x], [out], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+              pads=_pads(layer), count_include_pad=1)],
+    "global_avgpool": lambda layer, name, x, out, constant: [
+        _node("GlobalAveragePool", [x], [f"{name}.pooled"]), _node("Flatten", [f"{name}.pooled"], [out], axis=1)],
+    "leaky_relu": lambda layer, name, x, out, constant: [_node("LeakyRelu", [x], [out], alpha=float(layer.slope))],
+    "tanh": lambda layer, name, x, out, constant: [_node("Tanh", [x], [out])],
+    "sigmoid": lambda layer, name, x, out, constant: [_node("Sigmoid", [x], [out])],
 }
 
 

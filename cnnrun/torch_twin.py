@@ -57,6 +57,11 @@ TWINS = {
     "flatten": lambda layer, p, dtype: nn.Flatten(),
     "reshape": lambda layer, p, dtype: Reshape(layer.shape),
     "dense": _dense,
+    "avgpool": lambda layer, p, dtype: nn.AvgPool2d(layer.kernel, layer.stride, layer.padding, count_include_pad=True),
+    "global_avgpool": lambda layer, p, dtype: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+    "leaky_relu": lambda layer, p, dtype: nn.LeakyReLU(layer.slope),
+    "tanh": lambda layer, p, dtype: nn.Tanh(),
+    "sigmoid": lambda layer, p, dtype: nn.Sigmoid(),
 }
 # Layer kind -> {cnnrun's parameter name: the twin module's}, for every layer with parameters.
 PARAMETERS = {"conv": {"W": "weight", "b": "bias"}, "dense": {"W": "weight", "b": "bias"},

@@ -177,6 +177,37 @@ def test_the_plan_goes_wide_at_stride_1_where_the_columns_outgrow_a_chunk():
     ([3, 1], [2, 3], [1, 0], (2, 7, 8)),   # gaps along W only, overlap along H only
     (1, 1, 0, (1, 3, 4)),                  # 1x1: the identity
 ])
+def test_fast_avgpool_matches_the_reference(kernel, stride, padding, shape, rng):
+    """Every max-pool case, averaged: overlapping windows add up in dx, inputs no window
+    reads get exactly zero, padding counts as zeros."""
+    fast, ref = twins("avgpool", dict(kernel=kernel, stride=stride, padding=padding), shape, rng)
+    for n in (1, 3):
+        assert_same_layer(fast, ref, rng.standard_normal((n,) + shape), rng)
+
+
+@pytest.mark.parametrize("kind", ["leaky_relu", "tanh", "sigmoid"])
+def test_activations_hold_at_large_inputs_in_float32(kind, rng):
+    """Where exp overflows float32 (|x| ~ 100), the activations and their gradients stay
+    finite and equal the reference's in float64."""
+    fast, ref = twins(kind, {}, (4,), rng)
+    x = np.array([[-1000.0, -100.0, 0.0, 100.0], [-30.0, -1e-3, 1e-3, 1000.0]])
+    y = fast.forward(x.astype(np.float32))
+    dx = fast.backward(np.ones_like(y))
+    assert y.dtype == dx.dtype == np.float32 and np.isfinite(y).all() and np.isfinite(dx).all()
+    np.testing.assert_allclose(y, ref.forward(x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, ref.backward(np.ones_like(x)), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,shape", [
+    (2, None, 0, (3, 8, 8)),               # the usual 2x2
+    (2, None, 0, (2, 7, 9)),               # odd sizes: the last row and column dropped
+    (3, 2, 0, (2, 9, 9)),                  # overlapping windows
+    (3, 2, 1, (3, 8, 7)),                  # overlapping and padded
+    ([2, 3], [1, 2], [1, 1], (1, 6, 7)),   # non-square everything
+    (2, 3, 0, (2, 9, 9)),                  # gaps between windows, the last one ending at the edge
+    ([3, 1], [2, 3], [1, 0], (2, 7, 8)),   # gaps along W only, overlap along H only
+    (1, 1, 0, (1, 3, 4)),                  # 1x1: the identity
+])
 def test_fast_maxpool_matches_the_reference_with_ties(kernel, stride, padding, shape, rng):
     """Inputs of 0, 1 and 2 only: most windows hold tied maxima, and each window's gradient
     must go to its first maximum in row-major order in both engines; inputs no window
@@ -215,6 +246,12 @@ def test_fast_instance_norm_matches_the_reference(affine, shape, rng):
     ("flatten", {}, (3, 4, 5)),
     ("reshape", dict(shape=[6, 10]), (3, 4, 5)),
     ("softmax", {}, (10,)),
+    ("leaky_relu", dict(slope=0.1), (3, 4, 5)),
+    ("leaky_relu", dict(slope=-0.5), (7,)),
+    ("tanh", {}, (3, 4, 5)),
+    ("sigmoid", {}, (3, 4, 5)),
+    ("global_avgpool", {}, (3, 5, 7)),
+    ("global_avgpool", {}, (1, 1, 1)),
 ])
 def test_fast_simple_layers_match_the_reference(kind, kwargs, shape, rng):
     fast, ref = twins(kind, kwargs, shape, rng)

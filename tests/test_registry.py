@@ -22,6 +22,11 @@ EXAMPLES = {
     "reshape": ({"shape": [5, 6]}, (2, 3, 5)),
     "dense": ({"units": 4}, (7,)),
     "relu": ({}, (2, 5, 7)),
+    "leaky_relu": ({"slope": 0.2}, (2, 5, 7)),
+    "tanh": ({}, (2, 5, 7)),
+    "sigmoid": ({}, (2, 5, 7)),
+    "avgpool": ({"kernel": 3, "stride": 2, "padding": 1}, (2, 7, 9)),
+    "global_avgpool": ({}, (3, 5, 7)),
     "softmax": ({}, (6,)),
 }
 

@@ -3,14 +3,15 @@ the terminal; the only file access is a network's weights, to and from .npz
 (`Network.save`, `Network.load`)."""
 
 from cnnrun.nn.layers import (
-    Conv2D, Dense, Flatten, InstanceNorm, Layer, MaxPool2D, Normalize, ReLU, Reshape, Softmax,
+    AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool, InstanceNorm, Layer, LeakyReLU, MaxPool2D, Normalize, ReLU,
+    Reshape, Sigmoid, Softmax, Tanh,
 )
 from cnnrun.nn.losses import accuracy, one_hot, softmax_cross_entropy
 from cnnrun.nn.network import LAYERS, Network
 from cnnrun.nn.optim import SGD, Adam, exponential_lr, make_optimizer
 
 __all__ = [
-    "Conv2D", "Dense", "Flatten", "InstanceNorm", "Layer", "MaxPool2D", "Normalize", "ReLU",
-    "Reshape", "Softmax", "accuracy", "one_hot", "softmax_cross_entropy", "LAYERS", "Network",
+    "AvgPool2D", "Conv2D", "Dense", "Flatten", "GlobalAvgPool", "InstanceNorm", "Layer", "LeakyReLU", "MaxPool2D",
+    "Normalize", "ReLU", "Reshape", "Sigmoid", "Softmax", "Tanh", "accuracy", "one_hot", "softmax_cross_entropy", "LAYERS", "Network",
     "SGD", "Adam", "exponential_lr", "make_optimizer",
 ]

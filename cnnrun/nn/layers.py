@@ -422,6 +422,102 @@ class ReLU(Layer):
         return dy * (self.cache > 0) if need_dx else None
 
 
+class LeakyReLU(Layer):
+    """x where x > 0, else slope * x, elementwise."""
+
+    kind = "leaky_relu"
+    args = {"slope": NUMBER}
+
+    def __init__(self, slope=0.01):
+        super().__init__()
+        self.slope = slope
+
+    def forward(self, x):
+        positive = x > 0
+        self.cache = positive
+        return np.where(positive, x, self.slope * x).astype(x.dtype, copy=False)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return np.where(self.cache, dy, self.slope * dy).astype(dy.dtype, copy=False) if need_dx else None
+
+
+class Tanh(Layer):
+    """tanh(x), elementwise; its derivative is 1 - tanh(x)^2."""
+
+    kind = "tanh"
+
+    def forward(self, x):
+        self.cache = y = np.tanh(x)
+        return y
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return dy * (1 - self.cache * self.cache) if need_dx else None
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)), elementwise (as exp(-log(1 + exp(-x))), which never overflows);
+    its derivative is y (1 - y)."""
+
+    kind = "sigmoid"
+
+    def forward(self, x):
+        self.cache = y = np.exp(-np.logaddexp(0, -x)).astype(x.dtype, copy=False)
+        return y
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return dy * self.cache * (1 - self.cache) if need_dx else None
+
+
+class AvgPool2D(MaxPool2D):
+    """Average pooling: `(N, C, H, W)` -> `(N, C, Ho, Wo)`, each output the mean of its
+    window, padding read as zeros and counted (PyTorch's default, count_include_pad)."""
+
+    kind = "avgpool"
+
+    def forward(self, x):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        ho, wo = out_size(x.shape[2], kh, sh, ph), out_size(x.shape[3], kw, sw, pw)
+        xp = pad_hw(x, self.padding)
+        # Separable, as max-pool: the sum of each window's rows (along W), then of those (along H).
+        row_sum = sum(xp[:, :, :, cols] for cols in axis_offsets(kw, sw, wo))        # (N, C, Hp, Wo)
+        total = sum(row_sum[:, :, rows] for rows in axis_offsets(kh, sh, ho))        # (N, C, Ho, Wo)
+        return (total / (kh * kw)).astype(x.dtype, copy=False)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if not need_dx:
+            return None
+        (kh, kw), (sh, sw), (ph, pw), (c, h, w) = self.kernel, self.stride, self.padding, self.in_shape
+        share = dy / (kh * kw)                                                       # each input's part of a mean
+        d_row_sum = np.zeros(dy.shape[:2] + (h + 2 * ph, dy.shape[3]), dy.dtype)     # (N, C, Hp, Wo)
+        for rows in axis_offsets(kh, sh, dy.shape[2]):
+            d_row_sum[:, :, rows] += share
+        dxp = np.zeros(dy.shape[:2] + (h + 2 * ph, w + 2 * pw), dy.dtype)
+        for cols in axis_offsets(kw, sw, dy.shape[3]):
+            dxp[:, :, :, cols] += d_row_sum
+        return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+class GlobalAvgPool(Layer):
+    """The mean of each channel over its pixels: `(N, C, H, W)` -> `(N, C)`."""
+
+    kind = "global_avgpool"
+
+    def build(self, in_shape):
+        if len(in_shape) != 3:
+            self._fail(in_shape, "expects images (C, H, W)")
+        self.in_shape = tuple(in_shape)
+        return (in_shape[0],)
+
+    def forward(self, x):
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if not need_dx:
+            return None
+        c, h, w = self.in_shape
+        return np.broadcast_to((dy / (h * w))[:, :, None, None], dy.shape + (h, w)).copy()
+
+
 class Softmax(Layer):
     """Probabilities over the class axis: `(N, K)` -> `(N, K)`.
 

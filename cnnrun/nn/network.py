@@ -8,14 +8,16 @@ import numpy as np
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic
 from cnnrun.nn.layers import (
-    Conv2D, Dense, Flatten, InstanceNorm, MaxPool2D, Normalize, ReLU, Reshape, Softmax,
+    AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool, InstanceNorm, LeakyReLU, MaxPool2D, Normalize, ReLU, Reshape,
+    Sigmoid, Softmax, Tanh,
 )
 from cnnrun.nn import parallel, reference
 from cnnrun.nn.losses import softmax_cross_entropy, softmax_cross_entropy_grad
 
 # Config name -> layer class. A config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
 LAYERS = {cls.kind: cls for cls in (
-    Normalize, Conv2D, MaxPool2D, InstanceNorm, Flatten, Reshape, Dense, ReLU, Softmax)}
+    Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, Flatten, Reshape, Dense, ReLU, LeakyReLU, Tanh,
+    Sigmoid, Softmax)}
 # The two engines: the fast layers, and the same layers written as their equations (reference.py).
 ENGINES = {"fast": LAYERS, "reference": reference.LAYERS}
 

@@ -145,6 +145,32 @@ def instance_norm_backward(dy, xhat, std, gamma):
 # --8<-- [end:instance_norm]
 
 
+# --- average pooling ------------------------------------------------------------
+
+def avgpool_forward(x, kernel, stride, padding):
+    """x `(N, C, H, W)` -> `(N, C, Ho, Wo)`, padding reading 0 and counted:
+
+        y[n, c, u, v] = 1 / (kh*kw) * sum_{i, j} xp[n, c, u*sh + i, v*sw + j]
+    """
+    (kh, kw), xp = kernel, pad(x, padding)
+    ho, wo = out_size(x.shape[2], kh, stride[0], padding[0]), out_size(x.shape[3], kw, stride[1], padding[1])
+    windows = [xp[(..., *offset_slices(i, j, stride, (ho, wo)))] for i in range(kh) for j in range(kw)]
+    return sum(windows) / (kh * kw)
+
+
+def avgpool_backward(dy, in_shape, kernel, stride, padding):
+    """dL/dx `(N, C, H, W)`: every input of a window gets 1 / (kh*kw) of its gradient:
+
+        dxp[n, c, u*sh + i, v*sw + j] += dy[n, c, u, v] / (kh*kw)   (for every u, v, i, j)
+    """
+    (kh, kw), (ph, pw), (h, w) = kernel, padding, in_shape
+    dxp = np.zeros(dy.shape[:2] + (h + 2 * ph, w + 2 * pw), dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[(..., *offset_slices(i, j, stride, dy.shape[2:]))] += dy / (kh * kw)
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
 # --- softmax and cross-entropy ---------------------------------------------------
 
 # --8<-- [start:softmax]  (shown in docs/how-it-works.md)
@@ -241,6 +267,63 @@ class ReLU(layers.ReLU):
         return np.where(self.cache > 0, dy, 0) if dy is not None and need_dx else None
 
 
+class LeakyReLU(layers.LeakyReLU):
+    """y = x if x > 0 else slope * x;  dx = dy if x > 0 else slope * dy."""
+
+    def forward(self, x):
+        self.cache = x
+        return np.where(x > 0, x, self.slope * x)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return np.where(self.cache > 0, dy, self.slope * dy) if dy is not None and need_dx else None
+
+
+class Tanh(layers.Tanh):
+    """y = tanh(x);  dx = dy * (1 - y^2)."""
+
+    def forward(self, x):
+        self.cache = np.tanh(x)
+        return self.cache
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return dy * (1 - self.cache ** 2) if dy is not None and need_dx else None
+
+
+class Sigmoid(layers.Sigmoid):
+    """y = 1 / (1 + exp(-x));  dx = dy * y * (1 - y)."""
+
+    def forward(self, x):
+        with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x << 0: y is then 0, as it should be
+            self.cache = 1 / (1 + np.exp(-x))
+        return self.cache
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        return dy * self.cache * (1 - self.cache) if dy is not None and need_dx else None
+
+
+class AvgPool2D(layers.AvgPool2D):
+    def forward(self, x):
+        return avgpool_forward(x, self.kernel, self.stride, self.padding)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if dy is None or not need_dx:
+            return None
+        return avgpool_backward(dy, self.in_shape[1:], self.kernel, self.stride, self.padding)
+
+
+class GlobalAvgPool(layers.GlobalAvgPool):
+    """y[n, c] = mean_{h, w} x[n, c, h, w];  dx[n, c, h, w] = dy[n, c] / (H*W)."""
+
+    def forward(self, x):
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if dy is None or not need_dx:
+            return None
+        c, h, w = self.in_shape
+        return np.repeat(np.repeat(dy[:, :, None, None] / (h * w), h, axis=2), w, axis=3)
+
+
 class Normalize(layers.Normalize):
     """y = (x - mean) / std;  dx = dy / std."""
 
@@ -278,4 +361,5 @@ class Softmax(layers.Softmax):
         return softmax_backward(dy, self.cache) if need_dx else None
 
 
-LAYERS = {cls.kind: cls for cls in (Normalize, Conv2D, MaxPool2D, InstanceNorm, Flatten, Reshape, Dense, ReLU, Softmax)}
+LAYERS = {cls.kind: cls for cls in (Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, Flatten, Reshape,
+                                    Dense, ReLU, LeakyReLU, Tanh, Sigmoid, Softmax)}
