@@ -67,7 +67,9 @@ def _timed_step(net, train_cfg, x, y):
     optimizer = make_optimizer(dict(train_cfg, lr=1e-6, lr_decay=1.0))
 
     def train_step():
+        net.train()  # (dropout active, as in training)
         net.loss_and_backward(x, y)
+        net.eval()
         optimizer.step(net.param_grad_pairs())
 
     return train_step

@@ -309,8 +309,9 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
             cfg = apply_override(cfg, f"seed={seed}", "--seed")
     net = build_network(cfg)  # a config that does not build, or would not fit in memory, fails before any data is read
     trackers = trackers_for(mlflow, tensorboard, runs_dir, cfg)  # a bad URI too
-    data = load_data(cfg, data_dir, progress=not quiet)
-    cfg = with_data_location(cfg, data_dir)  # config.yaml says where the data is: eval, attack, resume find it
+    of_run = bool(resume_dir)  # a resumed run reads the data it recorded, unless --data-dir says otherwise
+    data = load_data(cfg, data_dir, progress=not quiet, of_run=of_run)
+    cfg = with_data_location(cfg, data_dir, of_run)  # config.yaml says where the data is: eval, attack, resume find it
     for images, labels in data.values():  # and data that does not fit it, before a run folder is made
         check_data_fits(net, images, labels)
     if not resume_dir:
@@ -352,7 +353,7 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, mlflow, tensorboard):
 
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
     run_dir, cfg, net = load_run(run_dir, runs_dir, engine=engine)
-    x, labels = load_data(cfg, data_dir, progress=not as_json, splits=("test",))["test"]
+    x, labels = load_data(cfg, data_dir, progress=not as_json, splits=("test",), of_run=True)["test"]
     check_data_fits(net, x, labels)
     result = evaluate_run(run_dir, cfg, net, x, labels)
     trackers.sync_run(run_dir)
@@ -674,7 +675,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, ste
             raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
     loaded = [load_run(d, runs_dir) for d in (run_dirs or [None])]
-    x, labels = load_data(loaded[0][1], data_dir, progress=not as_json, splits=("test",))["test"]
+    x, labels = load_data(loaded[0][1], data_dir, progress=not as_json, splits=("test",), of_run=True)["test"]
     x, labels = x[:limit], labels[:limit]
     for _, _, net in loaded:
         check_data_fits(net, x, labels)
@@ -850,7 +851,7 @@ def export_cmd(run_dir, output, check_images, data_dir, runs_dir, mlflow, tensor
     export.require_onnx()
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
     run_dir, cfg, net = load_run(run_dir, runs_dir)
-    x = load_data(cfg, data_dir, progress=False, splits=("test",))["test"][0][:check_images]
+    x = load_data(cfg, data_dir, progress=False, splits=("test",), of_run=True)["test"][0][:check_images]
     check_data_fits(net, x)
     summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
     metadata = dict(config=cfg["name"], run=os.path.basename(os.path.abspath(run_dir)),

@@ -103,6 +103,7 @@ NODES = {
     "leaky_relu": lambda layer, name, x, out, constant: [_node("LeakyRelu", [x], [out], alpha=float(layer.slope))],
     "tanh": lambda layer, name, x, out, constant: [_node("Tanh", [x], [out])],
     "sigmoid": lambda layer, name, x, out, constant: [_node("Sigmoid", [x], [out])],
+    "dropout": lambda layer, name, x, out, constant: [_node("Identity", [x], [out])],  # the exported model evaluates
 }
 
 

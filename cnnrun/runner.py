@@ -151,7 +151,8 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
         adversary = attacks.adversary(settings, epoch_rng(seed, epoch, stream=1), epoch)
         beta = settings["beta"] if settings and settings["method"] == "trades" else None
         train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
-                                            epoch_rng(seed, epoch), on_batch, adversary, beta)
+                                            epoch_rng(seed, epoch), on_batch, adversary, beta,
+                                            noise=epoch_rng(seed, epoch, stream=2))
     train_seconds = time.perf_counter() - started
     row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
                test_loss=None, test_acc=None)

@@ -249,7 +249,7 @@ def train_task(run_dir, data_dir=None, threads=1, until=None):
         key = (data_dir, os.environ.get("CNNRUN_DATA_DIR"), yaml.safe_dump(cfg["data"]))
         if key not in _DATA:
             _DATA.clear()
-            _DATA[key] = load_data(cfg, data_dir, progress=False)
+            _DATA[key] = load_data(cfg, data_dir, progress=False, of_run=True)
         train_run(cfg, run_dir, _DATA[key], resume=True, progress=False, log=lambda _: None,
                   command=f"cnnrun sweep (worker {host})", until=until)
     except Stopped as e:

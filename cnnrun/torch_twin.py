@@ -62,6 +62,7 @@ TWINS = {
     "leaky_relu": lambda layer, p, dtype: nn.LeakyReLU(layer.slope),
     "tanh": lambda layer, p, dtype: nn.Tanh(),
     "sigmoid": lambda layer, p, dtype: nn.Sigmoid(),
+    "dropout": lambda layer, p, dtype: nn.Dropout(layer.rate),  # (the identity in eval mode, as cnnrun's)
 }
 # Layer kind -> {cnnrun's parameter name: the twin module's}, for every layer with parameters.
 PARAMETERS = {"conv": {"W": "weight", "b": "bias"}, "dense": {"W": "weight", "b": "bias"},

@@ -31,8 +31,11 @@ def trades_step(net, x, x_adv, y, beta):
     return loss, z[:n]
 
 
-def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None, trades_beta=None):
-    """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`.
+def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None, trades_beta=None,
+                noise=None):
+    """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`,
+    the network in training mode (dropout's draws from `noise`), back in evaluation mode
+    after it; the adversary makes its examples in evaluation mode.
 
     `adversary(net, x, y) -> x`, if given, replaces part of each batch by
     adversarial examples (adversarial training); loss and accuracy are then on
@@ -40,6 +43,23 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
     batch and the adversary's x' (accuracy on the clean batch). `on_batch(loss, acc)` is called after every batch with running means.
     Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss or weight.
     """
+    net.train(noise)
+    try:
+        return _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta)
+    finally:
+        net.eval()
+
+
+def _make_adversarial(adversary, net, xb, yb):
+    """The adversary's examples, made on the network in evaluation mode (dropout off)."""
+    net.eval()
+    try:
+        return adversary(net, xb, yb)
+    finally:
+        net.train()
+
+
+def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta):
     order = rng.permutation(len(x))
     k = net.output_shape[0]
     total_loss = total_correct = seen = 0
@@ -47,10 +67,10 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
         idx = order[start:start + batch_size]
         xb, yb = x[idx], one_hot(labels[idx], k, net.dtype)
         if adversary and trades_beta is not None:
-            loss, logits = trades_step(net, xb, adversary(net, xb, yb), yb, trades_beta)
+            loss, logits = trades_step(net, xb, _make_adversarial(adversary, net, xb, yb), yb, trades_beta)
         else:
             if adversary:
-                xb = adversary(net, xb, yb)
+                xb = _make_adversarial(adversary, net, xb, yb)
             loss, logits, _ = net.loss_and_backward(xb, yb)
         if not np.isfinite(loss):
             raise Diverged(batch, loss)
@@ -67,7 +87,9 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
 
 
 def evaluate(net, x, labels, batch_size=500):
-    """`(mean cross-entropy, accuracy, probabilities (N, K))` on a labelled set."""
+    """`(mean cross-entropy, accuracy, probabilities (N, K))` on a labelled set, the
+    network in evaluation mode."""
+    net.eval()
     k = net.output_shape[0]
     losses, logits = [], []
     for i in range(0, len(x), batch_size):

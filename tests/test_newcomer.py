@@ -172,6 +172,18 @@ def test_a_run_remembers_its_data_so_eval_attack_export_and_resume_need_no_data_
         assert result.exit_code == 0, (args, result.output)
 
 
+def test_a_runs_recorded_data_comes_before_the_environment_and_data_dir_before_both(setup, tmp_path, monkeypatch):
+    from idx import make_digits
+    run_dir = trained(setup)
+    other = make_digits(tmp_path / "other", n_train=40, n_test=7, seed=3)
+    monkeypatch.setenv("CNNRUN_DATA_DIR", str(other))  # set for new runs, say in a shell profile
+    assert cli(setup, "eval", "--json").output.count('"n": 64') == 1  # the run's own 64 test images
+    assert '"n": 7' in cli(setup, "eval", "--json", "--data-dir", other).output
+    result = cli(setup, "train", "--resume", run_dir, "--epochs", "5", "--quiet")
+    assert result.exit_code == 0 and runs.load_run_config(run_dir)["data"]["dir"] == os.path.abspath(setup["data"])
+    assert runs.read_json(os.path.join(run_dir, "summary.json"))["train_samples"] == 256
+
+
 def test_predict_takes_images_alone_for_the_latest_run(setup, tmp_path):
     from PIL import Image
     run_dir = trained(setup)

@@ -27,6 +27,7 @@ EXAMPLES = {
     "sigmoid": ({}, (2, 5, 7)),
     "avgpool": ({"kernel": 3, "stride": 2, "padding": 1}, (2, 7, 9)),
     "global_avgpool": ({}, (3, 5, 7)),
+    "dropout": ({"rate": 0.3}, (2, 5, 7)),
     "softmax": ({}, (6,)),
 }
 
@@ -65,6 +66,24 @@ def test_every_layers_backward_passes_the_finite_difference_check(kind, rng):
     assert any(name == "dx" for name, _ in rows) and set(layer.params) <= {name for name, _ in rows}
     for name, error in rows:
         assert error < TOLERANCE, f"{kind} {name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_every_layer_gives_the_same_numbers_in_training_on_one_thread_or_two(kind, rng):
+    """In training mode (dropout drawing its masks), a batch of 130 in three parts: the same
+    loss and gradients on 1 thread and on 2, twice in a row from the same noise."""
+    x = rng.standard_normal((130,) + EXAMPLES[kind][1] if kind != "softmax" else (130, 6))
+    y = np.eye(3)[rng.integers(0, 3, 130)]
+    results = []
+    for threads in (1, 2):
+        net = network_around(kind, threads=threads).train(np.random.default_rng(9))
+        loss, _, dx = net.loss_and_backward(x, y, need_input_grad=True)
+        results.append((loss, dx, net.named_gradients()))
+    (loss_1, dx_1, g_1), (loss_2, dx_2, g_2) = results
+    assert loss_1 == loss_2
+    np.testing.assert_array_equal(dx_1, dx_2)
+    for name in g_1:
+        np.testing.assert_array_equal(g_1[name], g_2[name], err_msg=name)
 
 
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))

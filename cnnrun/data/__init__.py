@@ -6,20 +6,21 @@ from cnnrun.data import mnist
 from cnnrun.errors import CnnrunError
 
 
-def load_data(config, data_dir=None, progress=True, splits=("train", "test")):
+def load_data(config, data_dir=None, progress=True, splits=("train", "test"), of_run=False):
     """The splits a config trains and tests on, from `data_dir` or where the config's
-    `data` section and the environment say (see `mnist.data_source`)."""
+    `data` section and the environment say (see `mnist.data_source`; `of_run`: the config
+    is a run folder's, whose recorded `data.dir` comes before the environment)."""
     data = config["data"]
-    directory, named_by = mnist.data_source(data_dir, data["dir"])
+    directory, named_by = mnist.data_source(data_dir, data["dir"], of_run)
     return mnist.load(directory, data["dataset"], data["train_limit"], data["test_limit"],
                       progress=progress, splits=splits, named_by=named_by)
 
 
-def with_data_location(config, data_dir=None):
+def with_data_location(config, data_dir=None, of_run=False):
     """A copy of `config` whose `data.dir` is the absolute path of the folder its data is
     read from (`data_dir`, else as `load_data` finds it): a run folder's config.yaml then
     says where its data is, and every verb that reads the run finds it there."""
-    directory = os.path.abspath(mnist.data_source(data_dir, config["data"]["dir"])[0])
+    directory = os.path.abspath(mnist.data_source(data_dir, config["data"]["dir"], of_run)[0])
     return {**config, "data": {**config["data"], "dir": directory}}
 
 

@@ -40,12 +40,17 @@ def default_cache_dir():
     return os.path.join(base, "cnnrun", "mnist")
 
 
-def data_source(cli_dir=None, config_dir=None):
+def data_source(cli_dir=None, config_dir=None, of_run=False):
     """`(data directory, what named it)` by precedence: the CLI option ("--data-dir"), the
-    environment ("CNNRUN_DATA_DIR"), the config or run ("data.dir"), else the user cache
-    (None: nobody named it, so it may be made and downloaded into)."""
-    for value, source in ((cli_dir, "--data-dir"), (os.environ.get("CNNRUN_DATA_DIR"), "CNNRUN_DATA_DIR"),
-                          (config_dir, "data.dir")):
+    environment ("CNNRUN_DATA_DIR"), the config's `data.dir`, else the user cache (None:
+    nobody named it, so it may be made and downloaded into). For a run's config
+    (`of_run`), the folder the run recorded comes before the environment: a run is
+    evaluated, attacked and resumed on the data it was trained on unless `--data-dir`
+    says otherwise."""
+    named = [(cli_dir, "--data-dir"), (os.environ.get("CNNRUN_DATA_DIR"), "CNNRUN_DATA_DIR"), (config_dir, "data.dir")]
+    if of_run:
+        named = [named[0], named[2], named[1]]
+    for value, source in named:
         if value:
             return os.path.expanduser(value), source
     return default_cache_dir(), None

@@ -29,7 +29,7 @@ from cnnrun.nn.kernels import (
     correlate_wide_weight_grad, first_max, input_grad_patches, input_grad_scatter, input_grad_scatter_batch_last,
     input_grad_wide, out_size, pad_hw, pad_last, pad_wide, patches_weight_grad, route_to_first,
 )
-from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SIZE, optional
+from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, RATE, SHAPE, SIZE, optional
 
 
 class Layer:
@@ -37,7 +37,8 @@ class Layer:
 
     kind = "layer"
     args = {}  # constructor argument -> rule (see rules.py), for the config validator
-
+    training = False  # the network's mode (Network.train / eval), set on every part's copy
+    stochastic = False  # draws random numbers in training: the network hands it `rng` for each part
     def __init__(self):
         self.params, self.grads, self.cache = {}, {}, None
 
@@ -516,6 +517,41 @@ class GlobalAvgPool(Layer):
             return None
         c, h, w = self.in_shape
         return np.broadcast_to((dy / (h * w))[:, :, None, None], dy.shape + (h, w)).copy()
+
+
+def dropout_mask(rng, shape, rate, dtype):
+    """Inverted dropout's mask: 1 / (1 - rate) where a uniform draw is at least `rate`
+    (kept), else 0."""
+    keep = rng.random(shape, dtype=np.float64) >= rate
+    return keep.astype(dtype) * dtype.type(1 / (1 - rate))
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, each value is kept with probability 1 - rate and
+    scaled by 1 / (1 - rate), so that evaluation, where the layer is the identity, sees
+    the same expected values. The masks come from `self.rng`, which the network sets
+    for each part of each batch from its noise generator (reproducible, and the same on
+    1 thread or 2)."""
+
+    kind = "dropout"
+    args = {"rate": RATE}
+    stochastic = True
+
+    def __init__(self, rate=0.5):
+        super().__init__()
+        self.rate, self.rng = rate, None
+
+    def forward(self, x):
+        if not self.training or self.rate == 0:
+            self.cache = None
+            return x
+        self.cache = dropout_mask(self.rng, x.shape, self.rate, x.dtype)
+        return x * self.cache
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if not need_dx:
+            return None
+        return dy if self.cache is None else dy * self.cache
 
 
 class Softmax(Layer):

@@ -8,8 +8,8 @@ import numpy as np
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic
 from cnnrun.nn.layers import (
-    AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool, InstanceNorm, LeakyReLU, MaxPool2D, Normalize, ReLU, Reshape,
-    Sigmoid, Softmax, Tanh,
+    AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool, InstanceNorm, LeakyReLU, MaxPool2D, Normalize, ReLU,
+    Reshape, Sigmoid, Softmax, Tanh,
 )
 from cnnrun.nn import parallel, reference
 from cnnrun.nn.losses import softmax_cross_entropy, softmax_cross_entropy_grad
@@ -17,7 +17,7 @@ from cnnrun.nn.losses import softmax_cross_entropy, softmax_cross_entropy_grad
 # Config name -> layer class. A config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
 LAYERS = {cls.kind: cls for cls in (
     Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, Flatten, Reshape, Dense, ReLU, LeakyReLU, Tanh,
-    Sigmoid, Softmax)}
+    Sigmoid, Dropout, Softmax)}
 # The two engines: the fast layers, and the same layers written as their equations (reference.py).
 ENGINES = {"fast": LAYERS, "reference": reference.LAYERS}
 
@@ -72,6 +72,8 @@ class Network:
         self.input_shape, self.dtype = tuple(input_shape), np.dtype(dtype)
         self.threads = parallel.default_threads() if threads is None else threads
         self.replicas, self.parts = [], []  # copies of the layers, one per part of the last batch
+        self.training = False  # evaluation mode until `train()`: dropout off
+        self.noise = np.random.default_rng([seed, 2])  # dropout's draws in training (`train(noise)` sets one)
         self.layers, self.shapes = [], [self.input_shape]
         for index, (kind, kwargs) in enumerate(layer_specs):
             if kind not in LAYERS:
@@ -157,12 +159,37 @@ class Network:
 
     # --- passes -----------------------------------------------------------
 
+    def train(self, noise=None):
+        """Training mode (dropout active), its random draws from `noise` (a NumPy Generator;
+        the runner gives one per epoch, so a resumed run draws what an uninterrupted one
+        does). Returns the network."""
+        self.training = True
+        if noise is not None:
+            self.noise = noise
+        return self
+
+    def eval(self):
+        """Evaluation mode (dropout the identity): what evaluation, attacks, predict and
+        export use. A network is built in this mode. Returns the network."""
+        self.training = False
+        return self
+
     def _start_batch(self, x):
-        """Cut the batch `x` into parts, with a replica of the layers for each; x as an array."""
+        """Cut the batch `x` into parts, with a replica of the layers for each, in the
+        network's mode; x as an array. In training, each stochastic layer of each part gets
+        a generator of its own from one draw of the network's noise per batch: the same
+        numbers on any number of threads (the parts depend on the batch size only)."""
         x = np.asarray(x, self.dtype)
         self.parts = parallel.parts(len(x))
         while len(self.replicas) < len(self.parts):
             self.replicas.append([layer.replica() for layer in self.layers])
+        draws = self.training and any(layer.stochastic for layer in self.layers)
+        batch_seed = int(self.noise.integers(2 ** 63)) if draws else None
+        for part, replica in enumerate(self.replicas[:len(self.parts)]):
+            for index, layer in enumerate(replica):
+                layer.training = self.training
+                if draws and layer.stochastic:
+                    layer.rng = np.random.default_rng([batch_seed, part, index])
         return x
 
     def _forward_part(self, i, x):

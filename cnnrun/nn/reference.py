@@ -324,6 +324,21 @@ class GlobalAvgPool(layers.GlobalAvgPool):
         return np.repeat(np.repeat(dy[:, :, None, None] / (h * w), h, axis=2), w, axis=3)
 
 
+class Dropout(layers.Dropout):
+    """Training: y = x * m with m = keep / (1 - rate), keep ~ Bernoulli(1 - rate) (the
+    same draws as the fast layer, `layers.dropout_mask`);  dx = dy * m. Evaluation:
+    y = x, dx = dy."""
+
+    def forward(self, x):
+        self.cache = layers.dropout_mask(self.rng, x.shape, self.rate, x.dtype) if self.training else None
+        return x if self.cache is None else x * self.cache
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if dy is None or not need_dx:
+            return None
+        return dy if self.cache is None else dy * self.cache
+
+
 class Normalize(layers.Normalize):
     """y = (x - mean) / std;  dx = dy / std."""
 
@@ -362,4 +377,4 @@ class Softmax(layers.Softmax):
 
 
 LAYERS = {cls.kind: cls for cls in (Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, Flatten, Reshape,
-                                    Dense, ReLU, LeakyReLU, Tanh, Sigmoid, Softmax)}
+                                    Dense, ReLU, LeakyReLU, Tanh, Sigmoid, Dropout, Softmax)}
