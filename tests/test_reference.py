@@ -374,6 +374,8 @@ SHIPPED_PLANS = {
     "robust-pgd": {0: ("columns", "scatter", True), 2: ("patches", "patches", True)},
     "robust-trades": {0: ("columns", "scatter", True), 2: ("patches", "patches", True)},
     "small-adv": {0: ("columns", "scatter", True), 2: ("patches", "scatter_batch_last", True)},
+    "smallcnn": {0: ("columns", "scatter", True), 2: ("wide", "wide", False), 5: ("wide", "wide", False),
+                 7: ("wide", "wide", False)},
 }
 
 
