@@ -13,9 +13,9 @@ from cnnrun.nn.optim import learning_rate
 
 
 def twin(net):
-    """A `torch.nn.Sequential` computing `net.logits`: one module per cnnrun layer
-    but the final softmax, at the same index, holding copies of the same weights
-    (each made by its kind's entry in TWINS)."""
+    """A `torch.nn.Sequential` computing `net.logits` in evaluation mode: one module per
+    cnnrun layer but the final softmax, at the same index, holding copies of the same
+    weights (each made by its kind's entry in TWINS)."""
     dtype = getattr(torch, net.dtype.name)
     modules = []
     for index, layer in enumerate(net.layers[:-1]):
@@ -23,7 +23,7 @@ def twin(net):
             raise CnnrunError(f"layer {index} ({layer.kind}) has no PyTorch twin")
         p = {name: torch.tensor(value) for name, value in layer.params.items()}
         modules.append(TWINS[layer.kind](layer, p, dtype))
-    return nn.Sequential(*modules)
+    return nn.Sequential(*modules).eval()  # evaluation mode, as a cnnrun network is built (dropout off)
 
 
 def _conv(layer, p, dtype):

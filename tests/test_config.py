@@ -53,7 +53,7 @@ def with_change(change):
     (lambda c: c.pop("train"), r"config: train: missing; expected a mapping"),
     (lambda c: c["model"].pop("layers"), r"model.layers: missing"),
     (lambda c: c["model"].update(input_shape=[1, 0, 28]), r"model.input_shape: expected a list of positive"),
-    (lambda c: c["model"]["layers"].insert(0, "dropout"), r"model.layers\[0\]: unknown layer 'dropout'"),
+    (lambda c: c["model"]["layers"].insert(0, "dropot"), r"model.layers\[0\]: unknown layer 'dropot'"),
     (lambda c: c["model"]["layers"][0]["conv"].update(filters=-8),
      r"model.layers\[0\].conv.filters: expected a positive integer, got -8"),
     (lambda c: c["model"]["layers"][0]["conv"].update(kernel=[3, 3, 3]),
