@@ -75,11 +75,7 @@ def locate(name, runs_dir):
     are an error listing them."""
     if os.path.exists(name) or os.sep in name.rstrip(os.sep):
         return name
-    folders = list_runs(runs_dir)
-    sweeps = os.path.join(runs_dir, "sweeps")
-    if os.path.isdir(sweeps):
-        folders += [os.path.join(sweeps, d) for d in sorted(os.listdir(sweeps))
-                    if os.path.isfile(os.path.join(sweeps, d, "sweep.yaml"))]
+    folders = list_runs(runs_dir) + list_sweeps(runs_dir)
     exact = [f for f in folders if os.path.basename(f) == name]
     if exact:
         return exact[0]
@@ -88,6 +84,18 @@ def locate(name, runs_dir):
         shown = ", ".join(os.path.basename(m) for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
         raise CnnrunError(f"{name}: matches {len(matches)} folders in {runs_dir} ({shown}); give more of the name")
     return matches[0] if matches else name
+
+
+def is_sweep(path):
+    return os.path.isfile(os.path.join(path, "sweep.yaml"))
+
+
+def list_sweeps(runs_dir):
+    """Sweep folders in `runs_dir/sweeps`, oldest first."""
+    folder = os.path.join(runs_dir, "sweeps")
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, d) for d in sorted(os.listdir(folder)) if is_sweep(os.path.join(folder, d))]
 
 
 def resolve_run(run_dir, runs_dir):

@@ -35,6 +35,7 @@ from cnnrun.config import NAME, build_network, find_config, load_config, parse_y
 from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.reports import write_tables
+from cnnrun.runs import is_sweep, list_sweeps  # noqa: F401 (also sweep.is_sweep, sweep.list_sweeps)
 
 SPEC_KEYS = ("name", "configs", "seeds", "grid", "set")
 MAX_RUNS = 10_000  # runs in one sweep: a typo in a seed range must not plan a billion
@@ -186,8 +187,6 @@ def create_sweep(runs_dir, spec, entries, configs):
     return sweep_dir
 
 
-def is_sweep(path):
-    return os.path.isfile(os.path.join(path, "sweep.yaml"))
 
 
 def load_sweep(sweep_dir):
@@ -207,13 +206,6 @@ def load_sweep(sweep_dir):
     except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError, ValueError) as e:
         raise CnnrunError(f"{path}: not a readable sweep plan ({e})") from None
     return spec, entries
-
-
-def list_sweeps(runs_dir):
-    folder = os.path.join(runs_dir, "sweeps")
-    if not os.path.isdir(folder):
-        return []
-    return [os.path.join(folder, d) for d in sorted(os.listdir(folder)) if is_sweep(os.path.join(folder, d))]
 
 
 def run_state(run_dir):

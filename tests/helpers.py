@@ -40,3 +40,18 @@ def briefly_trained(cfg, test_images):
     net = build_network(cfg)
     train_epoch(net, SGD(0.05), x, labels, 128, epoch_rng(0, 0))
     return net, x_test, labels_test
+
+
+def interrupt_call(monkeypatch, module, name, call):
+    """Make `module.name` raise KeyboardInterrupt at its `call`-th call (as Ctrl-C there),
+    running the real function on every other; returns the real one."""
+    real, calls = getattr(module, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return real

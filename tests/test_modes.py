@@ -13,6 +13,7 @@ from cnnrun.config import build_network, load_config
 from cnnrun.nn import Network, reference
 from cnnrun.nn.layers import Dropout
 from cnnrun.robustness import attacks
+from helpers import interrupt_call
 from idx import TINY_CONFIG, write_config
 
 DROPOUT_LAYERS = [{"conv": {"filters": 4, "kernel": 3, "stride": 2}}, "relu", {"dropout": {"rate": 0.3}},
@@ -85,15 +86,7 @@ def test_a_run_with_dropout_gives_the_same_numbers_on_one_thread_or_two(dropout_
 
 def test_a_run_with_dropout_resumes_to_exactly_the_uninterrupted_result(dropout_setup, monkeypatch):
     full = run_with_threads(dropout_setup, 2, monkeypatch)
-    real, calls = runner.train_epoch, []
-
-    def interrupt_third_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "train_epoch", interrupt_third_epoch)
+    real = interrupt_call(monkeypatch, runner, "train_epoch", 3)  # Ctrl-C in the third epoch
     result = CliRunner().invoke(main, ["train", dropout_setup["dropout"], "--data-dir", dropout_setup["data"],
                                        "--quiet", "--runs-dir", str(dropout_setup["tmp"] / "part")])
     assert result.exit_code == 130

@@ -167,7 +167,7 @@ def test_the_plan_goes_wide_at_stride_1_where_the_columns_outgrow_a_chunk():
     assert plan(2, (16, 16, 3, 3), (1, 1), (28, 28), 4) == ("columns", "wide", True)  # a small part
 
 
-@pytest.mark.parametrize("kernel,stride,padding,shape", [
+POOL_CASES = [  # (kernel, stride, padding, input shape), for max-pool and average pool alike
     (2, None, 0, (3, 8, 8)),               # the usual 2x2
     (2, None, 0, (2, 7, 9)),               # odd sizes: the last row and column dropped
     (3, 2, 0, (2, 9, 9)),                  # overlapping windows
@@ -176,7 +176,10 @@ def test_the_plan_goes_wide_at_stride_1_where_the_columns_outgrow_a_chunk():
     (2, 3, 0, (2, 9, 9)),                  # gaps between windows, the last one ending at the edge
     ([3, 1], [2, 3], [1, 0], (2, 7, 8)),   # gaps along W only, overlap along H only
     (1, 1, 0, (1, 3, 4)),                  # 1x1: the identity
-])
+]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,shape", POOL_CASES)
 def test_fast_avgpool_matches_the_reference(kernel, stride, padding, shape, rng):
     """Every max-pool case, averaged: overlapping windows add up in dx, inputs no window
     reads get exactly zero, padding counts as zeros."""
@@ -198,16 +201,7 @@ def test_activations_hold_at_large_inputs_in_float32(kind, rng):
     np.testing.assert_allclose(dx, ref.backward(np.ones_like(x)), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,shape", [
-    (2, None, 0, (3, 8, 8)),               # the usual 2x2
-    (2, None, 0, (2, 7, 9)),               # odd sizes: the last row and column dropped
-    (3, 2, 0, (2, 9, 9)),                  # overlapping windows
-    (3, 2, 1, (3, 8, 7)),                  # overlapping and padded
-    ([2, 3], [1, 2], [1, 1], (1, 6, 7)),   # non-square everything
-    (2, 3, 0, (2, 9, 9)),                  # gaps between windows, the last one ending at the edge
-    ([3, 1], [2, 3], [1, 0], (2, 7, 8)),   # gaps along W only, overlap along H only
-    (1, 1, 0, (1, 3, 4)),                  # 1x1: the identity
-])
+@pytest.mark.parametrize("kernel,stride,padding,shape", POOL_CASES)
 def test_fast_maxpool_matches_the_reference_with_ties(kernel, stride, padding, shape, rng):
     """Inputs of 0, 1 and 2 only: most windows hold tied maxima, and each window's gradient
     must go to its first maximum in row-major order in both engines; inputs no window

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from cnnrun import runner, runs
 from cnnrun.cli import main
-from helpers import cli, metrics_without_seconds
+from helpers import cli, interrupt_call, metrics_without_seconds
 from idx import write_config
 
 
@@ -58,15 +58,7 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_result(setup, monk
     assert train(setup, "--quiet", *optimizer).exit_code == 0
     [full] = runs.list_runs(setup["runs"])
 
-    real, calls = runner.train_epoch, []
-
-    def interrupt_third_epoch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "train_epoch", interrupt_third_epoch)
+    real = interrupt_call(monkeypatch, runner, "train_epoch", 3)  # Ctrl-C in the third epoch
     result = train(setup, "--quiet", *optimizer)
     assert result.exit_code == 130
     part = [d for d in runs.list_runs(setup["runs"]) if d != full][0]

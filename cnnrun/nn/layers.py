@@ -487,7 +487,7 @@ class AvgPool2D(MaxPool2D):
     def backward(self, dy, need_dx=True, need_grads=True):
         if not need_dx:
             return None
-        (kh, kw), (sh, sw), (ph, pw), (c, h, w) = self.kernel, self.stride, self.padding, self.in_shape
+        (kh, kw), (sh, sw), (ph, pw), (_, h, w) = self.kernel, self.stride, self.padding, self.in_shape
         share = dy / (kh * kw)                                                       # each input's part of a mean
         d_row_sum = np.zeros(dy.shape[:2] + (h + 2 * ph, dy.shape[3]), dy.dtype)     # (N, C, Hp, Wo)
         for rows in axis_offsets(kh, sh, dy.shape[2]):
@@ -515,7 +515,7 @@ class GlobalAvgPool(Layer):
     def backward(self, dy, need_dx=True, need_grads=True):
         if not need_dx:
             return None
-        c, h, w = self.in_shape
+        _, h, w = self.in_shape
         return np.broadcast_to((dy / (h * w))[:, :, None, None], dy.shape + (h, w)).copy()
 
 
