@@ -9,7 +9,8 @@ import numpy as np
 
 from cnnrun.robustness import attacks
 from cnnrun.nn import make_optimizer, one_hot
-from cnnrun.nn.network import backward_through
+from cnnrun.nn import sequence
+from cnnrun.nn.layers import walk
 
 
 def _seconds(fn):
@@ -169,16 +170,22 @@ def benchmark(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     # gradient in training).
     forward_ms = [[] for _ in net.layers]
     backward_ms = [[] for _ in net.layers]
+    need_dx = sequence.needs_input_grad(net.layers[:-1], False, True)
+    for layer in walk(net.layers):  # in training mode, as in a step (dropout drawing, batch norm's batch statistics)
+        layer.training, layer.rng = True, np.random.default_rng(seed)
     for _ in range(repeats):
         h = x
         for i, layer in enumerate(net.layers):
             start = time.perf_counter()
             h = layer.forward(h)
             forward_ms[i].append((time.perf_counter() - start) * 1e3)
-        start = time.perf_counter()
-        for i, _ in backward_through(net.layers, (h - y) / batch_size, need_input_grad=False):
-            backward_ms[i].append((time.perf_counter() - start) * 1e3)
+        grad = (h - y) / batch_size
+        for i in range(len(net.layers) - 2, -1, -1):
             start = time.perf_counter()
+            grad = net.layers[i].backward(grad, need_dx=need_dx[i])
+            backward_ms[i].append((time.perf_counter() - start) * 1e3)
+    for layer in walk(net.layers):
+        layer.training = False
     first = next((i for i, layer in enumerate(net.layers) if layer.params), None)
     gemm_ms = [gemm_seconds(gemm_shapes(layer, batch_size, net.shapes[i + 1], i == first), net.dtype, repeats, warmup,
                             rng) * 1e3 for i, layer in enumerate(net.layers)]

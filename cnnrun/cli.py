@@ -145,10 +145,11 @@ def bench_cmd(config, batch_size, repeats, warmup, against, as_json, engine):
              f"{l['gemm_ms']:.2f}" if l["gemm_ms"] else "", l["plan"] or "") for l in result["layers"]]
     click.echo(format_table(["#", "layer", "output", "forward ms", "backward ms", "of which GEMM ms",
                              "kernels (kernels.conv_plan)"], rows))
-    differ = {i: plan for i, plan in result["part_plans"].items() if plan != result["layers"][i]["plan"]}
-    if differ:  # the table times whole batches; a training step runs parts of it on its threads
-        click.echo("in a training step, each part of the batch runs other kernels at layer "
-                   + "; ".join(f"{i}: {plan}" for i, plan in differ.items()))
+    shown = {f"{l['index']}.{l['kind']}": l["plan"] for l in result["layers"]}
+    differ = {name: plan for name, plan in result["part_plans"].items() if plan != shown.get(name)}
+    if differ:  # the table times whole batches (and blocks whole); a training step runs parts of it on its threads
+        click.echo("in a training step, each part of the batch runs the kernels "
+                   + "; ".join(f"{name}: {plan}" for name, plan in differ.items()))
     click.echo(f"\n{cfg['name']}: {result['parameters']:,} parameters, batch {result['batch_size']}, "
                f"{result['threads']} threads (CNNRUN_THREADS), median of {repeats}")
     click.echo(f"train: {result['train_samples_per_s']:,.0f} samples/s ({result['train_step_ms']:.1f} ms/step, "

@@ -29,7 +29,8 @@ import yaml
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.network import LAYERS, Network
 from cnnrun.nn.rules import (
-    NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, STRING, BOOL, choice, is_number, optional,
+    BOOL, LAYER_LIST, NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SHORTCUT, STRING, choice, is_number,
+    optional,
 )
 
 NAME = ("one plain file-name component: letters, digits, '-', '_' and '.' (at most 100), not '.' or '..'",
@@ -129,7 +130,11 @@ def _layer(entry, path, source):
             raise CnnrunError(f"{source}: {path}.{kind}.{name}: the layer declares no rule for this "
                               f"argument (a bug in cnnrun: add it to {layer.__name__}.args)")
         rules[name] = (layer.args[name], REQUIRED if p.default is inspect.Parameter.empty else p.default)
-    return {kind: _fields(args, rules, f"{path}.{kind}", source)}
+    fields = _fields(args, rules, f"{path}.{kind}", source)
+    for name, value in fields.items():  # a residual block's lists of layers, checked as a network's
+        if layer.args[name] in (LAYER_LIST, SHORTCUT) and isinstance(value, list):
+            fields[name] = [_layer(entry, f"{path}.{kind}.{name}[{j}]", source) for j, entry in enumerate(value)]
+    return {kind: fields}
 
 
 def validate(raw, source="config"):

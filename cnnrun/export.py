@@ -5,6 +5,8 @@
     flatten        Flatten (axis 1)           reshape    Reshape (batch kept)
     dense          Gemm, or MatMul without bias
     relu           Relu                       softmax    Softmax (axis 1)
+    batch_norm     BatchNormalization (its running statistics: the model evaluates)
+    residual       its layers' nodes, then Add of the two branches
 
 The model takes `image`, float32 `(N, C, H, W)` in [0, 1] with a dynamic batch
 axis N, and gives `probabilities` `(N, K)` and `logits` `(N, K)`.
@@ -82,6 +84,27 @@ def _dense(layer, name, x, out, constant):
     return [_node("MatMul", [x, W], [out])]
 
 
+def _batch_norm(layer, name, x, out, constant):
+    c, p, b = layer.in_shape[0], layer.params, layer.buffers
+    gamma = p["gamma"] if layer.affine else np.ones(c, np.float32)
+    beta = p["beta"] if layer.affine else np.zeros(c, np.float32)
+    inputs = [x, constant(f"{name}.gamma", gamma), constant(f"{name}.beta", beta),
+              constant(f"{name}.running_mean", b["running_mean"]), constant(f"{name}.running_var", b["running_var"])]
+    return [_node("BatchNormalization", inputs, [out], epsilon=float(layer.eps))]
+
+
+def _residual(layer, name, x, out, constant):
+    ends, nodes = [], []
+    for branch in ("body", "shortcut"):
+        h = x
+        for j, sublayer in enumerate(getattr(layer, branch)):
+            sub_name = f"{name}.{branch}.{j}.{sublayer.kind}"
+            nodes += NODES[sublayer.kind](sublayer, sub_name, h, f"{sub_name}.out", constant)
+            h = f"{sub_name}.out"
+        ends.append(h)  # the identity shortcut: x itself
+    return nodes + [_node("Add", ends, [out])]
+
+
 # Layer kind -> `(layer, node name, input name, output name, constant) -> [nodes]`: the
 # ONNX export of every layer in cnnrun.nn.network.LAYERS but softmax (added at the end).
 NODES = {
@@ -104,6 +127,8 @@ NODES = {
     "tanh": lambda layer, name, x, out, constant: [_node("Tanh", [x], [out])],
     "sigmoid": lambda layer, name, x, out, constant: [_node("Sigmoid", [x], [out])],
     "dropout": lambda layer, name, x, out, constant: [_node("Identity", [x], [out])],  # the exported model evaluates
+    "batch_norm": _batch_norm,
+    "residual": _residual,
 }
 
 

@@ -32,7 +32,7 @@ from cnnrun.data import check_data_fits
 from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.fileio import write_atomic
 from cnnrun.nn import make_optimizer
-from cnnrun.training import Diverged, epoch_rng, evaluate, train_epoch
+from cnnrun.training import Diverged, check_batches, epoch_rng, evaluate, train_epoch
 
 # During training, curves.png is redrawn after a tested epoch at most once in this many
 # seconds (a drawing takes 0.1-0.3 s, longer than a small network's epoch), and always
@@ -236,6 +236,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
     net = build_network(config, engine=engine)
     for images, labels in data.values():
         check_data_fits(net, images, labels)
+    check_batches(net, len(data["train"][0]), config["train"]["batch_size"])
     optimizer = make_optimizer(config["train"])
     previous = {}
     if resume:

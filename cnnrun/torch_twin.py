@@ -15,15 +15,18 @@ from cnnrun.nn.optim import learning_rate
 def twin(net):
     """A `torch.nn.Sequential` computing `net.logits` in evaluation mode: one module per
     cnnrun layer but the final softmax, at the same index, holding copies of the same
-    weights (each made by its kind's entry in TWINS)."""
+    weights and buffers (each made by its kind's entry in TWINS)."""
     dtype = getattr(torch, net.dtype.name)
-    modules = []
-    for index, layer in enumerate(net.layers[:-1]):
-        if layer.kind not in TWINS:
-            raise CnnrunError(f"layer {index} ({layer.kind}) has no PyTorch twin")
-        p = {name: torch.tensor(value) for name, value in layer.params.items()}
-        modules.append(TWINS[layer.kind](layer, p, dtype))
-    return nn.Sequential(*modules).eval()  # evaluation mode, as a cnnrun network is built (dropout off)
+    return nn.Sequential(*[module(layer, dtype, f"layer {index}")
+                           for index, layer in enumerate(net.layers[:-1])]).eval()  # as a cnnrun network is built
+
+
+def module(layer, dtype, where="layer"):
+    """The torch module (of torch `dtype`) of one cnnrun layer: its kind's entry in TWINS."""
+    if layer.kind not in TWINS:
+        raise CnnrunError(f"{where} ({layer.kind}) has no PyTorch twin")
+    p = {name: torch.tensor(value) for name, value in layer.params.items()}
+    return TWINS[layer.kind](layer, p, dtype)
 
 
 def _conv(layer, p, dtype):
@@ -38,6 +41,33 @@ def _instance_norm(layer, p, dtype):
     if layer.affine:
         _copy(module, weight=p["gamma"], bias=p["beta"])
     return module
+
+
+def _batch_norm(layer, p, dtype):
+    kind = nn.BatchNorm2d if len(layer.in_shape) == 3 else nn.BatchNorm1d
+    module = kind(layer.in_shape[0], eps=layer.eps, momentum=layer.momentum, affine=layer.affine, dtype=dtype)
+    if layer.affine:
+        _copy(module, weight=p["gamma"], bias=p["beta"])
+    with torch.no_grad():
+        module.running_mean.copy_(torch.tensor(layer.buffers["running_mean"]))
+        module.running_var.copy_(torch.tensor(layer.buffers["running_var"]))
+    return module
+
+
+class Residual(nn.Module):
+    """body(x) + shortcut(x), each branch a Sequential (an empty one: the identity)."""
+
+    def __init__(self, body, shortcut):
+        super().__init__()
+        self.body, self.shortcut = nn.Sequential(*body), nn.Sequential(*shortcut)
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
+def _residual(layer, p, dtype):
+    return Residual(*[[module(sub, dtype, f"{branch}[{j}]") for j, sub in enumerate(getattr(layer, branch))]
+                      for branch in ("body", "shortcut")])
 
 
 def _dense(layer, p, dtype):
@@ -63,10 +93,22 @@ TWINS = {
     "tanh": lambda layer, p, dtype: nn.Tanh(),
     "sigmoid": lambda layer, p, dtype: nn.Sigmoid(),
     "dropout": lambda layer, p, dtype: nn.Dropout(layer.rate),  # (the identity in eval mode, as cnnrun's)
+    "batch_norm": _batch_norm,
+    "residual": _residual,
 }
-# Layer kind -> {cnnrun's parameter name: the twin module's}, for every layer with parameters.
+# Layer kind -> {cnnrun's parameter name: the twin module's}, for every layer with parameters of
+# its own (a residual block's are its layers').
 PARAMETERS = {"conv": {"W": "weight", "b": "bias"}, "dense": {"W": "weight", "b": "bias"},
-              "instance_norm": {"gamma": "weight", "beta": "bias"}}
+              "instance_norm": {"gamma": "weight", "beta": "bias"}, "batch_norm": {"gamma": "weight", "beta": "bias"}}
+
+
+def tensor(model_module, layer, name):
+    """The twin's tensor of cnnrun's parameter or buffer `name` of `layer` (`W`, or
+    `body.0.conv.W` in a residual block, or a batch norm's `running_mean`)."""
+    if layer.kind == "residual":
+        branch, j, _, rest = name.split(".", 3)
+        return tensor(getattr(model_module, branch)[int(j)], getattr(layer, branch)[int(j)], rest)
+    return getattr(model_module, PARAMETERS.get(layer.kind, {}).get(name, name))
 
 
 def _copy(module, weight, bias):
@@ -82,9 +124,16 @@ def gradients(model, net):
     grads = {}
     for i, layer in enumerate(net.layers[:-1]):
         for name in layer.params:
-            g = getattr(model[i], PARAMETERS[layer.kind][name]).grad.numpy()
-            grads[f"{i}.{layer.kind}.{name}"] = g.T if layer.kind == "dense" and name == "W" else g
+            g = tensor(model[i], layer, name).grad.numpy()
+            dense_weight = (layer.kind, name) == ("dense", "W") or name.endswith(".dense.W")  # (in a block)
+            grads[f"{i}.{layer.kind}.{name}"] = g.T if dense_weight else g  # torch keeps W as (units, D)
     return grads
+
+
+def buffers(model, net):
+    """The twin's buffers by cnnrun's qualified names, like `net.named_buffers()`."""
+    return {f"{i}.{layer.kind}.{name}": tensor(model[i], layer, name).detach().numpy().copy()
+            for i, layer in enumerate(net.layers[:-1]) for name in layer.buffers}
 
 
 def make_optimizer(model, train_cfg, epoch=0):

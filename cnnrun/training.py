@@ -1,6 +1,11 @@
 """The training loop's numeric parts: one epoch of training (any optimizer), and evaluation. No file I/O."""
 
+import math
+
 import numpy as np
+
+from cnnrun.errors import CnnrunError
+from cnnrun.nn.layers import walk
 
 from cnnrun.nn import accuracy, one_hot, softmax_cross_entropy
 from cnnrun.nn.losses import trades_loss
@@ -18,6 +23,18 @@ def epoch_rng(seed, epoch, stream=0):
     """The random generator of one epoch (from 0): a function of seed and epoch only,
     so a run resumed at any epoch draws exactly what an uninterrupted run draws."""
     return np.random.default_rng([seed, epoch, stream])
+
+
+def check_batches(net, n, batch_size):
+    """A one-line error if a training batch of `n` images in batches of `batch_size` would hold
+    a single value per channel for a batch_norm layer (one image, where the layer normalises
+    vectors or 1x1 images): its batch variance would be 0/0."""
+    smallest = n % batch_size or min(batch_size, n)
+    for layer in walk(net.layers):
+        if layer.kind == "batch_norm" and smallest * math.prod(layer.in_shape[1:]) < 2:
+            raise CnnrunError(f"batch_norm on {layer.in_shape} needs at least 2 images in every training batch, "
+                              f"and the last of {n} images in batches of {batch_size} holds {smallest}: "
+                              f"change train.batch_size or data.train_limit")
 
 
 def trades_step(net, x, x_adv, y, beta):

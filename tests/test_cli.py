@@ -173,7 +173,7 @@ def test_bench_names_the_kernels_each_convolution_ran_and_those_of_a_training_st
     data = json.loads(run("bench", "net2", "--repeats", 1, "--warmup", 0, "--json").output)
     plans = {layer["index"]: layer["plan"] for layer in data["layers"] if layer["plan"]}
     assert plans == {0: "columns (kept), dx scatter", 4: "wide, dx wide"}  # a whole batch of 128 in one go
-    assert data["part_plans"] == {"0": "columns (kept), dx scatter", "4": "columns (kept), dx wide"}  # parts of 64
+    assert data["part_plans"] == {"0.conv": "columns (kept), dx scatter", "4.conv": "columns (kept), dx wide"}  # parts of 64
     table = run("bench", "net2", "--repeats", 1, "--warmup", 0).output
     assert "kernels (kernels.conv_plan)" in table
-    assert "each part of the batch runs other kernels at layer 4: columns (kept), dx wide" in table
+    assert "each part of the batch runs the kernels 4.conv: columns (kept), dx wide" in table

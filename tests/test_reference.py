@@ -360,16 +360,25 @@ def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
 # 64 samples, 50 for robust-*'s and small-adv's 100). A change here is a change of plan:
 # it needs its measurement in docs/performance.md.
 SHIPPED_PLANS = {
-    "net1": {1: ("columns", "scatter", True)},
-    "net2": {0: ("columns", "scatter", True), 4: ("columns", "wide", True)},
-    "net3": {0: ("columns", "scatter", True), 4: ("wide", "wide", False)},
-    "net4": {0: ("columns", "scatter", True), 3: ("wide", "wide", False), 7: ("wide", "wide", False),
-             10: ("wide", "wide", False)},
-    "robust-pgd": {0: ("columns", "scatter", True), 2: ("patches", "patches", True)},
-    "robust-trades": {0: ("columns", "scatter", True), 2: ("patches", "patches", True)},
-    "small-adv": {0: ("columns", "scatter", True), 2: ("patches", "scatter_batch_last", True)},
-    "smallcnn": {0: ("columns", "scatter", True), 2: ("wide", "wide", False), 5: ("wide", "wide", False),
-                 7: ("wide", "wide", False)},
+    "net1": {"1.conv": ("columns", "scatter", True)},
+    "net2": {"0.conv": ("columns", "scatter", True), "4.conv": ("columns", "wide", True)},
+    "net2-bn": {"0.conv": ("columns", "scatter", True), "4.conv": ("columns", "wide", True)},
+    "net3": {"0.conv": ("columns", "scatter", True), "4.conv": ("wide", "wide", False)},
+    "net4": {"0.conv": ("columns", "scatter", True), "3.conv": ("wide", "wide", False),
+             "7.conv": ("wide", "wide", False), "10.conv": ("wide", "wide", False)},
+    "resnet": {"1.conv": ("columns", "scatter", True),
+               "4.residual.body.0.conv": ("wide", "wide", False), "4.residual.body.3.conv": ("wide", "wide", False),
+               "6.residual.body.0.conv": ("columns", "scatter_batch_last", False),
+               "6.residual.body.3.conv": ("wide", "wide", False),
+               "6.residual.shortcut.0.conv": ("columns", "scatter_batch_last", True),
+               "8.residual.body.0.conv": ("patches", "patches", True),
+               "8.residual.body.3.conv": ("wide", "wide", False),
+               "8.residual.shortcut.0.conv": ("patches", "patches", True)},
+    "robust-pgd": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "patches", True)},
+    "robust-trades": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "patches", True)},
+    "small-adv": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "scatter_batch_last", True)},
+    "smallcnn": {"0.conv": ("columns", "scatter", True), "2.conv": ("wide", "wide", False),
+                 "5.conv": ("wide", "wide", False), "7.conv": ("wide", "wide", False)},
 }
 
 
@@ -382,5 +391,6 @@ def test_each_shipped_configs_convolutions_run_the_planned_kernels(name):
     batch = cfg["train"]["batch_size"]
     assert {i: tuple(plan) for i, plan in net.conv_plans(batch).items()} == SHIPPED_PLANS[name]
     net.forward(np.zeros((batch,) + net.input_shape, net.dtype))  # what a forward of a batch's part took
-    taken = {i: tuple(net.replicas[0][i].plan) for i in SHIPPED_PLANS[name]}
+    part = dict(net.named_layers(net.replicas[0]))
+    taken = {i: tuple(part[i].plan) for i in SHIPPED_PLANS[name]}
     assert taken == SHIPPED_PLANS[name]

@@ -9,6 +9,7 @@ import torch
 from cnnrun import export, torch_twin
 from cnnrun.nn import Network, reference
 from cnnrun.nn.gradcheck import TOLERANCE, check_layer
+from cnnrun.nn.layers import walk
 from cnnrun.nn.network import LAYERS
 
 # Each kind with the arguments and input shape (odd sizes) its checks build it with;
@@ -28,8 +29,15 @@ EXAMPLES = {
     "avgpool": ({"kernel": 3, "stride": 2, "padding": 1}, (2, 7, 9)),
     "global_avgpool": ({}, (3, 5, 7)),
     "dropout": ({"rate": 0.3}, (2, 5, 7)),
+    "batch_norm": ({"momentum": 0.2}, (2, 5, 7)),
+    "residual": ({"layers": [{"conv": {"filters": 3, "kernel": 3, "stride": 2, "padding": 1}}, {"batch_norm": {}},
+                             "relu", {"conv": {"filters": 3, "kernel": 3, "padding": 1}}],
+                  "shortcut": [{"conv": {"filters": 3, "kernel": 1, "stride": 2}}, {"batch_norm": {}}]}, (2, 7, 9)),
     "softmax": ({}, (6,)),
 }
+# Kinds whose training mode differs from evaluation in a way finite differences can follow
+# (batch statistics; dropout's masks are drawn anew at every call, and are checked in test_modes.py).
+TRAINING_DIFFERS = ["batch_norm", "residual"]
 
 
 def test_every_layer_kind_has_an_example_a_reference_a_twin_and_an_onnx_export():
@@ -41,7 +49,8 @@ def test_every_layer_kind_has_an_example_a_reference_a_twin_and_an_onnx_export()
     for kind, (kwargs, shape) in EXAMPLES.items():  # the twin knows the names of its parameters
         layer = LAYERS[kind](**kwargs)
         layer.build(shape)
-        assert set(layer.param_shapes()) == set(torch_twin.PARAMETERS.get(kind, {})), kind
+        if not layer.sublayers():  # (a block's parameters are its layers')
+            assert set(layer.param_shapes()) == set(torch_twin.PARAMETERS.get(kind, {})), kind
 
 
 def network_around(kind, dtype=np.float64, threads=None):
@@ -54,14 +63,17 @@ def network_around(kind, dtype=np.float64, threads=None):
     return Network(specs, shape, seed=1, dtype=dtype, threads=threads)
 
 
-@pytest.mark.parametrize("kind", sorted(set(EXAMPLES) - {"softmax"}))
-def test_every_layers_backward_passes_the_finite_difference_check(kind, rng):
+@pytest.mark.parametrize("kind, training", [(kind, False) for kind in sorted(set(EXAMPLES) - {"softmax"})]
+                         + [(kind, True) for kind in TRAINING_DIFFERS])
+def test_every_layers_backward_passes_the_finite_difference_check(kind, training, rng):
     kwargs, shape = EXAMPLES[kind]
     layer = LAYERS[kind](**kwargs)
     layer.build(shape)
     layer.init_params(rng, np.float64)
-    for p in layer.params.values():
+    for p in list(layer.params.values()) + list(layer.buffers.values()):
         p += rng.standard_normal(p.shape) * 0.1
+    for each in walk([layer]):
+        each.training = training
     rows = check_layer(layer, rng.standard_normal((3,) + shape), rng, 30)
     assert any(name == "dx" for name, _ in rows) and set(layer.params) <= {name for name, _ in rows}
     for name, error in rows:

@@ -12,6 +12,13 @@ A layer's life:
 - `forward(x)` keeps in `self.cache` exactly what `backward` needs;
   `backward(dy)` fills `self.grads` (same keys as `self.params`) and returns
   the gradient with respect to the layer's input.
+- `buffers`: state that is not learnt by gradient (batch norm's running
+  statistics): saved with the weights, never touched by the optimizer.
+
+A batch runs in parts, each through its own copy of the layers (parallel.py).
+A layer whose output for one sample depends on the other samples of the batch
+(batch norm in training) says so with `couples_batch`, and runs across all the
+parts at once in `forward_parts` / `backward_parts` (sequence.py).
 
 Each class here reads in a screen: the arithmetic of convolution and max-pool is
 in kernels.py (the fast variants), and every layer's plain definition, the one
@@ -19,6 +26,7 @@ the tests hold these against, is in reference.py.
 """
 
 import copy
+import inspect
 import math
 
 import numpy as np
@@ -29,7 +37,10 @@ from cnnrun.nn.kernels import (
     correlate_wide_weight_grad, first_max, input_grad_patches, input_grad_scatter, input_grad_scatter_batch_last,
     input_grad_wide, out_size, pad_hw, pad_last, pad_wide, patches_weight_grad, route_to_first,
 )
-from cnnrun.nn.rules import BOOL, INIT, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, RATE, SHAPE, SIZE, optional
+from cnnrun.nn import parallel, sequence
+from cnnrun.nn.rules import (
+    BOOL, INIT, LAYER_LIST, NUMBER, PADDING, POSITIVE_INT, POSITIVE_NUMBER, RATE, SHAPE, SHORTCUT, SIZE, UNIT, optional,
+)
 
 
 class Layer:
@@ -39,8 +50,18 @@ class Layer:
     args = {}  # constructor argument -> rule (see rules.py), for the config validator
     training = False  # the network's mode (Network.train / eval), set on every part's copy
     stochastic = False  # draws random numbers in training: the network hands it `rng` for each part
+    couples_batch = False  # needs the whole batch (all the parts) at once in this mode: sequence.py
+
     def __init__(self):
-        self.params, self.grads, self.cache = {}, {}, None
+        self.params, self.grads, self.cache, self.buffers = {}, {}, None, {}
+
+    def named_sublayers(self):
+        """`[(name, layer), ...]`: the layers inside this one (a residual block's: `body.0.conv`,
+        ...), in order; none for most."""
+        return []
+
+    def sublayers(self):
+        return [layer for _, layer in self.named_sublayers()]
 
     def build(self, in_shape):
         """Check and remember the input shape `in_shape` (no N); return the output shape."""
@@ -326,6 +347,130 @@ class InstanceNorm(Layer):
         return dx.reshape(n, c, h, w)
 
 
+class BatchNorm(Layer):
+    """Batch normalisation (Ioffe & Szegedy 2015): each channel normalised over the batch,
+    and over H x W for images: `(N, C, H, W)` or `(N, D)` -> the same shape.
+
+        y = gamma * (x - mean) / sqrt(var + eps) + beta     (gamma, beta: `(C,)`)
+
+    Training: mean and (biased) var are the WHOLE batch's, all its parts together
+    (`forward_parts`), and the running estimates, buffers, move towards them as PyTorch's:
+    running = (1 - momentum) * running + momentum * batch value (the variance unbiased,
+    times m / (m - 1) for m values per channel). Evaluation: mean and var are the running
+    estimates, and the layer is an affine map of each sample alone.
+    """
+
+    kind = "batch_norm"
+    args = {"momentum": UNIT, "eps": POSITIVE_NUMBER, "affine": BOOL}
+
+    def __init__(self, momentum=0.1, eps=1e-5, affine=True):
+        super().__init__()
+        self.momentum, self.eps, self.affine = momentum, eps, affine
+
+    def build(self, in_shape):
+        if len(in_shape) not in (1, 3):
+            self._fail(in_shape, "expects images (C, H, W) or flat vectors (D,)")
+        return super().build(in_shape)
+
+    @property
+    def couples_batch(self):
+        return self.training
+
+    def param_shapes(self):
+        return {"gamma": self.in_shape[:1], "beta": self.in_shape[:1]} if self.affine else {}
+
+    def init_params(self, rng, dtype):
+        c = self.in_shape[0]
+        if self.affine:
+            self.params["gamma"], self.params["beta"] = np.ones(c, dtype), np.zeros(c, dtype)
+        self.buffers["running_mean"], self.buffers["running_var"] = np.zeros(c, dtype), np.ones(c, dtype)
+
+    def _channels(self, v):
+        """A per-channel `(C,)` vector shaped to broadcast over `(N, C, H, W)` or `(N, C)`."""
+        return v.reshape((1, -1, 1, 1) if len(self.in_shape) == 3 else (1, -1))
+
+    def _sum(self, a, b=None):
+        """Per channel: the sum of `a` over all but the channel axis (of `a * b` if given)."""
+        letters = "nchw" if a.ndim == 4 else "nc"
+        return np.einsum(f"{letters}->c", a) if b is None else np.einsum(f"{letters},{letters}->c", a, b)
+
+    def _centre(self, x, mean):
+        """Keep and return x - mean."""
+        self.cache = x - self._channels(mean)
+        return self.cache
+
+    def _scale(self, var):
+        """y from the kept x - mean and the variance `(C,)`."""
+        inv_std = self._channels((1 / np.sqrt(var + self.eps)).astype(var.dtype))
+        scale = inv_std * self._channels(self.params["gamma"]) if self.affine else inv_std
+        centred = self.cache
+        self.cache = centred, inv_std, scale                       # xhat = centred * inv_std
+        y = centred * scale
+        if self.affine:
+            y += self._channels(self.params["beta"])
+        return y
+
+    def forward(self, x):
+        if self.training:  # one part: the batch is all there is
+            return self.forward_parts([self], [x], threads=1)[0]
+        self._centre(x, self.buffers["running_mean"])
+        return self._scale(self.buffers["running_var"])
+
+    def forward_parts(self, replicas, xs, threads):
+        """Training: every part `xs[i]` (through its copy `replicas[i]`) normalised with the
+        mean and variance of all the parts together; the running estimates updated once."""
+        m = sum(x.size for x in xs) // self.in_shape[0]  # values per channel in the batch
+        if m < 2:
+            raise CnnrunError(f"batch_norm in training needs more than one value per channel, and a batch of "
+                              f"{sum(len(x) for x in xs)} of shape {self.in_shape} has {m}")
+        mean = sum(parallel.run(self._sum, xs, threads)) / m
+        var = sum(parallel.run(lambda i: replicas[i]._sum(*[replicas[i]._centre(xs[i], mean)] * 2),
+                               range(len(xs)), threads)) / m
+        running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+        running_mean += self.momentum * (mean - running_mean)
+        running_var += self.momentum * (var * (m / (m - 1)) - running_var)
+        return parallel.run(lambda i: replicas[i]._scale(var), range(len(xs)), threads)
+
+    def _grad_sums(self, dy, need_grads):
+        """`(sum of dy, sum of dy * xhat)` per channel over this part; they are this part's
+        share of dbeta and dgamma."""
+        centred, inv_std, _ = self.cache
+        sum_dy, sum_dy_xhat = self._sum(dy), self._sum(dy, centred) * inv_std.reshape(-1)
+        if self.affine and need_grads:
+            self.grads["gamma"], self.grads["beta"] = sum_dy_xhat, sum_dy
+        return sum_dy, sum_dy_xhat
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if self.training:
+            return self.backward_parts([self], [dy], 1, need_dx, need_grads)[0]
+        # Evaluation: an affine map, dx = dy * gamma / std.
+        if self.affine and need_grads:
+            self._grad_sums(dy, need_grads)
+        return dy * self.cache[2] if need_dx else None
+
+    def backward_parts(self, replicas, dys, threads, need_dx, need_grads):
+        """Training: the parts' input gradients. The batch mean and variance depend on
+        every sample, so each part's gradient needs two sums over the whole batch:
+
+            dx = (dy - mean(dy) - xhat * mean(dy * xhat)) * gamma / std
+        """
+        sums = parallel.run(lambda i: replicas[i]._grad_sums(dys[i], need_grads), range(len(dys)), threads)
+        if not need_dx:
+            return [None] * len(dys)
+        m = sum(dy.size for dy in dys) // self.in_shape[0]
+        mean_dy = self._channels(sum(s[0] for s in sums) / m)
+        mean_dy_xhat = sum(s[1] for s in sums) / m
+
+        def input_grad(i):
+            centred, inv_std, scale = replicas[i].cache
+            dx = centred * (self._channels(mean_dy_xhat) * inv_std * -1)     # -xhat * mean(dy xhat)
+            dx += dys[i]
+            dx -= mean_dy
+            dx *= scale
+            return dx
+        return parallel.run(input_grad, range(len(dys)), threads)
+
+
 class Flatten(Layer):
     """`(N, C, H, W)` (or any shape) -> `(N, C*H*W)`."""
 
@@ -554,6 +699,109 @@ class Dropout(Layer):
         return dy if self.cache is None else dy * self.cache
 
 
+class Residual(Layer):
+    """A residual block (He et al. 2016): `body(x) + shortcut(x)`.
+
+    The body is a list of layers, written as a network's; the shortcut is the identity or a
+    list of its own (typically a 1x1 strided conv and batch_norm, where the body changes
+    the shape). The block is one layer of the sequence; backward sends the gradient down
+    both branches and adds the two at the input. Its parameters and buffers are its
+    layers', named `body.0.conv.W`, `shortcut.1.batch_norm.gamma`, ...
+    """
+
+    kind = "residual"
+    args = {"layers": LAYER_LIST, "shortcut": SHORTCUT}
+
+    def __init__(self, layers, shortcut="identity"):
+        super().__init__()
+        self.body = [self._make(entry, f"layers[{j}]") for j, entry in enumerate(layers)]
+        self.shortcut = [] if shortcut == "identity" else [self._make(entry, f"shortcut[{j}]")
+                                                           for j, entry in enumerate(shortcut)]
+
+    def _make(self, entry, where):
+        """A layer of the block, of this engine's classes (reference.py's in the reference)."""
+        return make_layer(self.classes(), entry, where)
+
+    def classes(self):
+        return LAYERS
+
+    def named_sublayers(self):
+        """`(prefix, layer)` for each layer of the block: `("body.0.conv", conv)`, ..."""
+        return ([(f"body.{j}.{layer.kind}", layer) for j, layer in enumerate(self.body)]
+                + [(f"shortcut.{j}.{layer.kind}", layer) for j, layer in enumerate(self.shortcut)])
+
+    @property
+    def couples_batch(self):
+        return any(layer.couples_batch for layer in self.sublayers())
+
+    def build(self, in_shape):
+        self.in_shape, self.inner_shapes = tuple(in_shape), []
+        shapes = {}
+        for name, branch in (("layers", self.body), ("shortcut", self.shortcut)):
+            shape = self.in_shape
+            for j, layer in enumerate(branch):
+                try:
+                    shape = tuple(layer.build(shape))
+                except CnnrunError as e:
+                    raise CnnrunError(f"{name}[{j}] ({layer.kind}): {e}") from None
+                self.inner_shapes.append(shape)
+            shapes[name] = shape
+        if shapes["layers"] != shapes["shortcut"]:
+            shortcut = "the identity shortcut" if not self.shortcut else "the shortcut"
+            raise CnnrunError(f"input shape {self.in_shape}: the body gives {shapes['layers']} and {shortcut} "
+                              f"{shapes['shortcut']}; they must be the same shape to be added")
+        return shapes["layers"]
+
+    def param_shapes(self):
+        return {f"{prefix}.{name}": shape for prefix, layer in self.named_sublayers()
+                for name, shape in layer.param_shapes().items()}
+
+    def init_params(self, rng, dtype):
+        for _, layer in self.named_sublayers():
+            layer.init_params(rng, dtype)
+        self.params = {f"{prefix}.{name}": p for prefix, layer in self.named_sublayers() for name, p in layer.params.items()}
+        self.buffers = {f"{prefix}.{name}": b for prefix, layer in self.named_sublayers() for name, b in layer.buffers.items()}
+
+    def replica(self):
+        twin = super().replica()
+        twin.body, twin.shortcut = [layer.replica() for layer in self.body], [layer.replica() for layer in self.shortcut]
+        return twin
+
+    def scratch_per_sample(self):
+        return sum(2 * math.prod(shape) for shape in self.inner_shapes) + sum(
+            layer.scratch_per_sample() for layer in self.sublayers())
+
+    def _collect_grads(self):
+        self.grads = {f"{prefix}.{name}": g for prefix, layer in self.named_sublayers() for name, g in layer.grads.items()}
+
+    def forward(self, x):
+        return sequence.forward_layers(self.body, x) + sequence.forward_layers(self.shortcut, x)
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        d_body, d_shortcut = (
+            sequence.backward_layers(branch, dy, sequence.needs_input_grad(branch, need_dx, need_grads), need_grads)
+            for branch in (self.body, self.shortcut))
+        if need_grads:
+            self._collect_grads()
+        return d_body + d_shortcut if need_dx else None
+
+    def forward_parts(self, replicas, xs, threads):
+        """A block holding a layer that couples the batch: each branch staged over the parts."""
+        body = sequence.forward([r.body for r in replicas], xs, threads)
+        shortcut = sequence.forward([r.shortcut for r in replicas], xs, threads)
+        return [a + b for a, b in zip(body, shortcut)]
+
+    def backward_parts(self, replicas, dys, threads, need_dx, need_grads):
+        d_body, d_shortcut = (
+            sequence.backward([getattr(r, branch) for r in replicas], dys,
+                              sequence.needs_input_grad(getattr(self, branch), need_dx, need_grads), need_grads, threads)
+            for branch in ("body", "shortcut"))
+        if need_grads:
+            for r in replicas:
+                r._collect_grads()
+        return [a + b for a, b in zip(d_body, d_shortcut)] if need_dx else [None] * len(dys)
+
+
 class Softmax(Layer):
     """Probabilities over the class axis: `(N, K)` -> `(N, K)`.
 
@@ -578,3 +826,56 @@ class Softmax(Layer):
         # Jacobian-vector product: dx_i = p_i * (dy_i - sum_j dy_j p_j)
         p = self.cache
         return p * (dy - np.sum(dy * p, axis=1, keepdims=True)) if need_dx else None
+
+
+# Config name -> layer class: a config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
+LAYERS = {cls.kind: cls for cls in (
+    Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, BatchNorm, Flatten, Reshape, Dense, ReLU,
+    LeakyReLU, Tanh, Sigmoid, Dropout, Residual, Softmax)}
+
+
+def parse_entry(entry):
+    """A layer as a config writes it -> `(kind, kwargs)`: `relu`, `{conv: {filters: 8}}`,
+    or already a pair `("conv", {"filters": 8})`."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and len(entry) == 1:
+        kind, kwargs = next(iter(entry.items()))
+        return kind, kwargs or {}
+    if isinstance(entry, tuple) and len(entry) == 2:
+        return entry[0], entry[1] or {}
+    raise CnnrunError(f"expected a layer name or `name: {{arguments}}`, got {entry!r}")
+
+
+def make_layer(classes, entry, where):
+    """The layer of config `entry` from `classes` (an engine's LAYERS); a wrong kind or
+    argument is one line starting with `where` and the kind: `layer 3 (conv): ...`."""
+    try:
+        kind, kwargs = parse_entry(entry)
+    except CnnrunError as e:
+        raise CnnrunError(f"{where}: {e}") from None
+    if kind not in classes:
+        raise CnnrunError(f"{where} ({kind}): unknown layer; known: {', '.join(classes)}")
+    try:
+        inspect.signature(classes[kind]).bind(**kwargs)
+    except TypeError as e:  # an argument the layer does not take, or one missing
+        raise CnnrunError(f"{where} ({kind}): {e}") from None
+    try:
+        return classes[kind](**kwargs)
+    except CnnrunError as e:  # a residual block's own layers
+        raise CnnrunError(f"{where} ({kind}): {e}") from None
+
+
+def walk(layers):
+    """Every layer of `layers` and, depth first, every layer inside them."""
+    for layer in layers:
+        yield layer
+        yield from walk(layer.sublayers())
+
+
+def walk_named(named):
+    """`(name, layer)` for every layer of `named` (pairs) and, depth first, every layer
+    inside them, named after the layer holding it: `4.residual.body.0.conv`."""
+    for name, layer in named:
+        yield name, layer
+        yield from walk_named((f"{name}.{sub_name}", sub) for sub_name, sub in layer.named_sublayers())

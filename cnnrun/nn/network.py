@@ -1,23 +1,15 @@
 """A network: a plain sequence of layers, built for one input shape."""
 
-import inspect
 import io
 
 import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic
-from cnnrun.nn.layers import (
-    AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool, InstanceNorm, LeakyReLU, MaxPool2D, Normalize, ReLU,
-    Reshape, Sigmoid, Softmax, Tanh,
-)
-from cnnrun.nn import parallel, reference
+from cnnrun.nn.layers import LAYERS, Softmax, make_layer, walk, walk_named
+from cnnrun.nn import parallel, reference, sequence
 from cnnrun.nn.losses import softmax_cross_entropy, softmax_cross_entropy_grad
 
-# Config name -> layer class. A config layer `conv: {filters: 8, kernel: 3}` is `Conv2D(filters=8, kernel=3)`.
-LAYERS = {cls.kind: cls for cls in (
-    Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, Flatten, Reshape, Dense, ReLU, LeakyReLU, Tanh,
-    Sigmoid, Dropout, Softmax)}
 # The two engines: the fast layers, and the same layers written as their equations (reference.py).
 ENGINES = {"fast": LAYERS, "reference": reference.LAYERS}
 
@@ -25,22 +17,6 @@ ENGINES = {"fast": LAYERS, "reference": reference.LAYERS}
 def gib(n):
     """Bytes as a short human figure: '3.2 GiB', '512 MiB'."""
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def backward_through(layers, dlogits, need_input_grad=True, need_param_grads=True):
-    """Back-propagate a loss gradient on the logits through `layers` but the last (the
-    softmax, fused into the loss), one layer per step: yields `(index, gradient on that
-    layer's input)`, None where nothing before it needs it (the first layer's, unless
-    `need_input_grad`)."""
-    # A layer needs its input gradient if a layer before it has parameters (or the
-    # caller wants the input's): none, say, for a first convolution after a normalize.
-    need_dx = [need_input_grad]
-    for layer in layers[:-1]:
-        need_dx.append(need_dx[-1] or (need_param_grads and bool(layer.params)))
-    grad = dlogits
-    for index in range(len(layers) - 2, -1, -1):
-        grad = layers[index].backward(grad, need_dx=need_dx[index], need_grads=need_param_grads)
-        yield index, grad
 
 
 def is_finite_real(a):
@@ -51,7 +27,8 @@ def is_finite_real(a):
 class Network:
     """Layers applied in order to `(N, *input_shape)` batches; ends with softmax.
 
-    `layer_specs` is a list of `(kind, kwargs)`, e.g. `("conv", {"filters": 8, "kernel": 3})`.
+    `layer_specs` is a list of `(kind, kwargs)`, e.g. `("conv", {"filters": 8, "kernel": 3})`
+    (or of config entries: `"relu"`, `{"conv": {"filters": 8, "kernel": 3}}`).
     Each layer's output shape is inferred at build time; a layer that does not
     fit its input fails here with its index, type and the shapes involved.
 
@@ -75,20 +52,14 @@ class Network:
         self.training = False  # evaluation mode until `train()`: dropout off
         self.noise = np.random.default_rng([seed, 2])  # dropout's draws in training (`train(noise)` sets one)
         self.layers, self.shapes = [], [self.input_shape]
-        for index, (kind, kwargs) in enumerate(layer_specs):
-            if kind not in LAYERS:
-                raise CnnrunError(f"layer {index} ({kind}): unknown layer; known: {', '.join(LAYERS)}")
-            try:
-                inspect.signature(LAYERS[kind]).bind(**kwargs)
-            except TypeError as e:  # an argument the layer does not take, or one missing
-                raise CnnrunError(f"layer {index} ({kind}): {e}") from None
-            layer = classes[kind](**kwargs)
+        for index, entry in enumerate(layer_specs):
+            layer = make_layer(classes, entry, f"layer {index}")
             try:
                 shape = layer.build(self.shapes[-1])
             except CnnrunError as e:  # shapes that do not fit
-                raise CnnrunError(f"layer {index} ({kind}): {e}") from None
+                raise CnnrunError(f"layer {index} ({layer.kind}): {e}") from None
             if min(shape, default=1) < 1:
-                raise CnnrunError(f"layer {index} ({kind}): input shape {self.shapes[-1]} "
+                raise CnnrunError(f"layer {index} ({layer.kind}): input shape {self.shapes[-1]} "
                                   f"gives an empty output {shape}")
             self.layers.append(layer)
             self.shapes.append(tuple(shape))
@@ -100,14 +71,20 @@ class Network:
         for layer in self.layers:  # only now are parameters allocated
             layer.init_params(rng, self.dtype)
 
+    def named_layers(self, layers=None):
+        """`[("0.conv", layer), ..., ("4.residual.body.0.conv", layer), ...]`: every layer,
+        those inside residual blocks too, by qualified name; of `layers` (a part's copy) if given."""
+        return list(walk_named((f"{i}.{layer.kind}", layer) for i, layer in enumerate(layers or self.layers)))
+
     def conv_plans(self, batch_size):
-        """`{layer index: kernels.ConvPlan}`: the kernels each convolution runs on a part of a
-        batch of `batch_size` (the parts a training step's threads run; parallel.parts)."""
+        """`{layer name: kernels.ConvPlan}`: the kernels each convolution (those in residual
+        blocks too) runs on a part of a batch of `batch_size` (the parts a training step's
+        threads run; parallel.parts)."""
         if self.engine != "fast":
             return {}
         part = parallel.parts(batch_size)[0]
-        return {i: layer.plan_for(part.stop - part.start, self.dtype.itemsize)
-                for i, layer in enumerate(self.layers) if layer.kind == "conv"}
+        return {name: layer.plan_for(part.stop - part.start, self.dtype.itemsize)
+                for name, layer in self.named_layers() if layer.kind == "conv"}
 
     def memory_bytes(self, batch_size):
         """Estimated bytes each layer needs in training, before anything is allocated:
@@ -138,9 +115,9 @@ class Network:
 
     # --- parameters -------------------------------------------------------
 
-    def _by_name(self, which):
+    def _by_name(self, which, names="params"):
         return {f"{i}.{layer.kind}.{name}": getattr(layer, which)[name]
-                for i, layer in enumerate(self.layers) for name in layer.params}
+                for i, layer in enumerate(self.layers) for name in getattr(layer, names)}
 
     def named_parameters(self):
         """`{"0.conv.W": array, ...}`: every parameter by qualified name (the arrays themselves)."""
@@ -149,6 +126,11 @@ class Network:
     def named_gradients(self):
         """The gradients of the last backward pass, by the same qualified names."""
         return self._by_name("grads")
+
+    def named_buffers(self):
+        """`{"2.batch_norm.running_mean": array, ...}`: state that is not learnt by gradient
+        (batch norm's running statistics), saved with the weights; no optimizer sees it."""
+        return self._by_name("buffers", "buffers")
 
     def param_grad_pairs(self):
         """`[(param, grad), ...]` after a backward pass, for the optimizer."""
@@ -183,28 +165,28 @@ class Network:
         self.parts = parallel.parts(len(x))
         while len(self.replicas) < len(self.parts):
             self.replicas.append([layer.replica() for layer in self.layers])
-        draws = self.training and any(layer.stochastic for layer in self.layers)
+        draws = self.training and any(layer.stochastic for layer in walk(self.layers))
         batch_seed = int(self.noise.integers(2 ** 63)) if draws else None
         for part, replica in enumerate(self.replicas[:len(self.parts)]):
-            for index, layer in enumerate(replica):
+            for index, layer in enumerate(walk(replica)):  # (and the layers inside residual blocks)
                 layer.training = self.training
                 if draws and layer.stochastic:
                     layer.rng = np.random.default_rng([batch_seed, part, index])
         return x
 
-    def _forward_part(self, i, x):
-        """Logits of part `i` of the batch `x`, through that part's replica."""
-        h = x[self.parts[i]]
-        for layer in self.replicas[i][:-1]:
-            h = layer.forward(h)
-        return h
+    def _columns(self):
+        """Each part's copy of the layers but the final softmax (sequence.py)."""
+        return [replica[:-1] for replica in self.replicas[:len(self.parts)]]
 
-    def _backward_part(self, i, dlogits, need_input_grad, need_param_grads):
-        """Back-propagate part `i`'s rows `dlogits` through its replica; its input gradient."""
-        grad = dlogits
-        for _, grad in backward_through(self.replicas[i], grad, need_input_grad, need_param_grads):
-            pass
-        return grad
+    def _forward_parts(self, x):
+        """The logits of each part of the batch `x`, through the parts' copies of the layers."""
+        return sequence.forward(self._columns(), [x[part] for part in self.parts], self.threads)
+
+    def _backward_parts(self, dlogits, need_input_grad, need_param_grads):
+        """Each part's rows of `dlogits` back through its copy; the parts' input gradients."""
+        need_dx = sequence.needs_input_grad(self.layers[:-1], need_input_grad, need_param_grads)
+        return sequence.backward(self._columns(), [dlogits[part] for part in self.parts], need_dx,
+                                 need_param_grads, self.threads)
 
     def _sum_part_grads(self):
         """`grads` of each layer: the sum of its replicas' over the parts."""
@@ -217,8 +199,7 @@ class Network:
 
     def logits(self, x):
         """Scores before the final softmax: `(N, *input_shape)` -> `(N, K)`."""
-        x = self._start_batch(x)
-        return np.concatenate(parallel.run(lambda i: self._forward_part(i, x), range(len(self.parts)), self.threads))
+        return np.concatenate(self._forward_parts(self._start_batch(x)))
 
     def forward(self, x):
         """Class probabilities `(N, K)`."""
@@ -231,9 +212,7 @@ class Network:
         or None if not needed."""
         if len(dlogits) != (self.parts[-1].stop if self.parts else -1):
             raise ValueError(f"backward of {len(dlogits)} samples: the last forward pass was not of this batch")
-        input_grads = parallel.run(
-            lambda i: self._backward_part(i, dlogits[self.parts[i]], need_input_grad, need_param_grads),
-            range(len(self.parts)), self.threads)
+        input_grads = self._backward_parts(dlogits, need_input_grad, need_param_grads)
         if need_param_grads:
             self._sum_part_grads()
         return np.concatenate(input_grads) if need_input_grad else None
@@ -242,17 +221,23 @@ class Network:
         """Forward, loss against one-hot `y` `(N, K)`, backward.
 
         Returns `(loss, logits, input_grad)`; `input_grad` is None unless asked for.
-        Each part goes forward and back in one task: the loss gradient of a row
-        needs only that row, so the parts never wait for each other in between.
+        Each part goes forward and back in one task when no layer couples the batch: the
+        loss gradient of a row needs only that row, so the parts never wait for each other.
         """
         x, y = self._start_batch(x), np.asarray(y, self.dtype)
+        need_dx = sequence.needs_input_grad(self.layers[:-1], need_input_grad, need_param_grads)
+        if sequence.couples_batch(self.replicas[0]):  # batch norm in training: stage by stage
+            logits = self._forward_parts(x)
+            dlogits = [softmax_cross_entropy_grad(z, y[part], len(x)) for z, part in zip(logits, self.parts)]
+            input_grads = sequence.backward(self._columns(), dlogits, need_dx, need_param_grads, self.threads)
+        else:
+            def part_step(i):
+                column = self.replicas[i][:-1]
+                z = sequence.forward_layers(column, x[self.parts[i]])
+                dlogits = softmax_cross_entropy_grad(z, y[self.parts[i]], len(x))
+                return z, sequence.backward_layers(column, dlogits, need_dx, need_param_grads)
 
-        def part_step(i):
-            logits = self._forward_part(i, x)
-            dlogits = softmax_cross_entropy_grad(logits, y[self.parts[i]], len(x))
-            return logits, self._backward_part(i, dlogits, need_input_grad, need_param_grads)
-
-        logits, input_grads = zip(*parallel.run(part_step, range(len(self.parts)), self.threads))
+            logits, input_grads = zip(*parallel.run(part_step, range(len(self.parts)), self.threads))
         if need_param_grads:
             self._sum_part_grads()
         logits = np.concatenate(logits)
@@ -262,9 +247,9 @@ class Network:
     # --- weights on disk --------------------------------------------------
 
     def to_npz(self, extra=None):
-        """Every parameter (and the arrays of `extra`) as the bytes of an `.npz` file, under
-        qualified names."""
-        arrays = dict(self.named_parameters())
+        """Every parameter and buffer (and the arrays of `extra`) as the bytes of an `.npz`
+        file, under qualified names."""
+        arrays = {**self.named_parameters(), **self.named_buffers()}
         arrays.update(extra or {})
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
@@ -278,7 +263,8 @@ class Network:
         return data
 
     def load(self, path):
-        """Read parameters saved by `save`; every name and shape must match this network."""
+        """Read parameters and buffers saved by `save`; every name and shape must match this
+        network. Returns the file's other arrays (a checkpoint's epoch and optimizer state)."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 stored = {k: data[k] for k in data.files}
@@ -286,7 +272,7 @@ class Network:
             raise CnnrunError(f"{path}: no such weights file") from None
         except Exception as e:
             raise CnnrunError(f"{path}: not a readable .npz weights file ({e})") from None
-        params = self.named_parameters()
+        params = {**self.named_parameters(), **self.named_buffers()}
         problems = [f"{name} missing" for name in params if name not in stored]
         problems += [f"{name} is {stored[name].shape}, the config needs {p.shape}"
                      for name, p in params.items() if name in stored and stored[name].shape != p.shape]

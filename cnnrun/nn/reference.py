@@ -145,6 +145,50 @@ def instance_norm_backward(dy, xhat, std, gamma):
 # --8<-- [end:instance_norm]
 
 
+# --- batch norm ------------------------------------------------------------------
+
+# --8<-- [start:batch_norm]  (shown in docs/how-it-works.md)
+def channel_axes(x):
+    """The axes a channel's statistics run over: `(0, 2, 3)` for images, `(0,)` for vectors."""
+    return (0, 2, 3) if x.ndim == 4 else (0,)
+
+
+def per_channel(v, ndim):
+    """A `(C,)` vector shaped to broadcast over `(N, C, H, W)` (ndim 4) or `(N, C)`."""
+    return v.reshape((1, -1, 1, 1) if ndim == 4 else (1, -1))
+
+
+def batch_norm_forward(x, gamma, beta, mean, var, eps):
+    """Each channel normalised with the given `(C,)` mean and variance -> `(y, xhat, std)`:
+
+        std = sqrt(var + eps),  xhat = (x - mean) / std,  y = gamma[c] * xhat + beta[c]
+
+    In training, mean and var are the batch's (over N, and H, W: `x.mean(channel_axes)`,
+    `x.var(channel_axes)`); in evaluation, the running estimates.
+    """
+    std = per_channel(np.sqrt(var + eps), x.ndim)
+    xhat = (x - per_channel(mean, x.ndim)) / std
+    y = xhat if gamma is None else per_channel(gamma, x.ndim) * xhat + per_channel(beta, x.ndim)
+    return y, xhat, std
+
+
+def batch_norm_backward(dy, xhat, std, gamma, training):
+    """Gradients of `batch_norm_forward` -> `(dx, dgamma, dbeta)`, sums and means over a
+    channel's m values (N, or N, H, W):
+
+        dgamma[c] = sum dy * xhat,   dbeta[c] = sum dy,   g = dy * gamma[c]
+        training:    dx = (g - mean(g) - xhat * mean(g * xhat)) / std   (the batch's mean
+                     and var depend on every sample: instance norm's formula, over the batch)
+        evaluation:  dx = g / std                                       (constants)
+    """
+    axes = channel_axes(dy)
+    g = dy if gamma is None else dy * per_channel(gamma, dy.ndim)
+    if training:
+        g = g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True)
+    return g / std, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+# --8<-- [end:batch_norm]
+
+
 # --- average pooling ------------------------------------------------------------
 
 def avgpool_forward(x, kernel, stride, padding):
@@ -239,6 +283,50 @@ class InstanceNorm(layers.InstanceNorm):
         if self.affine and need_grads:
             self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
         return dx if need_dx else None
+
+
+class BatchNorm(layers.BatchNorm):
+    """Training: the whole batch's statistics (the parts put together: `forward_parts`),
+    the running estimates updated as running += momentum * (batch value - running), the
+    variance unbiased (m / (m - 1)). Evaluation: the running estimates."""
+
+    def forward(self, x):
+        if self.training:
+            m = x.size // x.shape[1]
+            mean, var = x.mean(axis=channel_axes(x)), x.var(axis=channel_axes(x))
+            self.buffers["running_mean"] += self.momentum * (mean - self.buffers["running_mean"])
+            self.buffers["running_var"] += self.momentum * (var * m / (m - 1) - self.buffers["running_var"])
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        y, *self.cache = batch_norm_forward(x, self.params.get("gamma"), self.params.get("beta"), mean, var, self.eps)
+        return y
+
+    def backward(self, dy, need_dx=True, need_grads=True):
+        if dy is None:
+            return None
+        dx, dgamma, dbeta = batch_norm_backward(dy, *self.cache, self.params.get("gamma"), self.training)
+        if self.affine and need_grads:
+            self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        return dx if need_dx else None
+
+    def forward_parts(self, replicas, xs, threads):
+        """The parts put together, normalised as one batch, and cut again (this copy keeps the cache)."""
+        y = self.forward(np.concatenate(xs))
+        return np.split(y, np.cumsum([len(x) for x in xs])[:-1])
+
+    def backward_parts(self, replicas, dys, threads, need_dx, need_grads):
+        """The whole batch's gradients: this copy holds the parameters' gradients, the others zeros."""
+        dx = self.backward(np.concatenate(dys), need_dx, need_grads)
+        for other in replicas[1:]:
+            other.grads = {name: np.zeros_like(g) for name, g in self.grads.items()}
+        return np.split(dx, np.cumsum([len(dy) for dy in dys])[:-1]) if need_dx else [None] * len(dys)
+
+
+class Residual(layers.Residual):
+    """y = body(x) + shortcut(x), its layers this engine's;  dx = d_body + d_shortcut."""
+
+    def classes(self):
+        return LAYERS
 
 
 class Dense(layers.Dense):
@@ -376,5 +464,5 @@ class Softmax(layers.Softmax):
         return softmax_backward(dy, self.cache) if need_dx else None
 
 
-LAYERS = {cls.kind: cls for cls in (Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, Flatten, Reshape,
-                                    Dense, ReLU, LeakyReLU, Tanh, Sigmoid, Dropout, Softmax)}
+LAYERS = {cls.kind: cls for cls in (Normalize, Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool, InstanceNorm, BatchNorm,
+                                    Flatten, Reshape, Dense, ReLU, LeakyReLU, Tanh, Sigmoid, Dropout, Residual, Softmax)}
