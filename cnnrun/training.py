@@ -52,7 +52,8 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
                 noise=None):
     """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`,
     the network in training mode (dropout's draws from `noise`), back in evaluation mode
-    after it; the adversary makes its examples in evaluation mode.
+    after it; the adversary makes its examples in evaluation mode (every attack runs so:
+    `network.in_eval_mode`).
 
     `adversary(net, x, y) -> x`, if given, replaces part of each batch by
     adversarial examples (adversarial training); loss and accuracy are then on
@@ -67,15 +68,6 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
         net.eval()
 
 
-def _make_adversarial(adversary, net, xb, yb):
-    """The adversary's examples, made on the network in evaluation mode (dropout off)."""
-    net.eval()
-    try:
-        return adversary(net, xb, yb)
-    finally:
-        net.train()
-
-
 def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta):
     order = rng.permutation(len(x))
     k = net.output_shape[0]
@@ -84,10 +76,10 @@ def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary
         idx = order[start:start + batch_size]
         xb, yb = x[idx], one_hot(labels[idx], k, net.dtype)
         if adversary and trades_beta is not None:
-            loss, logits = trades_step(net, xb, _make_adversarial(adversary, net, xb, yb), yb, trades_beta)
+            loss, logits = trades_step(net, xb, adversary(net, xb, yb), yb, trades_beta)
         else:
             if adversary:
-                xb = _make_adversarial(adversary, net, xb, yb)
+                xb = adversary(net, xb, yb)
             loss, logits, _ = net.loss_and_backward(xb, yb)
         if not np.isfinite(loss):
             raise Diverged(batch, loss)

@@ -186,7 +186,7 @@ def test_square_breaking_what_the_gradient_attacks_left_is_reported_as_possible_
 
     class Masked:
         """The same network, but its backward pass returns a zero input gradient."""
-        output_shape, dtype, logits = net.output_shape, net.dtype, net.logits
+        output_shape, dtype, logits, training, eval = net.output_shape, net.dtype, net.logits, False, net.eval
 
         @staticmethod
         def backward(dlogits, need_input_grad=True, need_param_grads=False):

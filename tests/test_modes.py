@@ -103,13 +103,12 @@ def test_evaluation_and_every_attack_see_the_network_without_dropout(dropout_set
     net = build_network(load_config(dropout_setup["dropout"]), batch_size=20)
     x = rng.random((20, 1, 28, 28), dtype=np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 20)]
-    net.train(np.random.default_rng(0))
-    for method in attacks.METHODS:  # an attack on a network left in training mode is refused nothing,
-        net.eval()                  # but evaluation is what every caller hands it
+    net.train(np.random.default_rng(0))  # left in training mode: every attack runs it in evaluation mode
+    for method in attacks.METHODS:
         a = attacks.attack(net, x, y, method, 0.1, steps=2, queries=5, targets=2, rng=np.random.default_rng(0))
         b = attacks.attack(net, x, y, method, 0.1, steps=2, queries=5, targets=2, rng=np.random.default_rng(0))
         np.testing.assert_array_equal(a, b, err_msg=method)  # no dropout noise between two runs
-        assert not net.training
+        assert net.training, method  # and gives it back as it was
 
 
 def test_a_dropout_rate_outside_zero_to_one_is_one_line(setup):

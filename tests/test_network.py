@@ -48,15 +48,20 @@ def test_extreme_logits_give_finite_loss_and_gradients(dtype):
     assert np.all(np.isfinite(dlogits))
 
 
-def expected_tensors(cfg):
-    """The parameter tensors a config's network must have, derived from the config itself."""
+def expected_tensors(layers, prefix=""):
+    """The parameter tensors a config's layers must have, derived from the config itself."""
     names = []
-    for i, entry in enumerate(cfg["model"]["layers"]):
+    for i, entry in enumerate(layers):
         (kind, args), = entry.items()
+        name = f"{prefix}{i}.{kind}"
         if kind in ("conv", "dense"):
-            names += [f"{i}.{kind}.W"] + ([f"{i}.{kind}.b"] if args["bias"] else [])
-        if kind == "instance_norm" and args["affine"]:
-            names += [f"{i}.{kind}.gamma", f"{i}.{kind}.beta"]
+            names += [f"{name}.W"] + ([f"{name}.b"] if args["bias"] else [])
+        if kind in ("instance_norm", "batch_norm") and args["affine"]:
+            names += [f"{name}.gamma", f"{name}.beta"]
+        if kind == "residual":
+            names += expected_tensors(args["layers"], f"{name}.body.")
+            if args["shortcut"] != "identity":
+                names += expected_tensors(args["shortcut"], f"{name}.shortcut.")
     return names
 
 
@@ -66,8 +71,9 @@ def test_every_shipped_network_and_its_input_gradient_pass_gradcheck(path, rng):
     net = build_network(cfg, dtype=np.float64)
     x, y = rng.random((2,) + net.input_shape), one_hot(rng.integers(0, 10, 2))
     rows = check_all(net, x, y, rng, samples=8)
-    assert [tensor for where, tensor, _ in rows if where == "network"] == expected_tensors(cfg) + ["input"]
-    assert len([r for r in rows if r[0] != "network"]) == len(expected_tensors(cfg)) + len(cfg["model"]["layers"])
+    expected = expected_tensors(cfg["model"]["layers"])
+    assert [tensor for where, tensor, _ in rows if where == "network"] == expected + ["input"]
+    assert len([r for r in rows if r[0] != "network"]) == len(expected) + len(cfg["model"]["layers"])
     worst = max(rows, key=lambda r: r[2])
     assert worst[2] < TOLERANCE, worst
 

@@ -80,18 +80,29 @@ def check_layer(layer, x, rng, samples=20):
 def check_network(net, x, y, rng, samples=20):
     """Check the whole network end to end on the cross-entropy loss against one-hot `y`.
 
+    In training mode (batch norm on the batch's statistics, dropout drawing its masks, the
+    same masks at every call: the noise is drawn afresh from one seed), the network's
+    buffers as they were afterwards, and its mode too.
     Returns `[(qualified_name, error), ...]` for every parameter and the input ("input").
     """
     x = x.copy()
+    buffers = {name: b.copy() for name, b in net.named_buffers().items()}
+    was_training = net.training
+    net.train(np.random.default_rng(0))
     _, _, dx = net.loss_and_backward(x, y, need_input_grad=True)
     grads = {name: g.copy() for name, g in net.named_gradients().items()}
 
     def f():
+        net.train(np.random.default_rng(0))
         return softmax_cross_entropy(net.logits(x), y)[0]
 
     rows = [(name, compare(grads[name], f, p, sample_indices(p.shape, samples, rng)))
             for name, p in net.named_parameters().items()]
     rows.append(("input", compare(dx, f, x, sample_indices(x.shape, samples, rng))))
+    for name, b in net.named_buffers().items():
+        b[...] = buffers[name]
+    if not was_training:
+        net.eval()
     return rows
 
 

@@ -1,5 +1,6 @@
 """A network: a plain sequence of layers, built for one input shape."""
 
+import functools
 import io
 
 import numpy as np
@@ -17,6 +18,23 @@ ENGINES = {"fast": LAYERS, "reference": reference.LAYERS}
 def gib(n):
     """Bytes as a short human figure: '3.2 GiB', '512 MiB'."""
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def in_eval_mode(fn):
+    """Decorate `fn(net, ...)` to run with the network in evaluation mode (dropout off, batch
+    norm on its running statistics, so that no buffer changes) and give the network back in
+    the mode it was in. Every attack is so decorated: an attack cannot see or change what
+    training mode would."""
+    @functools.wraps(fn)
+    def in_eval(net, *args, **kwargs):
+        was_training = net.training
+        net.eval()
+        try:
+            return fn(net, *args, **kwargs)
+        finally:
+            if was_training:
+                net.train()
+    return in_eval
 
 
 def is_finite_real(a):

@@ -4,7 +4,9 @@ the gradient-free Square (square.py); and AutoAttack's standard suite of four.
 
 Every attack has one signature, `attack(net, x, y, eps, *, settings by name)`: images
 `x` `(N, C, H, W)` in [0, 1], one-hot labels `y` `(N, K)`, eps in the same pixel units;
-every adversarial image is clipped to [0, 1].
+every adversarial image is clipped to [0, 1]. Every attack runs the network in
+evaluation mode (`network.in_eval_mode`): dropout off, batch norm on its running
+statistics, which no attack changes.
 """
 
 import time
@@ -13,8 +15,9 @@ import numpy as np
 
 from cnnrun.errors import CnnrunError
 from cnnrun.nn import one_hot
-from cnnrun.robustness.fab import fab_t
 from cnnrun.nn.losses import cross_entropy_per_sample, dlr_targeted, kl_to_clean
+from cnnrun.nn.network import in_eval_mode
+from cnnrun.robustness.fab import fab_t
 from cnnrun.robustness.square import square
 
 METHODS = ("fgsm", "bim", "pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack", "autoattack-apgd")
@@ -30,11 +33,13 @@ def input_gradient(net, x, y):
     return net.loss_and_backward(x, y, need_input_grad=True, need_param_grads=False)[2]
 
 
+@in_eval_mode
 def fgsm(net, x, y, eps):
     """Fast Gradient Sign Method: clip(x + eps * sign(grad_x L(x, y)), 0, 1)."""
     return np.clip(x + eps * np.sign(input_gradient(net, x, y)), 0, 1).astype(x.dtype)
 
 
+@in_eval_mode
 def bim(net, x, y, eps, *, steps, step_size, start=None):
     """Basic Iterative Method: `steps` signed-gradient steps of `step_size` from `start`
     (default: x), each followed by projection onto the eps-ball around x and onto [0, 1]."""
@@ -45,6 +50,7 @@ def bim(net, x, y, eps, *, steps, step_size, start=None):
     return x_adv.astype(x.dtype)
 
 
+@in_eval_mode
 def pgd(net, x, y, eps, *, steps, step_size, restarts=1, rng=None):
     """Projected Gradient Descent: BIM from a uniform random start in the eps-ball,
     `restarts` times; each image keeps the first restart that fools the network
@@ -124,6 +130,7 @@ def _apgd_run(net, x, labels, targets, eps, steps, noise, rho=0.75):
     return np.where(per_image(fooled), x_fooled, x_best), fooled
 
 
+@in_eval_mode
 def apgd(net, x, y, eps, *, steps=100, restarts=1, rng=None, targets=0, active=None):
     """APGD-CE (`targets=0`) or APGD-T on the DLR loss towards each of the `targets`
     most likely other classes in turn (at the clean image). Each restart and target
@@ -152,6 +159,7 @@ def apgd(net, x, y, eps, *, steps=100, restarts=1, rng=None, targets=0, active=N
     return out
 
 
+@in_eval_mode
 def run_suite(net, x, y, eps, *, suite="autoattack", steps=100, restarts=1, rng=None, targets=9, queries=5000,
               on_stage=None):
     """AutoAttack: the attacks of `SUITES[suite]` in turn, each on the images that the
@@ -188,6 +196,7 @@ def run_suite(net, x, y, eps, *, suite="autoattack", steps=100, restarts=1, rng=
     return out, broken_by
 
 
+@in_eval_mode
 def attack(net, x, y, method, eps, *, steps=None, step_size=None, restarts=1, rng=None, targets=9, queries=5000):
     """Adversarial versions of `x` by `method` (one of METHODS); steps default to 40 for bim
     and pgd, 100 for the APGD methods and FAB-T; Square makes `queries` queries; random
@@ -221,6 +230,7 @@ def evaluate_attack(net, x, labels, method, eps, batch_size=500, on_batch=None, 
     return x_adv, adv_p
 
 
+@in_eval_mode
 def evaluate_suite(net, x, labels, method, eps, batch_size=500, on_batch=None, on_stage=None, **options):
     """`evaluate_attack`, plus for a suite (`SUITES`) which of its attacks broke each
     image (`run_suite`'s `broken_by` `(N,)`) and the seconds each attack took in all:
@@ -263,6 +273,7 @@ def robustness(labels, clean_pred, adv_pred):
     return accuracy, success
 
 
+@in_eval_mode
 def trades_adversary(net, x, eps, steps, step_size, rng):
     """TRADES's inner maximisation (Zhang et al. 2019): `steps` signed-gradient steps of
     `step_size` on KL(p(x) || p(x')), from x' = x + 0.001 N(0, 1), each projected onto

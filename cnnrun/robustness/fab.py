@@ -26,6 +26,8 @@ Images are `(N, C, H, W)` in [0, 1], labels and targets `(N,)` ints.
 
 import numpy as np
 
+from cnnrun.nn.network import in_eval_mode
+
 
 def project_linf(t, w, b):
     """The smallest Linf step d (rows `(M, D)`) that takes each row of `t` onto its
@@ -87,6 +89,7 @@ def fab_targeted_run(net, x, labels, targets, steps=100, alpha_max=0.1, eta=1.05
     return best, best_dist
 
 
+@in_eval_mode
 def fab_t(net, x, y, eps, *, targets=9, steps=100, active=None, on_target=None):
     """FAB-T within eps: FAB towards each of the `targets` most likely other classes at
     the clean image in turn, on the images classified right and not fooled yet (and of

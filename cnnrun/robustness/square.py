@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from cnnrun.nn.network import in_eval_mode
+
 # Square's p is halved after each of these iterations (the reference's `p_selection`).
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -50,6 +52,7 @@ def margins(net, x, labels):
     return correct - z.max(axis=1)
 
 
+@in_eval_mode
 def square(net, x, y, eps, *, queries=5000, p_init=0.8, rng=None, active=None, on_query=None):
     """Square attack on every image (or the `active` ones, a mask `(N,)`); returns the
     adversarial images `(N, C, H, W)`: the point of lowest margin found, within eps of x
