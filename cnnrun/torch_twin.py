@@ -168,10 +168,14 @@ class Reshape(nn.Module):
 
 
 def train_step(model, optimizer, x, labels):
-    """One training step of the twin: forward, mean cross-entropy, backward, update."""
+    """One training step of the twin, in train mode as cnnrun's (dropout drawing, batch norm
+    on the batch's statistics): forward, mean cross-entropy, backward, update; back in
+    evaluation mode after it."""
+    model.train()
     optimizer.zero_grad(set_to_none=False)
     torch.nn.functional.cross_entropy(model(x), labels).backward()
     optimizer.step()
+    model.eval()
 
 
 def input_gradient(model, x, labels):

@@ -248,3 +248,59 @@ def test_a_run_with_batch_norm_resumes_to_exactly_the_uninterrupted_result(setup
     net = build_network(load_config(os.path.join(full, "config.yaml")))
     net.load(os.path.join(full, "weights.npz"))
     assert net.named_buffers()["1.batch_norm.running_var"].min() > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7), (3, 4, 1), (6,)])
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 130])
+def test_batch_norm_trains_as_its_reference_for_every_batch_size_across_the_parts(n, shape, rng):
+    """Batch sizes around the parts' boundaries (64 a part at most), one and several
+    channels, odd sizes, images and vectors; a vector batch of one is refused, as PyTorch does."""
+    specs = [("batch_norm", {"momentum": 0.3}), "flatten", ("dense", {"units": 3}), "softmax"]
+    x = rng.standard_normal((n,) + shape)
+    y = np.eye(3)[rng.integers(0, 3, n)]
+    fast, ref = (Network(specs, shape, seed=1, dtype=np.float64, threads=2, engine=e).train()
+                 for e in ("fast", "reference"))
+    if n * int(np.prod(shape[1:])) < 2:
+        with pytest.raises(CnnrunError, match="needs more than one value per channel"):
+            fast.loss_and_backward(x, y)
+        return
+    (loss_a, _, dx_a), (loss_b, _, dx_b) = (net.loss_and_backward(x, y, need_input_grad=True) for net in (fast, ref))
+    assert loss_a == pytest.approx(loss_b, rel=1e-12)
+    np.testing.assert_allclose(dx_a, dx_b, rtol=1e-9, atol=1e-14)
+    for name, g in fast.named_gradients().items():
+        np.testing.assert_allclose(g, ref.named_gradients()[name], rtol=1e-9, atol=1e-13, err_msg=name)
+    for name, b in fast.named_buffers().items():
+        np.testing.assert_allclose(b, ref.named_buffers()[name], rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+class HandedMask(torch.nn.Module):
+    """Dropout with a mask handed to it: x * mask (the mask already scaled by 1 / (1 - rate))."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x):
+        return x * self.mask
+
+
+def test_dropout_in_training_equals_pytorch_given_the_same_masks(rng):
+    specs = [("conv", {"filters": 3, "kernel": 3}), "relu", ("dropout", {"rate": 0.3}), "flatten",
+             ("dense", {"units": 16}), "relu", ("dropout", {"rate": 0.5}), ("dense", {"units": 3}), "softmax"]
+    net = Network(specs, SHAPE, seed=1, dtype=np.float64, threads=2).train(np.random.default_rng(0))
+    x, labels, y = batch(rng)
+    loss, _, dx = net.loss_and_backward(x, y, need_input_grad=True)
+    model = torch_twin.twin(net).train()
+    for i, layer in enumerate(net.layers):
+        if layer.kind == "dropout":  # each part's mask, put together
+            mask = np.concatenate([replica[i].cache for replica in net.replicas[:len(net.parts)]])
+            assert 0.2 < (mask == 0).mean() < 0.6
+            model[i] = HandedMask(torch.tensor(mask))
+    xt = torch.tensor(x, requires_grad=True)
+    torch_loss = torch.nn.functional.cross_entropy(model(xt), torch.tensor(labels))
+    torch_loss.backward()
+    assert loss == pytest.approx(torch_loss.item(), rel=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-15)
+    theirs = torch_twin.gradients(model, net)
+    for name, g in net.named_gradients().items():
+        np.testing.assert_allclose(g, theirs[name], rtol=1e-10, atol=1e-14, err_msg=name)

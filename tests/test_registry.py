@@ -35,6 +35,9 @@ EXAMPLES = {
                   "shortcut": [{"conv": {"filters": 3, "kernel": 1, "stride": 2}}, {"batch_norm": {}}]}, (2, 7, 9)),
     "softmax": ({}, (6,)),
 }
+# The ONNX operators some kinds must export to.
+OPERATORS = {"batch_norm": {"BatchNormalization"}, "residual": {"Add", "Conv", "BatchNormalization", "Relu"},
+             "avgpool": {"AveragePool"}, "global_avgpool": {"GlobalAveragePool"}}
 # Kinds whose training mode differs from evaluation in a way finite differences can follow
 # (batch statistics; dropout's masks are drawn anew at every call, and are checked in test_modes.py).
 TRAINING_DIFFERS = ["batch_norm", "residual"]
@@ -127,5 +130,9 @@ def test_every_layers_twin_and_onnx_export_compute_what_it_computes(kind, rng):
     model = torch_twin.twin(net).eval()
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.from_numpy(x)).numpy(), logits, rtol=1e-5, atol=1e-5)
-    probabilities, onnx_logits = export.run_onnx(export.to_onnx(net), x)
+    onnx_model = export.to_onnx(net)
+    probabilities, onnx_logits = export.run_onnx(onnx_model, x)
     np.testing.assert_allclose(onnx_logits, logits, rtol=1e-5, atol=1e-5)
+    operators = {node.op_type for node in onnx_model.graph.node}
+    assert "Dropout" not in operators  # the exported model evaluates
+    assert OPERATORS.get(kind, set()) <= operators, operators
