@@ -65,7 +65,7 @@ def _random_batch(net, batch_size, rng):
 def _timed_step(net, train_cfg, x, y):
     """A training step with the config's optimizer at a tiny learning rate: the update's
     cost is what is timed, not where it leads."""
-    optimizer = make_optimizer(dict(train_cfg, lr=1e-6, lr_decay=1.0))
+    optimizer = make_optimizer(dict(train_cfg, lr=1e-6, lr_decay=1.0, schedule=None))
 
     def train_step():
         net.train()  # (dropout active, as in training)
@@ -87,6 +87,8 @@ def gemm_shapes(layer, n, out_shape, first):
     if layer.kind == "dense":
         d, u = layer.in_shape[0], layer.units
         return [(n, d, u), (d, n, u)] + ([] if first else [(n, u, d)])
+    if layer.kind == "residual":  # its layers' (each in its place: inner_shapes are their outputs)
+        return [shape for sub, out in zip(layer.sublayers(), layer.inner_shapes) for shape in gemm_shapes(sub, n, out, False)]
     return []
 
 
@@ -239,7 +241,7 @@ def against_torch(net, train_cfg, batch_size, repeats=7, warmup=2, seed=0):
     x, labels, y = _random_batch(net, batch_size, np.random.default_rng(seed))
     model = torch_twin.twin(net)
     xt, labels_t = torch.from_numpy(x), torch.from_numpy(labels)
-    optimizer_t = torch_twin.make_optimizer(model, dict(train_cfg, lr=1e-6))
+    optimizer_t = torch_twin.make_optimizer(model, dict(train_cfg, lr=1e-6, lr_decay=1.0, schedule=None))
 
     def evaluate_t():
         with torch.no_grad():

@@ -29,8 +29,8 @@ import yaml
 from cnnrun.errors import CnnrunError
 from cnnrun.nn.network import LAYERS, Network
 from cnnrun.nn.rules import (
-    BOOL, LAYER_LIST, NON_NEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SHORTCUT, STRING, choice, is_number,
-    optional,
+    BOOL, LAYER_LIST, NON_NEGATIVE_INT, NON_NEGATIVE_NUMBER, POSITIVE_INT, POSITIVE_NUMBER, SHAPE, SHORTCUT, STRING, UNIT,
+    choice, is_number, optional,
 )
 
 NAME = ("one plain file-name component: letters, digits, '-', '_' and '.' (at most 100), not '.' or '..'",
@@ -38,7 +38,6 @@ NAME = ("one plain file-name component: letters, digits, '-', '_' and '.' (at mo
         and v not in (".", ".."))
 PATH = ("a path (a non-empty string)", lambda v: isinstance(v, str) and v != "" and "\0" not in v)
 DECAY = ("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1)
-UNIT = ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1)
 MAPPING_OR_NULL = ("a mapping or null", lambda v: v is None or isinstance(v, dict))
 
 
@@ -60,8 +59,12 @@ SECTIONS = {
         "batch_size": (POSITIVE_INT, 128),
         "lr": (POSITIVE_NUMBER, REQUIRED),
         "lr_decay": (DECAY, 1.0),
-        "optimizer": (choice("sgd", "adam"), "sgd"),
-        "momentum": (("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1), 0.0),  # sgd only
+        "optimizer": (choice("sgd", "adam", "adamw", "rmsprop"), "sgd"),
+        "momentum": (("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1), 0.0),  # sgd, rmsprop
+        "nesterov": (BOOL, False),  # sgd with momentum
+        "weight_decay": (optional(NON_NEGATIVE_NUMBER), None),  # null: PyTorch's default (adamw 0.01, else 0)
+        "weight_decay_params": (choice("all", "weights"), "all"),  # weights: conv and dense W only
+        "schedule": (MAPPING_OR_NULL, None),  # null: lr * lr_decay ** epoch
         "eval_every": (POSITIVE_INT, 5),
         "loss": (choice("categorical_crossentropy"), "categorical_crossentropy"),
         "adversarial": (MAPPING_OR_NULL, None),
@@ -79,6 +82,24 @@ ADVERSARIAL = {
     "steps": (POSITIVE_INT, 10),
     "warmup": (NON_NEGATIVE_INT, 0),
     "beta": (POSITIVE_NUMBER, 6.0),  # trades only
+}
+# train.schedule: the learning rate at every step (nn/optim.py, learning_rate), by name.
+SCHEDULE_RULES = {
+    "constant": {},
+    "exponential": {"gamma": (DECAY, REQUIRED)},
+    "step": {"step_size": (POSITIVE_INT, REQUIRED), "gamma": (DECAY, 0.1)},
+    "multistep": {"milestones": (("a list of epochs in increasing order",
+                                  lambda v: isinstance(v, list) and len(v) > 0 and all(NON_NEGATIVE_INT[1](m) for m in v)
+                                  and all(a < b for a, b in zip(v, v[1:]))), REQUIRED), "gamma": (DECAY, 0.1)},
+    "cosine": {"warmup_epochs": (NON_NEGATIVE_NUMBER, 0), "min_lr": (NON_NEGATIVE_NUMBER, 0.0)},
+    "onecycle": {"pct_start": (("a number in (0, 1)", lambda v: is_number(v) and 0 < v < 1), 0.3),
+                 "div_factor": (POSITIVE_NUMBER, 25.0), "final_div_factor": (POSITIVE_NUMBER, 1e4)},
+    "cyclic": {"peak_epoch": (optional(POSITIVE_NUMBER), None)},  # null: 2/5 of the epochs
+    "piecewise": {"points": (("a list of [epoch, rate] pairs, the epochs increasing from 0",
+                              lambda v: isinstance(v, list) and len(v) > 0
+                              and all(isinstance(p, list) and len(p) == 2 and all(map(is_number, p)) and p[1] >= 0
+                                      for p in v)
+                              and v[0][0] == 0 and all(a[0] < b[0] for a, b in zip(v, v[1:]))), REQUIRED)},
 }
 # track: what `train` and `sweep` log to, as their --mlflow and --tensorboard flags do
 # (mlflow: true for the default URI, or a tracking URI); a flag on the command line wins.
@@ -137,6 +158,24 @@ def _layer(entry, path, source):
     return {kind: fields}
 
 
+def _schedule(train, source):
+    """`train.schedule` checked against its name's rules, defaults filled."""
+    settings = dict(train["schedule"])
+    name = settings.pop("name", None)
+    if name not in SCHEDULE_RULES:
+        raise CnnrunError(f"{source}: train.schedule.name: expected one of {', '.join(SCHEDULE_RULES)}, got {name!r}")
+    settings = {"name": name, **_fields(settings, SCHEDULE_RULES[name], "train.schedule", source)}
+    if name == "cyclic" and settings["peak_epoch"] is None:
+        settings["peak_epoch"] = 0.4 * train["epochs"]
+    if name == "cyclic" and settings["peak_epoch"] >= train["epochs"]:
+        raise CnnrunError(f"{source}: train.schedule.peak_epoch: {settings['peak_epoch']} must come before the "
+                          f"last epoch ({train['epochs']})")
+    if name == "cosine" and settings["warmup_epochs"] >= train["epochs"]:
+        raise CnnrunError(f"{source}: train.schedule.warmup_epochs: {settings['warmup_epochs']} leaves no epoch "
+                          f"for the cosine (train.epochs is {train['epochs']})")
+    return settings
+
+
 def validate(raw, source="config"):
     """Check a parsed config; return it resolved (defaults filled, layers in full)."""
     if not isinstance(raw, dict):
@@ -146,9 +185,14 @@ def validate(raw, source="config"):
     config = _fields(raw, all_rules, "", source)
     for section, rules in SECTIONS.items():
         config[section] = _fields(config[section], rules, section, source)
-    if config["train"]["optimizer"] != "sgd" and config["train"]["momentum"]:
-        raise CnnrunError(f"{source}: train.momentum: applies to optimizer 'sgd' only "
+    train = config["train"]
+    if train["optimizer"] not in ("sgd", "rmsprop") and train["momentum"]:
+        raise CnnrunError(f"{source}: train.momentum: applies to optimizers 'sgd' and 'rmsprop' only "
                           f"(Adam keeps its own moving averages); remove it or set it to 0")
+    if train["nesterov"] and (train["optimizer"] != "sgd" or not train["momentum"]):
+        raise CnnrunError(f"{source}: train.nesterov: needs optimizer 'sgd' with a momentum above 0")
+    if train["schedule"] is not None:
+        train["schedule"] = _schedule(train, source)
     if config["train"]["adversarial"] is not None:
         config["train"]["adversarial"] = _fields(config["train"]["adversarial"], ADVERSARIAL,
                                                  "train.adversarial", source)

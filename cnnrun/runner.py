@@ -32,7 +32,7 @@ from cnnrun.data import check_data_fits
 from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.fileio import write_atomic
 from cnnrun.nn import make_optimizer
-from cnnrun.training import Diverged, check_batches, epoch_rng, evaluate, train_epoch
+from cnnrun.training import Diverged, check_batches, epoch_rng, evaluate, steps_per_epoch, train_epoch
 
 # During training, curves.png is redrawn after a tested epoch at most once in this many
 # seconds (a drawing takes 0.1-0.3 s, longer than a small network's epoch), and always
@@ -139,9 +139,8 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
     train_cfg, seed = config["train"], config["seed"]
     (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
     epochs = train_cfg["epochs"]
-    optimizer.begin_epoch(epoch)  # the rate of this epoch, from the config's schedule
     started = time.perf_counter()
-    batches = -(-len(x_train) // train_cfg["batch_size"])
+    batches = steps_per_epoch(len(x_train), train_cfg["batch_size"])
     with tqdm(total=batches, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
               unit="batch", file=sys.stderr) as bar:
         def on_batch(loss, acc):
@@ -152,7 +151,7 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
         beta = settings["beta"] if settings and settings["method"] == "trades" else None
         train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
                                             epoch_rng(seed, epoch), on_batch, adversary, beta,
-                                            noise=epoch_rng(seed, epoch, stream=2))
+                                            noise=epoch_rng(seed, epoch, stream=2), first_step=epoch * batches)
     train_seconds = time.perf_counter() - started
     row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
                test_loss=None, test_acc=None)
@@ -237,7 +236,8 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
     for images, labels in data.values():
         check_data_fits(net, images, labels)
     check_batches(net, len(data["train"][0]), config["train"]["batch_size"])
-    optimizer = make_optimizer(config["train"])
+    optimizer = make_optimizer(config["train"], list(net.named_parameters()),
+                               steps_per_epoch(len(data["train"][0]), config["train"]["batch_size"]))
     previous = {}
     if resume:
         action = resume_action(run_dir, epochs)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cnnrun.errors import CnnrunError
-from cnnrun.nn.optim import learning_rate
+from cnnrun.nn.optim import decays_of, learning_rate, weight_decay_of
 
 
 def twin(net):
@@ -136,13 +136,28 @@ def buffers(model, net):
             for i, layer in enumerate(net.layers[:-1]) for name in layer.buffers}
 
 
-def make_optimizer(model, train_cfg, epoch=0):
-    """The torch optimizer matching the config's (SGD with its momentum, or Adam), at the
-    rate the config's schedule gives `epoch` (cnnrun.nn.optim.learning_rate)."""
-    lr = learning_rate(train_cfg, epoch)
-    if train_cfg["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg["momentum"])
+def make_optimizer(model, train_cfg, step=0, steps_per_epoch=1, names=None):
+    """The torch optimizer matching the config's (SGD with its momentum and Nesterov, Adam,
+    AdamW or RMSprop, with its weight decay on the parameters it applies to, `names` being
+    cnnrun's names of the twin's parameters in order), at the rate the config's schedule
+    gives training step `step` (cnnrun.nn.optim.learning_rate)."""
+    lr = learning_rate(train_cfg, step, steps_per_epoch)
+    wd, params = weight_decay_of(train_cfg), list(model.parameters())
+    decays = decays_of(train_cfg, names) if names is not None else None
+    if decays is None:
+        groups = [{"params": params, "weight_decay": wd}]
+    else:
+        groups = [group for group in ({"params": [p for p, d in zip(params, decays) if d], "weight_decay": wd},
+                                      {"params": [p for p, d in zip(params, decays) if not d], "weight_decay": 0.0})
+                  if group["params"]]
+    kind, momentum = train_cfg["optimizer"], train_cfg["momentum"]
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if kind == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=train_cfg.get("nesterov", False))
 
 
 class Normalize(nn.Module):

@@ -25,6 +25,11 @@ def epoch_rng(seed, epoch, stream=0):
     return np.random.default_rng([seed, epoch, stream])
 
 
+def steps_per_epoch(n, batch_size):
+    """Training steps in an epoch of `n` images: the last batch may be smaller."""
+    return -(-n // batch_size)
+
+
 def check_batches(net, n, batch_size):
     """A one-line error if a training batch of `n` images in batches of `batch_size` would hold
     a single value per channel for a batch_norm layer (one image, where the layer normalises
@@ -49,7 +54,7 @@ def trades_step(net, x, x_adv, y, beta):
 
 
 def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None, trades_beta=None,
-                noise=None):
+                noise=None, first_step=0):
     """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`,
     the network in training mode (dropout's draws from `noise`), back in evaluation mode
     after it; the adversary makes its examples in evaluation mode (every attack runs so:
@@ -59,21 +64,24 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
     adversarial examples (adversarial training); loss and accuracy are then on
     the mixed batch. With `trades_beta`, the loss is TRADES's instead, on the clean
     batch and the adversary's x' (accuracy on the clean batch). `on_batch(loss, acc)` is called after every batch with running means.
+    Before each step the optimizer takes its rate from its schedule (`begin_step`), the
+    steps counted over the run from `first_step`, this epoch's first.
     Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss or weight.
     """
     net.train(noise)
     try:
-        return _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta)
+        return _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step)
     finally:
         net.eval()
 
 
-def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta):
+def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step):
     order = rng.permutation(len(x))
     k = net.output_shape[0]
     total_loss = total_correct = seen = 0
     for batch, start in enumerate(range(0, len(x), batch_size)):
         idx = order[start:start + batch_size]
+        optimizer.begin_step(first_step + batch)
         xb, yb = x[idx], one_hot(labels[idx], k, net.dtype)
         if adversary and trades_beta is not None:
             loss, logits = trades_step(net, xb, adversary(net, xb, yb), yb, trades_beta)

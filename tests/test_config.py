@@ -22,7 +22,9 @@ def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
     c = load_config(os.path.join(ROOT, f"configs/net{i}.yaml"))
     assert c["name"] == f"net{i}" and len(c["model"]["layers"]) == layers
     assert c["train"] == dict(epochs=epochs, batch_size=128, lr=0.01, lr_decay=decay,
-                              optimizer="sgd", momentum=0.0, eval_every=5, loss="categorical_crossentropy", adversarial=None)
+                              optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=None,
+                              weight_decay_params="all", schedule=None, eval_every=5, loss="categorical_crossentropy",
+                              adversarial=None)
     assert layer_specs(c)[-1] == ("softmax", {})
 
 
@@ -44,7 +46,20 @@ def with_change(change):
 
 @pytest.mark.parametrize("change,message", [
     (lambda c: c.update(colour="blue"), r"config: colour: unknown key"),
-    (lambda c: c["train"].update(nesterov=True), r"config: train.nesterov: unknown key"),
+    (lambda c: c["train"].update(nesterovv=True), r"config: train.nesterovv: unknown key"),
+    (lambda c: c["train"].update(nesterov=True), r"train.nesterov: needs optimizer 'sgd' with a momentum above 0"),
+    (lambda c: c["train"].update(schedule={"name": "cosinus"}),
+     r"train.schedule.name: expected one of constant, exponential, step, multistep, cosine, onecycle, cyclic, "
+     r"piecewise, got 'cosinus'"),
+    (lambda c: c["train"].update(schedule={"name": "multistep", "milestones": [30, 10]}),
+     r"train.schedule.milestones: expected a list of epochs in increasing order, got \[30, 10\]"),
+    (lambda c: c["train"].update(schedule={"name": "cosine", "warmup": 1}),
+     r"train.schedule.warmup: unknown key; expected one of warmup_epochs, min_lr"),
+    (lambda c: c["train"].update(schedule={"name": "cosine", "warmup_epochs": 100}),
+     r"train.schedule.warmup_epochs: 100 leaves no epoch for the cosine"),
+    (lambda c: c["train"].update(schedule={"name": "piecewise", "points": [[0, 0.1], [5, 0.2], [3, 0]]}),
+     r"train.schedule.points: expected a list of \[epoch, rate\] pairs, the epochs increasing from 0"),
+    (lambda c: c["train"].update(weight_decay=-1), r"train.weight_decay: expected a non-negative number or null"),
     (lambda c: c["train"].update(momentum=1), r"train.momentum: expected a number in \[0, 1\), got 1"),
     (lambda c: c["train"].update(lr="fast"), r"config: train.lr: expected a positive number, got 'fast'"),
     (lambda c: c["train"].update(batch_size=0), r"train.batch_size: expected a positive integer, got 0"),
@@ -70,7 +85,7 @@ def with_change(change):
     (lambda c: c["model"]["layers"][0]["conv"].update(init="xavier"),
      r"model.layers\[0\].conv.init: expected 'he' or 'glorot', got 'xavier'"),
     (lambda c: c["train"].update(optimizer="adam", momentum=0.9),
-     r"train.momentum: applies to optimizer 'sgd' only"),
+     r"train.momentum: applies to optimizers 'sgd' and 'rmsprop' only"),
     (lambda c: c["train"].update(lr=float("nan")), r"train.lr: expected a positive number, got nan"),
     (lambda c: c["train"].update(lr=float("inf")), r"train.lr: expected a positive number, got inf"),
     (lambda c: c.update(name="../escape"), r"config: name: expected one plain file-name component"),

@@ -8,10 +8,10 @@ from cnnrun.nn.layers import (
 )
 from cnnrun.nn.losses import accuracy, one_hot, softmax_cross_entropy
 from cnnrun.nn.network import LAYERS, Network
-from cnnrun.nn.optim import SGD, Adam, exponential_lr, make_optimizer
+from cnnrun.nn.optim import SGD, Adam, RMSprop, exponential_lr, make_optimizer
 
 __all__ = [
     "AvgPool2D", "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAvgPool", "InstanceNorm", "Layer", "LeakyReLU", "MaxPool2D",
     "Normalize", "ReLU", "Reshape", "Sigmoid", "Softmax", "Tanh", "accuracy", "one_hot", "softmax_cross_entropy", "LAYERS", "Network",
-    "SGD", "Adam", "exponential_lr", "make_optimizer",
+    "SGD", "Adam", "RMSprop", "exponential_lr", "make_optimizer",
 ]

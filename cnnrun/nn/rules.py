@@ -37,6 +37,7 @@ def choice(*options):
 
 POSITIVE_INT = ("a positive integer", lambda v: is_int(v) and v > 0)
 NON_NEGATIVE_INT = ("a non-negative integer", lambda v: is_int(v) and v >= 0)
+NON_NEGATIVE_NUMBER = ("a non-negative number", lambda v: is_number(v) and v >= 0)
 POSITIVE_NUMBER = ("a positive number", lambda v: is_number(v) and v > 0)
 NUMBER = ("a number", is_number)
 BOOL = ("true or false", lambda v: isinstance(v, bool))
