@@ -49,6 +49,7 @@ SECTIONS = {
         "dir": (optional(PATH), None),
         "train_limit": (optional(POSITIVE_INT), None),
         "test_limit": (optional(POSITIVE_INT), None),
+        "augment": (MAPPING_OR_NULL, None),  # data/augment.py: shift, flip, rotate
     },
     "model": {
         "input_shape": (SHAPE, REQUIRED),
@@ -82,6 +83,12 @@ ADVERSARIAL = {
     "steps": (POSITIVE_INT, 10),
     "warmup": (NON_NEGATIVE_INT, 0),
     "beta": (POSITIVE_NUMBER, 6.0),  # trades only
+}
+# data.augment: the transformations of every training batch (data/augment.py).
+AUGMENT = {
+    "shift": (NON_NEGATIVE_INT, 0),
+    "flip": (UNIT, 0.0),
+    "rotate": (("a number of degrees in [0, 180]", lambda v: is_number(v) and 0 <= v <= 180), 0.0),
 }
 # train.schedule: the learning rate at every step (nn/optim.py, learning_rate), by name.
 SCHEDULE_RULES = {
@@ -191,6 +198,8 @@ def validate(raw, source="config"):
                           f"(Adam keeps its own moving averages); remove it or set it to 0")
     if train["nesterov"] and (train["optimizer"] != "sgd" or not train["momentum"]):
         raise CnnrunError(f"{source}: train.nesterov: needs optimizer 'sgd' with a momentum above 0")
+    if config["data"]["augment"] is not None:
+        config["data"]["augment"] = _fields(config["data"]["augment"], AUGMENT, "data.augment", source)
     if train["schedule"] is not None:
         train["schedule"] = _schedule(train, source)
     if config["train"]["adversarial"] is not None:

@@ -63,6 +63,13 @@ def curves_figure(rows, title):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")  # room for both y labels
     _curves(axes, rows)
     _decorate(axes, title, max((r["epoch"] for r in rows), default=1))
+    rates = [(r["epoch"], r["lr"]) for r in rows if r.get("lr") is not None]
+    if rates:  # the schedule, on its own axis beside the training error
+        rate_axis = axes[1].twinx()
+        rate_axis.plot(*zip(*rates), color="grey", linestyle="--", linewidth=1)
+        rate_axis.set_ylabel("learning rate (at the epoch's last step, dashed)", color="grey")
+        rate_axis.tick_params(axis="y", colors="grey")
+        rate_axis.set_ylim(bottom=0)
     return fig
 
 

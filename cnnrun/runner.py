@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cnnrun import plots, runs
+from cnnrun.data import augment
 from cnnrun.robustness import attacks
 from cnnrun.config import build_network
 from cnnrun.data import check_data_fits
@@ -134,6 +135,12 @@ def restore(run_dir, net, optimizer):
 
 # --- one epoch and what is saved after it ---------------------------------------
 
+def augmenter(settings, rng):
+    """`x -> x` transforming a training batch by `data.augment` (data/augment.py), its draws
+    from `rng`; None if the config has none."""
+    return None if settings is None else (lambda x: augment.augment(x, settings, rng))
+
+
 def run_epoch(net, optimizer, config, data, epoch, progress):
     """Train one epoch (from 0) and evaluate if it is due; return `(metrics row, training seconds)`."""
     train_cfg, seed = config["train"], config["seed"]
@@ -151,7 +158,8 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
         beta = settings["beta"] if settings and settings["method"] == "trades" else None
         train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
                                             epoch_rng(seed, epoch), on_batch, adversary, beta,
-                                            noise=epoch_rng(seed, epoch, stream=2), first_step=epoch * batches)
+                                            noise=epoch_rng(seed, epoch, stream=2), first_step=epoch * batches,
+                                            augment=augmenter(config["data"]["augment"], epoch_rng(seed, epoch, stream=3)))
     train_seconds = time.perf_counter() - started
     row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
                test_loss=None, test_acc=None)
@@ -236,6 +244,8 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
     for images, labels in data.values():
         check_data_fits(net, images, labels)
     check_batches(net, len(data["train"][0]), config["train"]["batch_size"])
+    if config["data"]["augment"]:
+        augment.check(config["data"]["augment"], net.input_shape)
     optimizer = make_optimizer(config["train"], list(net.named_parameters()),
                                steps_per_epoch(len(data["train"][0]), config["train"]["batch_size"]))
     previous = {}

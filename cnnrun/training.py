@@ -54,7 +54,7 @@ def trades_step(net, x, x_adv, y, beta):
 
 
 def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None, trades_beta=None,
-                noise=None, first_step=0):
+                noise=None, first_step=0, augment=None):
     """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`,
     the network in training mode (dropout's draws from `noise`), back in evaluation mode
     after it; the adversary makes its examples in evaluation mode (every attack runs so:
@@ -65,17 +65,19 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
     the mixed batch. With `trades_beta`, the loss is TRADES's instead, on the clean
     batch and the adversary's x' (accuracy on the clean batch). `on_batch(loss, acc)` is called after every batch with running means.
     Before each step the optimizer takes its rate from its schedule (`begin_step`), the
-    steps counted over the run from `first_step`, this epoch's first.
+    steps counted over the run from `first_step`, this epoch's first. `augment(x) -> x`, if
+    given, transforms each batch first (data/augment.py).
     Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss or weight.
     """
     net.train(noise)
     try:
-        return _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step)
+        return _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step,
+                            augment)
     finally:
         net.eval()
 
 
-def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step):
+def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step, augment):
     order = rng.permutation(len(x))
     k = net.output_shape[0]
     total_loss = total_correct = seen = 0
@@ -83,6 +85,8 @@ def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary
         idx = order[start:start + batch_size]
         optimizer.begin_step(first_step + batch)
         xb, yb = x[idx], one_hot(labels[idx], k, net.dtype)
+        if augment:
+            xb = augment(xb)
         if adversary and trades_beta is not None:
             loss, logits = trades_step(net, xb, adversary(net, xb, yb), yb, trades_beta)
         else:

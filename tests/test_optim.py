@@ -130,9 +130,10 @@ def test_no_schedule_is_the_old_exponential_decay_bit_for_bit():
 
 
 @pytest.mark.slow
-def test_a_run_resumed_in_the_middle_of_a_cycle_and_a_warm_up_takes_the_same_rates_and_weights(setup, monkeypatch):
+def test_a_run_resumed_in_the_middle_of_a_cycle_a_warm_up_and_augmentation_takes_the_same_rates_and_weights(setup, monkeypatch):
     for schedule in ({"name": "cyclic", "peak_epoch": 2.5}, {"name": "cosine", "warmup_epochs": 2.5}):
-        path = write_config(setup["tmp"] / "cycle.yaml", train=dict(
+        path = write_config(setup["tmp"] / "cycle.yaml", data=dict(TINY_CONFIG["data"], augment={"shift": 2, "rotate": 10}),
+                            train=dict(
             TINY_CONFIG["train"], epochs=4, optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=1e-3,
             schedule=schedule, eval_every=1))
         args = ["--data-dir", setup["data"], "--quiet"]
