@@ -71,6 +71,12 @@ def format_table(headers, rows):
     return "\n".join(lines)
 
 
+weights_option = click.option(
+    "--weights", type=click.Choice(["final", "best"], case_sensitive=False), default="final", show_default=True,
+    help="final: the run's last weights (weights.npz, or its checkpoint's); best: the epoch train.select chose "
+         "on the validation split (best.npz).")
+
+
 def engine_option(f):
     return click.option("--engine", type=click.Choice(["fast", "reference"], case_sensitive=False), default="fast", show_default=True,
                         help="fast: layers.py on kernels.py. reference: nn/reference.py, every layer written "
@@ -347,8 +353,9 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @engine_option
+@weights_option
 @tracking_options
-def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, mlflow, tensorboard):
+def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, weights, mlflow, tensorboard):
     """Evaluate a run's weights on the test set (default: the latest run).
 
     Prints accuracy, loss and per-class accuracy; saves eval.json, confusion.png
@@ -358,7 +365,7 @@ def eval_cmd(run_dir, data_dir, runs_dir, as_json, engine, mlflow, tensorboard):
     from cnnrun.reports import evaluate_run
 
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
-    run_dir, cfg, net = load_run(run_dir, runs_dir, engine=engine)
+    run_dir, cfg, net = load_run(run_dir, runs_dir, engine=engine, weights=weights.lower())
     x, labels = load_data(cfg, data_dir, progress=not as_json, splits=("test",), of_run=True)["test"]
     check_data_fits(net, x, labels)
     result = evaluate_run(run_dir, cfg, net, x, labels)
@@ -599,7 +606,7 @@ def load_run(run_dir, runs_dir, **options):
     from cnnrun import runs
 
     run_dir, cfg, net = runs.load_run(run_dir, runs_dir, **options)
-    note = runs.unfinished_note(run_dir)
+    note = runs.unfinished_note(run_dir) if options.get("weights", "final") == "final" else None
     if note:
         click.echo(note, err=True)
     return run_dir, cfg, net
@@ -655,9 +662,10 @@ def parse_eps(values):
 @data_dir_option
 @runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@weights_option
 @tracking_options
 def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, step_size, restarts, targets, limit,
-               seed, out, data_dir, runs_dir, as_json, mlflow, tensorboard):
+               seed, out, data_dir, runs_dir, as_json, weights, mlflow, tensorboard):
     """Attack a run's network with adversarial examples (default: the latest run).
 
     Reports, per method and eps, the accuracy on the attacked test images and the
@@ -680,7 +688,7 @@ def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, ste
         if m not in METHODS:
             raise CnnrunError(f"--method {m!r}: expected one of {', '.join(METHODS)}")
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
-    loaded = [load_run(d, runs_dir) for d in (run_dirs or [None])]
+    loaded = [load_run(d, runs_dir, weights=weights.lower()) for d in (run_dirs or [None])]
     x, labels = load_data(loaded[0][1], data_dir, progress=not as_json, splits=("test",), of_run=True)["test"]
     x, labels = x[:limit], labels[:limit]
     for _, _, net in loaded:
@@ -840,8 +848,9 @@ def sweep_cmd(sources, seeds, grid, overrides, name, resume_dir, until_epoch, wo
               help="Test images onnxruntime must classify as cnnrun does before the file is written.")
 @data_dir_option
 @runs_dir_option
+@weights_option
 @tracking_options
-def export_cmd(run_dir, output, check_images, data_dir, runs_dir, mlflow, tensorboard):
+def export_cmd(run_dir, output, check_images, data_dir, runs_dir, weights, mlflow, tensorboard):
     """Export a run's network (default: the latest run) to ONNX (opset 17).
 
     The model takes `image`, float32 (N, C, H, W) in [0, 1] with a dynamic batch
@@ -856,14 +865,15 @@ def export_cmd(run_dir, output, check_images, data_dir, runs_dir, mlflow, tensor
 
     export.require_onnx()
     trackers = trackers_for(mlflow, tensorboard, runs_dir)
-    run_dir, cfg, net = load_run(run_dir, runs_dir)
+    weights = weights.lower()
+    run_dir, cfg, net = load_run(run_dir, runs_dir, weights=weights)
     x = load_data(cfg, data_dir, progress=False, splits=("test",), of_run=True)["test"][0][:check_images]
     check_data_fits(net, x)
     summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
     metadata = dict(config=cfg["name"], run=os.path.basename(os.path.abspath(run_dir)),
-                    test_accuracy=summary.get("final_test_acc"), cnnrun_version=__version__)
+                    test_accuracy=summary.get("final_test_acc"), cnnrun_version=__version__, weights=weights)
     data, difference = export.export(net, x, metadata)
-    output = output or os.path.join(run_dir, "model.onnx")
+    output = output or os.path.join(run_dir, "model.onnx" if weights == "final" else "model-best.onnx")
     write_atomic(output, data)
     click.echo(f"wrote {output} ({len(data):,} bytes, opset {export.OPSET}); onnxruntime agrees with cnnrun on "
                f"{len(x)} test images (largest probability difference {difference:.1e})")

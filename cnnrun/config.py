@@ -50,6 +50,7 @@ SECTIONS = {
         "train_limit": (optional(POSITIVE_INT), None),
         "test_limit": (optional(POSITIVE_INT), None),
         "augment": (MAPPING_OR_NULL, None),  # data/augment.py: shift, flip, rotate
+        "validation": (optional(POSITIVE_INT), None),  # images held out of the training set
     },
     "model": {
         "input_shape": (SHAPE, REQUIRED),
@@ -66,6 +67,8 @@ SECTIONS = {
         "weight_decay": (optional(NON_NEGATIVE_NUMBER), None),  # null: PyTorch's default (adamw 0.01, else 0)
         "weight_decay_params": (choice("all", "weights"), "all"),  # weights: conv and dense W only
         "schedule": (MAPPING_OR_NULL, None),  # null: lr * lr_decay ** epoch
+        "select": (MAPPING_OR_NULL, None),  # keep the best epoch's weights as best.npz, by SELECT
+        "early_stop": (MAPPING_OR_NULL, None),  # stop after `patience` evaluations without a better one
         "eval_every": (POSITIVE_INT, 5),
         "loss": (choice("categorical_crossentropy"), "categorical_crossentropy"),
         "adversarial": (MAPPING_OR_NULL, None),
@@ -84,6 +87,20 @@ ADVERSARIAL = {
     "warmup": (NON_NEGATIVE_INT, 0),
     "beta": (POSITIVE_NUMBER, 6.0),  # trades only
 }
+# train.select: which epoch's weights best.npz keeps, by a validation figure (data.validation);
+# val_robust_acc is the accuracy under `attack` (a train.adversarial-like mapping).
+SELECT = {
+    "metric": (choice("val_acc", "val_robust_acc"), "val_acc"),
+    "attack": (MAPPING_OR_NULL, None),
+}
+SELECT_ATTACK = {
+    "method": (choice("fgsm", "pgd"), "pgd"),
+    "eps": (UNIT, REQUIRED),
+    "steps": (POSITIVE_INT, 10),
+    "step_size": (optional(POSITIVE_NUMBER), None),
+    "limit": (optional(POSITIVE_INT), 1000),  # the first N validation images
+}
+EARLY_STOP = {"patience": (POSITIVE_INT, REQUIRED)}
 # data.augment: the transformations of every training batch (data/augment.py).
 AUGMENT = {
     "shift": (NON_NEGATIVE_INT, 0),
@@ -202,6 +219,20 @@ def validate(raw, source="config"):
         config["data"]["augment"] = _fields(config["data"]["augment"], AUGMENT, "data.augment", source)
     if train["schedule"] is not None:
         train["schedule"] = _schedule(train, source)
+    for key in ("select", "early_stop"):
+        if train[key] is not None and not config["data"]["validation"]:
+            raise CnnrunError(f"{source}: train.{key}: needs a validation split; set data.validation to the "
+                              f"number of training images to hold out, e.g. 5000")
+    if train["select"] is not None:
+        train["select"] = _fields(train["select"], SELECT, "train.select", source)
+        attack = train["select"]["attack"]
+        if train["select"]["metric"] == "val_robust_acc" and attack is None:
+            raise CnnrunError(f"{source}: train.select.attack: val_robust_acc needs an attack, "
+                              f"e.g. {{method: pgd, eps: 0.3, steps: 10}}")
+        if attack is not None:
+            train["select"]["attack"] = _fields(attack, SELECT_ATTACK, "train.select.attack", source)
+    if train["early_stop"] is not None:
+        train["early_stop"] = _fields(train["early_stop"], EARLY_STOP, "train.early_stop", source)
     if config["train"]["adversarial"] is not None:
         config["train"]["adversarial"] = _fields(config["train"]["adversarial"], ADVERSARIAL,
                                                  "train.adversarial", source)

@@ -75,6 +75,10 @@ def epoch_line(row, epochs):
             f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}")
     if row.get("test_acc") is not None:
         text += f"  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}"
+    if row.get("val_acc") is not None:
+        text += f"  val acc {row['val_acc']:.4f}"
+    if row.get("val_robust_acc") is not None:
+        text += f" robust {row['val_robust_acc']:.4f}"
     return text + f"  {row['seconds']:.1f}s"
 
 
@@ -85,13 +89,16 @@ def resume_action(run_dir, epochs):
     or from the start if there is none), "finish" (the checkpoint already holds the
     last epoch: write the final weights), "repair" (finished, but its final weights are
     damaged: write them again from the checkpoint, which holds the same numbers) or
-    "nothing" (finished). Refuses, changing nothing, if the checkpoint is past `epochs`
+    "nothing" (finished, or stopped early). Refuses, changing nothing, if the checkpoint is past `epochs`
     or damaged where it is needed."""
     done = runs.checkpoint_epoch(run_dir)
     runs.read_metrics(run_dir)  # a damaged metrics file is an error now, before anything is written
     if done > epochs:
         raise CnnrunError(f"{run_dir}: already trained {done} epochs; it cannot be cut to {epochs} "
                           f"(pass a larger --epochs to train on)")
+    stopped = runs.read_json(os.path.join(run_dir, "summary.json"), {})
+    if stopped.get("status") == "finished" and stopped.get("stopped_early"):
+        return "nothing"  # it stopped early, by its train.early_stop: final
     if done < epochs:
         return "train"
     summary = runs.read_json(os.path.join(run_dir, "summary.json"), {})
@@ -165,8 +172,53 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
                test_loss=None, test_acc=None)
     if (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == epochs:
         row["test_loss"], row["test_acc"], _ = evaluate(net, x_test, y_test)
+        if "val" in data:
+            row.update(validate_epoch(net, data["val"], train_cfg["select"]))
     row["seconds"] = round(time.perf_counter() - started, 3)
     return row, train_seconds
+
+
+def validate_epoch(net, val, select):
+    """`{"val_loss", "val_acc"}` on the held-out images, and with train.select's
+    val_robust_acc, the accuracy of its attack on the first `limit` of them."""
+    x_val, y_val = val
+    figures = dict(zip(("val_loss", "val_acc"), evaluate(net, x_val, y_val)[:2]))
+    if select and select["metric"] == "val_robust_acc":
+        a = select["attack"]
+        x, labels = x_val[:a["limit"]], y_val[:a["limit"]]
+        options = {} if a["method"] == "fgsm" else dict(steps=a["steps"], step_size=a["step_size"],
+                                                        rng=np.random.default_rng(0))
+        _, probabilities = attacks.evaluate_attack(net, x, labels, a["method"], a["eps"], **options)
+        figures["val_robust_acc"] = float(np.mean(probabilities.argmax(axis=1) == labels))
+    return figures
+
+
+def select_best(run_dir, net, config, rows, summary):
+    """With train.select: if the last row's figure beats every earlier row's, write the
+    weights as best.npz (atomically, its digest in the summary) and note the epoch in
+    `summary["selected"]`. Called before the epoch's checkpoint, so a run killed in between
+    redoes the epoch and writes the same file again."""
+    select = config["train"]["select"]
+    if select is None or rows[-1].get(select["metric"]) is None:
+        return
+    metric = select["metric"]
+    earlier = [r[metric] for r in rows[:-1] if r.get(metric) is not None]
+    if earlier and rows[-1][metric] <= max(earlier):
+        return
+    runs.record_digest(summary, "best.npz", net.save(os.path.join(run_dir, "best.npz")))
+    summary["selected"] = dict(metric=metric, epoch=rows[-1]["epoch"], value=rows[-1][metric])
+
+
+def stops_early(config, rows):
+    """With train.early_stop: whether the last `patience` evaluations all came after the
+    best one (by train.select's metric, else val_acc)."""
+    early = config["train"]["early_stop"]
+    if early is None:
+        return False
+    select = config["train"]["select"]
+    metric = select["metric"] if select else "val_acc"
+    figures = [r[metric] for r in rows if r.get(metric) is not None]
+    return len(figures) > early["patience"] and int(np.argmax(figures)) < len(figures) - early["patience"]
 
 
 def save_epoch(run_dir, net, optimizer, rows, summary):
@@ -196,7 +248,7 @@ def new_summary(config, rows, epoch, previous, data, command, resume, engine="fa
         pid=os.getpid(), host=socket.gethostname(),
         train_samples=len(data["train"][0]), test_samples=len(data["test"][0]),
         adversarial=config["train"]["adversarial"],
-        digests={k: v for k, v in previous.get("digests", {}).items() if k == "checkpoint.npz"}
+        digests={k: v for k, v in previous.get("digests", {}).items() if k in ("checkpoint.npz", "best.npz")}
         if isinstance(previous.get("digests"), dict) else {},
     )
 
@@ -262,6 +314,8 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
     if resume:
         runs.save_config(run_dir, config)  # --epochs may have grown it
     summary = new_summary(config, rows, start, previous, data, command, resume, net.engine)
+    if resume and isinstance(previous.get("selected"), dict) and previous["selected"].get("epoch", start + 1) <= start:
+        summary["selected"] = previous["selected"]  # (one past the checkpoint is chosen again when redone)
     runs.write_json(summary_path, summary)
     trackers.sync_run(run_dir)
     samples, seconds = 0, 0.0
@@ -285,6 +339,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
                               f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}. "
                               f"Try a smaller train.lr.", 1) from None
             rows.append(row)
+            select_best(run_dir, net, config, rows, summary)
             save_epoch(run_dir, net, optimizer, rows, summary)
             samples, seconds = samples + len(data["train"][0]), seconds + train_seconds
             summary.update(epochs_done=epoch + 1, **summarise(rows),
@@ -295,6 +350,11 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
                 draw()  # (the last epoch's curves are finish's)
             log(epoch_line(row, epochs))
             trackers.sync_run(run_dir)
+            if stops_early(config, rows):
+                summary.update(stopped_early=dict(epoch=epoch + 1, patience=config["train"]["early_stop"]["patience"]))
+                log(f"stopping early at epoch {epoch + 1}: no better validation figure in the last "
+                    f"{config['train']['early_stop']['patience']} evaluations")
+                break
     except BaseException as e:
         if not interrupted(e):
             raise
@@ -302,7 +362,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
         runs.write_json(summary_path, summary)
         raise Stopped(f"interrupted during epoch {epoch + 1}; the checkpoint holds epoch "
                       f"{summary['epochs_done']}. Resume with: cnnrun train --resume {shlex.quote(run_dir)}", 130) from None
-    if stop < epochs:
+    if stop < epochs and not summary.get("stopped_early"):
         if rows and drawn_rows < len(rows):
             draw()
         summary.update(status="paused")

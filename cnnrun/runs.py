@@ -31,6 +31,8 @@ from cnnrun.errors import CnnrunError
 from cnnrun.fileio import write_atomic, write_csv
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+# Written when a run has them (data.validation; train.select's val_robust_acc), before "seconds".
+VALIDATION_COLUMNS = ["val_loss", "val_acc", "val_robust_acc"]
 
 
 def new_run_dir(runs_dir, name, config=None):
@@ -133,13 +135,22 @@ def load_run_config(run_dir):
         raise CnnrunError(f"{path}: cannot read the run's config ({e})") from None
 
 
-def load_run(run_dir, runs_dir, need_weights=True, batch_size=500, engine="fast"):
+def load_run(run_dir, runs_dir, need_weights=True, batch_size=500, engine="fast", weights="final"):
     """`(run folder, config, network)` of a run folder (default: the latest in `runs_dir`)
-    with the run's weights loaded. A run with no weights yet is an error, or, with
-    `need_weights=False`, gives None for the network; weights that do not fit are always an error."""
+    with the run's weights loaded: its final ones (or its checkpoint's), or with
+    `weights="best"` those of the epoch train.select chose (best.npz). A run with no
+    weights yet is an error, or, with `need_weights=False`, gives None for the network;
+    weights that do not fit are always an error."""
     run_dir = resolve_run(run_dir, runs_dir)
     cfg = load_run_config(run_dir)
-    path = weights_path(run_dir, required=need_weights)
+    if weights == "best":
+        path = os.path.join(run_dir, "best.npz")
+        if not os.path.isfile(path):
+            why = ("its config has no train.select" if cfg["train"]["select"] is None
+                   else "no epoch has been evaluated yet")
+            raise CnnrunError(f"{run_dir}: has no best.npz ({why}); leave out --weights best for its final weights")
+    else:
+        path = weights_path(run_dir, required=need_weights)
     if path is None:
         return run_dir, cfg, None
     net = build_network(cfg, batch_size=batch_size, engine=engine)
@@ -161,7 +172,7 @@ def unfinished_note(run_dir):
             f"of its checkpoint at epoch {done}{going_on}")
 
 
-DIGESTED = ("weights.npz", "checkpoint.npz")
+DIGESTED = ("weights.npz", "checkpoint.npz", "best.npz")
 
 
 @contextlib.contextmanager
@@ -302,7 +313,8 @@ def run_status(summary, run_dir=None):
 
 
 def write_metrics(run_dir, rows):
-    write_csv(os.path.join(run_dir, "metrics.csv"), METRIC_COLUMNS, rows)
+    extra = [c for c in VALIDATION_COLUMNS if any(r.get(c) is not None for r in rows)]
+    write_csv(os.path.join(run_dir, "metrics.csv"), METRIC_COLUMNS[:-1] + extra + ["seconds"], rows)
 
 
 def read_metrics(run_dir):
@@ -312,9 +324,11 @@ def read_metrics(run_dir):
         return []
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        columns = METRIC_COLUMNS + [c for c in VALIDATION_COLUMNS if c in (reader.fieldnames or [])]
         rows = [{k: (int(row[k]) if k == "epoch" else float(row[k])) if row.get(k) not in ("", None) else None
-                 for k in METRIC_COLUMNS} for row in rows]
+                 for k in columns} for row in rows]
     except (OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
         raise CnnrunError(f"{path}: not a readable metrics file ({e})") from None
     for number, row in enumerate(rows, start=2):  # line 1 is the header
@@ -364,6 +378,8 @@ def verify_run(run_dir):
         checks.append(("summary.json", "intact", f"status {summary.get('status', '?')}"))
     for name in DIGESTED:
         state, detail = file_state(run_dir, name, summary)
+        if name == "best.npz" and state == "missing":  # a run without train.select has none
+            continue
         if state in ("intact", "unrecorded") and cfg is not None:
             try:
                 build_network(cfg, batch_size=1).load(os.path.join(run_dir, name))

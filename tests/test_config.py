@@ -23,7 +23,8 @@ def test_shipped_configs_follow_the_original_study(i, epochs, decay, layers):
     assert c["name"] == f"net{i}" and len(c["model"]["layers"]) == layers
     assert c["train"] == dict(epochs=epochs, batch_size=128, lr=0.01, lr_decay=decay,
                               optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=None,
-                              weight_decay_params="all", schedule=None, eval_every=5, loss="categorical_crossentropy",
+                              weight_decay_params="all", schedule=None, select=None, early_stop=None, eval_every=5,
+                              loss="categorical_crossentropy",
                               adversarial=None)
     assert layer_specs(c)[-1] == ("softmax", {})
 

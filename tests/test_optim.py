@@ -130,12 +130,12 @@ def test_no_schedule_is_the_old_exponential_decay_bit_for_bit():
 
 
 @pytest.mark.slow
-def test_a_run_resumed_in_the_middle_of_a_cycle_a_warm_up_and_augmentation_takes_the_same_rates_and_weights(setup, monkeypatch):
+def test_a_run_resumed_mid_cycle_mid_warm_up_with_augmentation_and_a_validation_split_is_exact(setup, monkeypatch):
     for schedule in ({"name": "cyclic", "peak_epoch": 2.5}, {"name": "cosine", "warmup_epochs": 2.5}):
-        path = write_config(setup["tmp"] / "cycle.yaml", data=dict(TINY_CONFIG["data"], augment={"shift": 2, "rotate": 10}),
-                            train=dict(
+        data = dict(TINY_CONFIG["data"], augment={"shift": 2, "rotate": 10}, validation=50)
+        path = write_config(setup["tmp"] / "cycle.yaml", data=data, train=dict(
             TINY_CONFIG["train"], epochs=4, optimizer="sgd", momentum=0.9, nesterov=True, weight_decay=1e-3,
-            schedule=schedule, eval_every=1))
+            schedule=schedule, eval_every=1, select={"metric": "val_acc"}))
         args = ["--data-dir", setup["data"], "--quiet"]
         full_dir, part_dir = str(setup["tmp"] / f"full-{schedule['name']}"), str(setup["tmp"] / f"part-{schedule['name']}")
         assert CliRunner().invoke(main, ["train", path, *args, "--runs-dir", full_dir]).exit_code == 0
@@ -149,3 +149,6 @@ def test_a_run_resumed_in_the_middle_of_a_cycle_a_warm_up_and_augmentation_takes
         assert [(r["lr"], r["train_loss"], r["test_loss"]) for r in a] == [(r["lr"], r["train_loss"], r["test_loss"])
                                                                            for r in b]
         assert len({r["lr"] for r in a}) == 4  # the rate moved every epoch
+        assert all(r["val_acc"] is not None for r in a)
+        with open(f"{full}/best.npz", "rb") as f, open(f"{part}/best.npz", "rb") as g:
+            assert f.read() == g.read()

@@ -2,6 +2,8 @@
 
 import os
 
+import numpy as np
+
 from cnnrun.data import mnist
 from cnnrun.errors import CnnrunError
 
@@ -12,8 +14,25 @@ def load_data(config, data_dir=None, progress=True, splits=("train", "test"), of
     is a run folder's, whose recorded `data.dir` comes before the environment)."""
     data = config["data"]
     directory, named_by = mnist.data_source(data_dir, data["dir"], of_run)
-    return mnist.load(directory, data["dataset"], data["train_limit"], data["test_limit"],
-                      progress=progress, splits=splits, named_by=named_by)
+    loaded = mnist.load(directory, data["dataset"], data["train_limit"], data["test_limit"],
+                        progress=progress, splits=splits, named_by=named_by)
+    if data.get("validation") and "train" in loaded:
+        loaded["train"], loaded["val"] = split_validation(*loaded["train"], data["validation"])
+    return loaded
+
+
+VALIDATION_SEED = 0  # the held-out images are the same for every run seed
+
+
+def split_validation(x, labels, n):
+    """`(x, labels)` -> `((x, labels) to train on, (x, labels) held out)`: `n` images drawn
+    by a fixed seed (VALIDATION_SEED), the rest in their order."""
+    if n >= len(x):
+        raise CnnrunError(f"data.validation: {n} images held out of a training set of {len(x)} leaves none "
+                          f"to train on")
+    held = np.zeros(len(x), bool)
+    held[np.random.default_rng(VALIDATION_SEED).permutation(len(x))[:n]] = True
+    return (x[~held], labels[~held]), (x[held], labels[held])
 
 
 def with_data_location(config, data_dir=None, of_run=False):
