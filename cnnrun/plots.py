@@ -89,8 +89,9 @@ def comparison(runs, path, title="Comparison"):
     save(fig, path)
 
 
-def confusion_matrix(matrix, path, title):
-    """`matrix[true, predicted]` counts as a heat map with the counts written in."""
+def confusion_matrix(matrix, path, title, names=None):
+    """`matrix[true, predicted]` counts as a heat map with the counts written in; the
+    classes labelled by `names` (default: their numbers)."""
     plt = pyplot()
     k = len(matrix)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -100,6 +101,9 @@ def confusion_matrix(matrix, path, title):
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class", title=title)
+    if names is not None:
+        ax.set_xticklabels(names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=7)
+        ax.set_yticklabels(names, fontsize=7)
     fig.colorbar(im, ax=ax, label="test images")
     save(fig, path)
 

@@ -7,6 +7,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cnnrun import plots, runs
+from cnnrun.data.datasets import class_names
 from cnnrun.robustness import attacks
 from cnnrun.fileio import write_atomic, write_csv
 from cnnrun.runner import summarise
@@ -38,14 +39,18 @@ def evaluate_run(run_dir, cfg, net, x, labels):
     confusion = np.zeros((k, k), dtype=int)
     np.add.at(confusion, (labels, predicted), 1)  # 10,000 increments: not a hot path
     wrong = np.flatnonzero(predicted != labels)
+    names = class_names(cfg["data"]["dataset"], k)
     result = dict(run=run_dir, accuracy=acc, loss=loss, n=int(len(x)), errors=int(len(wrong)),
                   per_class_accuracy=[float(confusion[c, c] / max(confusion[c].sum(), 1)) for c in range(k)],
-                  class_counts=confusion.sum(axis=1).tolist(), confusion_matrix=confusion.tolist())
+                  class_counts=confusion.sum(axis=1).tolist(), confusion_matrix=confusion.tolist(), classes=list(names))
     runs.write_json(os.path.join(run_dir, "eval.json"), result)
-    plots.confusion_matrix(confusion, os.path.join(run_dir, "confusion.png"), f"{cfg['name']}: test accuracy {acc:.4f}")
+    plots.confusion_matrix(confusion, os.path.join(run_dir, "confusion.png"), f"{cfg['name']}: test accuracy {acc:.4f}",
+                           names)
     shown = wrong[:40]
-    plots.image_grid(x[shown, 0], [f"#{i}: true {labels[i]}\npred {predicted[i]} (p {probs[i, predicted[i]]:.2f})"
-                                   for i in shown], os.path.join(run_dir, "misclassified.png"),
+    pictures = x[shown, 0] if x.shape[1] == 1 else x[shown].transpose(0, 2, 3, 1)  # grey, or RGB
+    plots.image_grid(pictures, [f"#{i}: true {names[labels[i]]}\npred {names[predicted[i]]} "
+                                f"(p {probs[i, predicted[i]]:.2f})" for i in shown],
+                     os.path.join(run_dir, "misclassified.png"),
                      f"{cfg['name']}: {len(shown)} of {len(wrong)} misclassified test images",
                      note="#: the test image's index; p: the network's probability for its (wrong) prediction")
     return result

@@ -64,3 +64,38 @@ def write_config(path, **changes):
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
     return str(path)
+
+
+def tar_gz_bytes(members):
+    """A tar.gz holding `{name: bytes}`."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def zip_bytes(members):
+    """A zip holding `{name: bytes}`."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def gz_bytes(data):
+    import io
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as f:
+        f.write(data)
+    return buffer.getvalue()

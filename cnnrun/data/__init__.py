@@ -1,10 +1,10 @@
-"""Data sets: MNIST and anything else in its IDX format."""
+"""Data sets: MNIST, the others by name (datasets.py), and anything in MNIST's IDX format."""
 
 import os
 
 import numpy as np
 
-from cnnrun.data import mnist
+from cnnrun.data import datasets, mnist
 from cnnrun.errors import CnnrunError
 
 
@@ -14,8 +14,10 @@ def load_data(config, data_dir=None, progress=True, splits=("train", "test"), of
     is a run folder's, whose recorded `data.dir` comes before the environment)."""
     data = config["data"]
     directory, named_by = mnist.data_source(data_dir, data["dir"], of_run)
-    loaded = mnist.load(directory, data["dataset"], data["train_limit"], data["test_limit"],
-                        progress=progress, splits=splits, named_by=named_by)
+    if named_by is None:  # the cache: each named data set in a folder of its own
+        directory = datasets.default_dir(data["dataset"])
+    loaded = datasets.load(directory, data["dataset"], data["train_limit"], data["test_limit"],
+                           progress=progress, splits=splits, named_by=named_by)
     if data.get("validation") and "train" in loaded:
         loaded["train"], loaded["val"] = split_validation(*loaded["train"], data["validation"])
     return loaded
@@ -39,7 +41,8 @@ def with_data_location(config, data_dir=None, of_run=False):
     """A copy of `config` whose `data.dir` is the absolute path of the folder its data is
     read from (`data_dir`, else as `load_data` finds it): a run folder's config.yaml then
     says where its data is, and every verb that reads the run finds it there."""
-    directory = os.path.abspath(mnist.data_source(data_dir, config["data"]["dir"], of_run)[0])
+    directory, named_by = mnist.data_source(data_dir, config["data"]["dir"], of_run)
+    directory = os.path.abspath(directory if named_by else datasets.default_dir(config["data"]["dataset"]))
     return {**config, "data": {**config["data"], "dir": directory}}
 
 

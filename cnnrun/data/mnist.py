@@ -6,6 +6,8 @@ config's `data.dir`, then `$XDG_CACHE_HOME/cnnrun/mnist` (else `~/.cache/cnnrun/
 
 import gzip
 import hashlib
+import http.client
+import io
 import os
 import tempfile
 import urllib.request
@@ -86,6 +88,19 @@ def read_bytes(path):
     return content
 
 
+def gunzip(data, where):
+    """The content of gzip bytes `data` (a member of an archive), with `read_bytes`'s limit."""
+    limit = (available_memory() or 1 << 40) // 2
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            content = f.read(limit + 1)
+    except (OSError, EOFError) as e:
+        raise CnnrunError(f"{where}: cannot read ({e}); delete it and download again") from None
+    if len(content) > limit:
+        raise CnnrunError(f"{where}: holds more than {limit:,} bytes, half the memory available (a damaged file?)")
+    return content
+
+
 def parse_idx(content, path, dims):
     """IDX bytes -> uint8 array with `dims` dimensions, checking the header against the size."""
     if len(content) < 4 or content[0] != 0 or content[1] != 0 or content[2] != IDX_UBYTE:
@@ -111,9 +126,11 @@ def verify(content, name, path, checksums):
                           f"(corrupt or different file); delete it and download again")
 
 
-def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=True):
-    """Download `name.gz` for each name from the first mirror that works, verify it and
-    move it into `directory` atomically. A failure leaves no partial file behind."""
+def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=True, archive=False, what="MNIST"):
+    """Download `name.gz` for each name (with `archive`, the file `name` itself) from the
+    first mirror that works, verify it (MNIST: the MD5 of its content; with `archive`: of
+    the file as published) and move it into `directory` atomically. A failure leaves no
+    partial file behind, nor a folder this call made."""
     from tqdm import tqdm
 
     made = []  # the folders this call creates, removed again if nothing lands in them
@@ -126,7 +143,7 @@ def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=Tr
     except OSError as e:
         raise CnnrunError(f"{directory}: cannot make the data folder ({e.strerror or e})") from None
     try:
-        _download_each(directory, names, mirrors, checksums, progress, tqdm)
+        _download_each(directory, names, mirrors, checksums, progress, tqdm, archive, what)
     except BaseException:
         for folder in made:  # innermost first; a folder holding anything else stays
             try:
@@ -136,32 +153,46 @@ def download(directory, names, mirrors=MIRRORS, checksums=MNIST_MD5, progress=Tr
         raise
 
 
-def _download_each(directory, names, mirrors, checksums, progress, tqdm):
+def _download_each(directory, names, mirrors, checksums, progress, tqdm, archive, what):
     for name in names:
         errors = []
+        file_name = name if archive else name + ".gz"
         for mirror in mirrors:
-            url = mirror.rstrip("/") + "/" + name + ".gz"
-            fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".gz", dir=directory)
+            url = mirror.rstrip("/") + "/" + file_name
+            fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=".part" + (".gz" if file_name.endswith(".gz") else ""),
+                                       dir=directory)
             try:
+                written, md5 = 0, hashlib.md5()
                 with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
                     total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress,
+                    with tqdm(total=total, unit="B", unit_scale=True, desc=file_name, disable=not progress,
                               leave=False) as bar:
                         while chunk := response.read(1 << 16):
                             out.write(chunk)
+                            md5.update(chunk)
+                            written += len(chunk)
                             bar.update(len(chunk))
-                verify(read_bytes(tmp), name, url, checksums)
-                os.replace(tmp, os.path.join(directory, name + ".gz"))
+                if total is not None and written != total:
+                    raise CnnrunError(f"the download stopped after {written:,} of {total:,} bytes")
+                if archive:
+                    want = (checksums or {}).get(name)
+                    if want and md5.hexdigest() != want:
+                        raise CnnrunError(f"its MD5 {md5.hexdigest()} is not the published {want} (damaged or "
+                                          f"another file)")
+                else:
+                    verify(read_bytes(tmp), name, url, checksums)
+                os.replace(tmp, os.path.join(directory, file_name))
                 break
-            except (OSError, CnnrunError, ValueError) as e:
+            except (OSError, CnnrunError, ValueError, http.client.HTTPException) as e:
                 errors.append(f"{url}: {e}")
             finally:  # a failure, or Ctrl-C, leaves no partial file behind
                 if os.path.exists(tmp):
                     os.unlink(tmp)
         else:
+            files = ", ".join(FILES.values()) + ", .gz or not" if not archive else file_name
             raise CnnrunError(
-                f"could not download {name} ({'; '.join(errors)}). Put the four MNIST files "
-                f"({', '.join(FILES.values())}, .gz or not) in {directory}, or give the folder that holds them with --data-dir DIR")
+                f"could not download {file_name} of {what}, nothing was kept ({'; '.join(errors)}). Put the files "
+                f"({files}) in {directory}, or give the folder that holds them with --data-dir DIR")
 
 
 def load(directory, dataset="mnist", train_limit=None, test_limit=None, num_classes=10,
