@@ -85,6 +85,7 @@ ADVERSARIAL = {
     "step_size": (optional(POSITIVE_NUMBER), None),
     "steps": (POSITIVE_INT, 10),
     "warmup": (NON_NEGATIVE_INT, 0),
+    "eps_schedule": (MAPPING_OR_NULL, None),  # eps at every step, as train.schedule sets the rate
     "beta": (POSITIVE_NUMBER, 6.0),  # trades only
 }
 # train.select: which epoch's weights best.npz keeps, by a validation figure (data.validation);
@@ -182,20 +183,20 @@ def _layer(entry, path, source):
     return {kind: fields}
 
 
-def _schedule(train, source):
-    """`train.schedule` checked against its name's rules, defaults filled."""
+def _schedule(train, source, path="train.schedule"):
+    """`train.schedule` (or the schedule at `path`) checked against its name's rules, defaults filled."""
     settings = dict(train["schedule"])
     name = settings.pop("name", None)
     if name not in SCHEDULE_RULES:
-        raise CnnrunError(f"{source}: train.schedule.name: expected one of {', '.join(SCHEDULE_RULES)}, got {name!r}")
-    settings = {"name": name, **_fields(settings, SCHEDULE_RULES[name], "train.schedule", source)}
+        raise CnnrunError(f"{source}: {path}.name: expected one of {', '.join(SCHEDULE_RULES)}, got {name!r}")
+    settings = {"name": name, **_fields(settings, SCHEDULE_RULES[name], path, source)}
     if name == "cyclic" and settings["peak_epoch"] is None:
         settings["peak_epoch"] = 0.4 * train["epochs"]
     if name == "cyclic" and settings["peak_epoch"] >= train["epochs"]:
-        raise CnnrunError(f"{source}: train.schedule.peak_epoch: {settings['peak_epoch']} must come before the "
+        raise CnnrunError(f"{source}: {path}.peak_epoch: {settings['peak_epoch']} must come before the "
                           f"last epoch ({train['epochs']})")
     if name == "cosine" and settings["warmup_epochs"] >= train["epochs"]:
-        raise CnnrunError(f"{source}: train.schedule.warmup_epochs: {settings['warmup_epochs']} leaves no epoch "
+        raise CnnrunError(f"{source}: {path}.warmup_epochs: {settings['warmup_epochs']} leaves no epoch "
                           f"for the cosine (train.epochs is {train['epochs']})")
     return settings
 
@@ -236,6 +237,12 @@ def validate(raw, source="config"):
     if config["train"]["adversarial"] is not None:
         config["train"]["adversarial"] = _fields(config["train"]["adversarial"], ADVERSARIAL,
                                                  "train.adversarial", source)
+    adversarial = config["train"]["adversarial"]
+    if adversarial is not None and adversarial["eps_schedule"] is not None:
+        if adversarial["warmup"]:
+            raise CnnrunError(f"{source}: train.adversarial: warmup and eps_schedule both ramp eps; keep one")
+        adversarial["eps_schedule"] = _schedule(dict(config["train"], schedule=adversarial["eps_schedule"]), source,
+                                                "train.adversarial.eps_schedule")
     if config["track"] is not None:
         config["track"] = _fields(config["track"], TRACK, "track", source)
     config["model"]["layers"] = [_layer(entry, f"model.layers[{i}]", source)

@@ -161,7 +161,8 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
             bar.update()
         settings = train_cfg["adversarial"]
-        adversary = attacks.adversary(settings, epoch_rng(seed, epoch, stream=1), epoch)
+        adversary = attacks.adversary(settings, epoch_rng(seed, epoch, stream=1), epoch, first_step=epoch * batches,
+                                      steps_per_epoch=batches, epochs=epochs)
         beta = settings["beta"] if settings and settings["method"] == "trades" else None
         train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
                                             epoch_rng(seed, epoch), on_batch, adversary, beta,

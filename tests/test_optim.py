@@ -152,3 +152,30 @@ def test_a_run_resumed_mid_cycle_mid_warm_up_with_augmentation_and_a_validation_
         assert all(r["val_acc"] is not None for r in a)
         with open(f"{full}/best.npz", "rb") as f, open(f"{part}/best.npz", "rb") as g:
             assert f.read() == g.read()
+
+
+def test_adversarial_eps_follows_its_schedule_at_every_step():
+    settings = validate(dict(TINY_CONFIG, train=dict(TINY_CONFIG["train"], epochs=4, adversarial={
+        "method": "fgsm", "eps": 0.3, "eps_schedule": {"name": "piecewise", "points": [[0, 0.0], [2, 0.3]]}})))
+    adversarial = settings["train"]["adversarial"]
+    from cnnrun.robustness.attacks import eps_at
+    assert [eps_at(adversarial, step, 10, 4) for step in (0, 5, 10, 20, 39)] == pytest.approx([0, 0.075, 0.15, 0.3, 0.3])
+    assert eps_at(dict(adversarial, eps_schedule=None), 5, 10, 4) == 0.3
+
+
+def test_an_adversary_makes_its_examples_at_the_scheduled_eps(rng):
+    from cnnrun.robustness import attacks
+    net = Network([("flatten", {}), ("dense", {"units": 3}), "softmax"], (1, 4, 4), dtype=np.float64)
+    x, y = rng.random((6, 1, 4, 4)), np.eye(3)[rng.integers(0, 3, 6)]
+    settings = dict(method="fgsm", eps=0.2, ratio=1.0, random_start=False, step_size=None, steps=1, warmup=0, beta=6,
+                    eps_schedule={"name": "piecewise", "points": [[0, 0.0], [1, 0.2]]})
+    transform = attacks.adversary(settings, np.random.default_rng(0), epoch=0, first_step=5, steps_per_epoch=10, epochs=2)
+    assert np.abs(transform(net, x, y) - x).max() == pytest.approx(0.1)  # step 5 of 10: half way up the ramp
+    assert np.abs(transform(net, x, y) - x).max() == pytest.approx(0.12)  # the next call is step 6
+
+
+def test_warmup_and_eps_schedule_together_are_one_line():
+    from cnnrun.errors import CnnrunError
+    with pytest.raises(CnnrunError, match="train.adversarial: warmup and eps_schedule both ramp eps; keep one"):
+        validate(dict(TINY_CONFIG, train=dict(TINY_CONFIG["train"], adversarial={
+            "method": "pgd", "eps": 0.3, "warmup": 2, "eps_schedule": {"name": "constant"}})))

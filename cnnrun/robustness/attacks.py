@@ -17,6 +17,7 @@ from cnnrun.errors import CnnrunError
 from cnnrun.nn import one_hot
 from cnnrun.nn.losses import cross_entropy_per_sample, dlr_targeted, kl_to_clean
 from cnnrun.nn.network import in_eval_mode
+from cnnrun.nn.optim import learning_rate
 from cnnrun.robustness.fab import fab_t
 from cnnrun.robustness.square import square
 
@@ -288,21 +289,40 @@ def trades_adversary(net, x, eps, steps, step_size, rng):
     return x_adv
 
 
-def adversary(settings, rng, epoch=0):
+def eps_at(settings, step, steps_per_epoch, epochs):
+    """The eps of adversarial training at training step `step` (from 0 over the run) by
+    `eps_schedule`, any learning-rate schedule (nn/optim.py) with `eps` in the place of
+    the rate; `eps` itself without one."""
+    if not settings.get("eps_schedule"):
+        return settings["eps"]
+    as_rate = {"lr": settings["eps"], "lr_decay": 1.0, "schedule": settings["eps_schedule"], "epochs": epochs}
+    return learning_rate(as_rate, step, steps_per_epoch)
+
+
+def adversary(settings, rng, epoch=0, first_step=0, steps_per_epoch=1, epochs=1):
     """The batch transformation of adversarial training, from `train.adversarial`:
     replaces the first `ratio` share of each batch by adversarial versions made from
     the current weights (for `trades`: the whole batch's x', which the TRADES loss
     takes beside the clean batch). With `warmup: W`, eps (and the step sizes with it) grows
-    linearly over the first W epochs: eps * (epoch + 1) / W at `epoch` (from 0).
+    linearly over the first W epochs: eps * (epoch + 1) / W at `epoch` (from 0). With
+    `eps_schedule`, eps (and the step sizes with it) is set at every step, the calls
+    counted as the epoch's steps from `first_step` (`eps_at`).
     Returns `f(net, x, y) -> x` or None if not configured."""
     if not settings:
         return None
     method, ratio, steps = settings["method"], settings["ratio"], settings["steps"]
-    scale = min(1.0, (epoch + 1) / settings["warmup"]) if settings["warmup"] else 1.0
-    eps = scale * settings["eps"]
-    step_size = scale * settings["step_size"] if settings["step_size"] else None
+    epoch_scale = min(1.0, (epoch + 1) / settings["warmup"]) if settings["warmup"] else 1.0
+    calls = [first_step]
 
     def transform(net, x, y):
+        if settings.get("eps_schedule"):
+            eps = eps_at(settings, calls[0], steps_per_epoch, epochs)
+            scale = eps / settings["eps"] if settings["eps"] else 0.0
+        else:
+            scale = epoch_scale
+            eps = scale * settings["eps"]
+        calls[0] += 1
+        step_size = scale * settings["step_size"] if settings["step_size"] else None
         if method == "trades":
             return trades_adversary(net, x, eps, steps, step_size or default_step_size(eps, steps), rng)
         n = int(round(ratio * len(x)))
