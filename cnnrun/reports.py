@@ -197,3 +197,58 @@ def compare_attacks(reports, methods, eps_list, out):
     rows = [[r["network"], m] + [q["accuracy"] for q in r["results"] if q["method"] == m]
             for r in reports for m in methods]
     return columns, write_tables(out, "comparison", columns, rows)
+
+
+def certify_run(run_dir, cfg, net, x, labels, eps_list, progress=False, batch_size=500):
+    """Certified accuracy of `net` on `x` at each eps by interval bounds (robustness/bounds.py);
+    writes results.json/.csv, per_image.csv (per image and eps: certified or not, and the
+    smallest margin bound) and certified_vs_eps.png (with the attacks' lines of the run's
+    latest attack folder, when it has one) into a new folder `run_dir/certify/TIMESTAMP-ibp/`.
+    Returns the report, shaped as attack's."""
+    from cnnrun.robustness import bounds
+
+    results, per_image = [], {"index": np.arange(len(x)), "label": labels}
+    for eps in eps_list:
+        started = time.perf_counter()
+        proven, smallest = [], []
+        with tqdm(total=len(x), desc=f"{cfg['name']} ibp eps {eps:g}", unit="img", leave=False,
+                  disable=not progress) as bar:
+            for i in range(0, len(x), batch_size):
+                xb, lb = x[i:i + batch_size], labels[i:i + batch_size]
+                margins = bounds.ibp_margins(net, xb, lb, eps)
+                proven.append(bounds.certified(net, xb, lb, margins))
+                others = np.where(np.arange(margins.shape[1]) == lb[:, None], np.inf, margins)
+                smallest.append(others.min(axis=1))
+                bar.update(len(xb))
+        proven, smallest = np.concatenate(proven), np.concatenate(smallest)
+        results.append(dict(method="ibp", eps=eps, accuracy=float(proven.mean()), n=int(len(x)),
+                            seconds=round(time.perf_counter() - started, 3)))
+        per_image[f"ibp@{eps:g}"] = proven.astype(int)
+        per_image[f"ibp@{eps:g} margin"] = smallest
+    folder = runs.new_run_dir(os.path.join(run_dir, "certify"), "ibp")
+    report = dict(run=run_dir, network=cfg["name"], n=int(len(x)), results=results, folder=folder)
+    write_csv(os.path.join(folder, "results.csv"), ["method", "eps", "accuracy", "n", "seconds"], results)
+    columns = list(per_image)
+    write_csv(os.path.join(folder, "per_image.csv"), columns,
+              [dict(zip(columns, values)) for values in zip(*(per_image[c].tolist() for c in columns))])
+    lines = [("certified (ibp)", [r["eps"] for r in results], [r["accuracy"] for r in results])]
+    attacked = latest_attack_report(run_dir)
+    if attacked:  # the bracket: certified below, the attacks above
+        methods = list(dict.fromkeys(r["method"] for r in attacked["results"]))
+        lines += accuracy_lines(attacked, methods, prefix="attack: ")
+    plots.accuracy_vs_eps(lines, os.path.join(folder, "certified_vs_eps.png"),
+                          f"{cfg['name']}: certified accuracy (below) and accuracy under attack (above)")
+    runs.write_json(os.path.join(folder, "results.json"), report)
+    return report
+
+
+def latest_attack_report(run_dir):
+    """The results.json of the run's latest complete attack folder, or None."""
+    folder = os.path.join(run_dir, "attacks")
+    if not os.path.isdir(folder):
+        return None
+    for name in sorted(os.listdir(folder), reverse=True):
+        report = runs.read_json(os.path.join(folder, name, "results.json"), None)
+        if report:
+            return report
+    return None
