@@ -19,7 +19,7 @@ from cnnrun.robustness import attacks
 from cnnrun.nn.network import Network
 
 __all__ = ["load_config", "build_network", "load_data", "train", "load_run", "evaluate", "attack",
-           "robust_accuracy", "Network"]
+           "robust_accuracy", "certified_accuracy", "Network"]
 
 
 def load_config(path, overrides=None):
@@ -54,9 +54,10 @@ def train(cfg, runs_dir="runs", data_dir=None, engine="fast", quiet=True):
     return run_dir
 
 
-def load_run(run_dir, engine="fast"):
-    """`(config, network)` of a run folder, with its final weights (or its latest checkpoint)."""
-    _, cfg, net = runs.load_run(run_dir, runs_dir=".", engine=engine)
+def load_run(run_dir, engine="fast", weights="final"):
+    """`(config, network)` of a run folder, with its final weights (or its latest checkpoint),
+    or with `weights="best"` those train.select kept (best.npz)."""
+    _, cfg, net = runs.load_run(run_dir, runs_dir=".", engine=engine, weights=weights)
     return cfg, net
 
 
@@ -79,3 +80,11 @@ def robust_accuracy(net, x, labels, method, eps, **options):
     """Accuracy of `net` on the adversarial versions of `x` that `method` makes."""
     _, probs = attacks.evaluate_attack(net, x, labels, method, eps, **options)
     return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def certified_accuracy(net, x, labels, eps):
+    """The share of images `x` whose class provably holds over the whole eps-ball
+    (interval bound propagation): a lower bound of the robust accuracy."""
+    from cnnrun.robustness import bounds
+
+    return float(np.mean(bounds.certified(net, x, labels, bounds.ibp_margins(net, x, labels, eps))))

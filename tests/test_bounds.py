@@ -129,3 +129,12 @@ def test_certify_reports_in_the_shape_of_attack_and_writes_its_tables(setup):
         assert f.readline().strip() == "index,label,ibp@0,ibp@0 margin,ibp@0.01,ibp@0.01 margin"
     result = CliRunner().invoke(main, ["certify", "--runs-dir", setup["runs"], "--method", "crown"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
+
+
+def test_the_api_gives_the_certified_accuracy_which_at_eps_zero_is_the_clean_one(rng):
+    from cnnrun import api
+    net = network()
+    x, labels = rng.random((12, 1, 7, 7)), rng.integers(0, 4, 12)
+    clean = float(np.mean(net.logits(x).argmax(axis=1) == labels))
+    assert api.certified_accuracy(net, x, labels, 0.0) == clean
+    assert api.certified_accuracy(net, x, labels, 0.2) <= clean
