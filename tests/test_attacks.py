@@ -385,14 +385,17 @@ def test_the_default_step_size_is_madrys_two_and_a_half_eps_over_the_steps():
 
 @pytest.mark.parametrize("step_size,expected", [(None, 1.25 * 0.2), (0.1, 0.1)])
 def test_fast_fgsm_training_is_one_step_of_bim_from_a_uniform_start_in_the_eps_ball(tiny_run, step_size, expected):
-    """Wong et al. 2020: a start drawn uniformly in the eps-ball (then clipped to [0, 1]),
-    one signed step of 1.25 eps by default; the same generator gives the same batch."""
+    """Wong et al. 2020: a start drawn uniformly in the eps-ball (not clipped to [0, 1]: the
+    gradient is taken there), one signed step of 1.25 eps by default, its result projected
+    onto the ball and [0, 1]; the same generator gives the same batch."""
     net, x, labels = trained(tiny_run)
     x, y = x[:10], np.eye(10, dtype=np.float32)[labels[:10]]
     settings = dict(method="fgsm", eps=0.2, ratio=0.5, random_start=True, step_size=step_size, steps=1, warmup=0)
     out = attacks.adversary(settings, np.random.default_rng(3))(net, x, y)
-    start = np.clip(x[:5] + np.random.default_rng(3).uniform(-0.2, 0.2, x[:5].shape), 0, 1).astype(x.dtype)
+    start = (x[:5] + np.random.default_rng(3).uniform(-0.2, 0.2, x[:5].shape)).astype(x.dtype)
+    assert start.min() < 0  # (the test images have black pixels: some starts lie outside [0, 1])
     np.testing.assert_array_equal(out[:5], attacks.bim(net, x[:5], y[:5], 0.2, steps=1, step_size=expected, start=start))
+    assert out.min() >= 0 and np.abs(out - x).max() <= 0.2 + 1e-6
     np.testing.assert_array_equal(out[5:], x[5:])
 
 
