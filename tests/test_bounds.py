@@ -107,6 +107,7 @@ def test_layers_without_a_sound_bound_are_one_line():
         bounds.ibp_margins(net, np.zeros((1, 1, 2, 2), np.float32), np.array([0]), 0.1)
 
 
+@pytest.mark.slow
 def test_certify_reports_in_the_shape_of_attack_and_writes_its_tables(setup):
     result = CliRunner().invoke(main, ["train", setup["config"], "--data-dir", setup["data"], "--runs-dir",
                                        setup["runs"], "--quiet"])

@@ -169,6 +169,7 @@ def test_a_dropped_connection_leaves_nothing_behind_and_says_so(server, tmp_path
     assert not (tmp_path / "cache").exists()  # the folders it made are gone
 
 
+@pytest.mark.slow
 def test_train_on_a_named_data_set_and_eval_names_its_classes(tmp_path, rng):
     for file, array in idx_set(rng, n_train=64, n_test=16).items():
         write_idx(tmp_path / file, array)

@@ -43,7 +43,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_fifty_steps_give_the_weights_torch_optim_gives(name, rng):
     train = train_section(lr_decay=1.0, **OPTIMIZERS[name])
-    net = Network(SPECS, (1, 7, 7), seed=2, dtype=np.float64, threads=2).train()
+    net = Network(SPECS, (1, 7, 7), seed=2, dtype=np.float64, threads=1).train()
     names = list(net.named_parameters())
     ours = make_optimizer(train, names, steps_per_epoch=10)
     model = torch_twin.twin(net).train()

@@ -35,6 +35,7 @@ def train(setup, name, runs_dir=None, **changes):
     return result, runs.list_runs(runs_dir or setup["runs"])[-1]
 
 
+@pytest.mark.slow
 def test_a_run_keeps_the_weights_of_its_best_validation_epoch_as_best_npz(setup):
     result, run_dir = train(setup, "select", select={"metric": "val_acc"})
     assert "(192 training, 64 test images)" in result.output and "val acc" in result.output
@@ -92,6 +93,7 @@ def test_bad_validation_settings_are_one_line(setup, changes, message):
     assert message in result.output
 
 
+@pytest.mark.slow
 def test_weights_best_on_a_run_without_selection_is_one_line(setup):
     result = CliRunner().invoke(main, ["train", setup["config"], "--data-dir", setup["data"], "--runs-dir",
                                        setup["runs"], "--quiet"])
