@@ -114,21 +114,23 @@ def test_certify_reports_in_the_shape_of_attack_and_writes_its_tables(setup):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(main, ["certify", "--runs-dir", setup["runs"], "--eps", "0,0.01", "--json"])
     assert result.exit_code == 1 and "instance_norm" in result.output  # the tiny config normalises per sample
+    assert result.output.count("\n") == 1
     path = setup["tmp"] / "plain.yaml"
     from idx import write_config
     write_config(path, name="plain", model={"input_shape": [1, 28, 28], "layers": [
         {"conv": {"filters": 3, "kernel": 3, "stride": 2}}, "relu", "flatten", {"dense": {"units": 10}}, "softmax"]})
     assert CliRunner().invoke(main, ["train", str(path), "--data-dir", setup["data"], "--runs-dir", setup["runs"],
                                      "--quiet"]).exit_code == 0
-    result = CliRunner().invoke(main, ["certify", "--runs-dir", setup["runs"], "--eps", "0,0.01", "--json",
-                                       "--limit", "30"])
+    from cnnrun import runs
+    (plain,) = [r for r in runs.list_runs(setup["runs"]) if r.endswith("-plain")]
+    result = CliRunner().invoke(main, ["certify", plain, "--eps", "0,0.01", "--json", "--limit", "30"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert [(r["method"], r["eps"], r["n"]) for r in report["results"]] == [("ibp", 0.0, 30), ("ibp", 0.01, 30)]
     assert report["results"][0]["accuracy"] >= report["results"][1]["accuracy"]
     with open(f"{report['folder']}/per_image.csv") as f:
         assert f.readline().strip() == "index,label,ibp@0,ibp@0 margin,ibp@0.01,ibp@0.01 margin"
-    result = CliRunner().invoke(main, ["certify", "--runs-dir", setup["runs"], "--method", "crown"])
+    result = CliRunner().invoke(main, ["certify", plain, "--method", "crown"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
 
 
