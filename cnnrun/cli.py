@@ -972,5 +972,7 @@ def track_cmd(paths, runs_dir, mlflow, tensorboard):
     echo_where(trackers)
 
 
+from cnnrun import cli_inside  # noqa: E402,F401  (adds the explain and landscape verbs to main)
+
 if __name__ == "__main__":
     main()
