@@ -19,7 +19,8 @@ from cnnrun.robustness import attacks
 from cnnrun.nn.network import Network
 
 __all__ = ["load_config", "build_network", "load_data", "train", "load_run", "evaluate", "attack",
-           "robust_accuracy", "certified_accuracy", "Network"]
+           "robust_accuracy", "certified_accuracy", "layer_outputs", "saliency", "grad_cam", "initial_weights",
+           "loss_landscape", "make_layer", "numeric_gradient", "Network"]
 
 
 def load_config(path, overrides=None):
@@ -88,3 +89,87 @@ def certified_accuracy(net, x, labels, eps):
     from cnnrun.robustness import bounds
 
     return float(np.mean(bounds.certified(net, x, labels, bounds.ibp_margins(net, x, labels, eps))))
+
+
+# --- inside a network (cnnrun explain / landscape) ------------------------------------
+
+def layer_outputs(net, x):
+    """`[(name, output), ...]`: every top-level layer's output for images `x` `(N, C, H, W)`,
+    the last one the probabilities."""
+    from cnnrun import explain
+
+    return explain.layer_outputs(net, x)
+
+
+def saliency(net, x, target, method="gradient", **options):
+    """An attribution `(C, H, W)` of class `target`'s logit to the pixels of one image `x`
+    `(C, H, W)`: `method` "gradient" (the logit's input gradient), "smoothgrad" (options
+    samples, noise, seed) or "integrated_gradients" (options steps, baseline)."""
+    from cnnrun import explain
+
+    methods = {"gradient": explain.saliency, "smoothgrad": explain.smoothgrad,
+               "integrated_gradients": explain.integrated_gradients}
+    if method not in methods:
+        raise ValueError(f"method {method!r}: expected one of {', '.join(methods)}")
+    return methods[method](net, x, target, **options)
+
+
+def grad_cam(net, x, target):
+    """Grad-CAM of class `target` on the last convolution for one image `x` `(C, H, W)`:
+    `(map (H, W) on the image's grid, coarse map (h, w), the layer's name)`."""
+    from cnnrun import explain
+
+    return explain.grad_cam(net, x, target)
+
+
+def initial_weights(cfg):
+    """`{name: array}`: the weights a run of `cfg` started from (its network rebuilt from
+    the config's seed)."""
+    return {name: p.copy() for name, p in build_network(cfg).named_parameters().items()}
+
+
+def loss_landscape(net, x, labels, initial=None, coordinates=None, alphas=None, seed=0):
+    """The loss of `net` on `x` around its weights: `{"line": [(alpha, loss, accuracy), ...]}`
+    from `initial` weights (if given) along `alphas` (default -0.25 to 1.25), and
+    `{"coordinates", "losses" (n, n), "accuracies"}` on the plane of two filter-normalised
+    random directions (default coordinates: 21 points from -1 to 1)."""
+    from cnnrun import landscape
+
+    coordinates = np.linspace(-1, 1, 21) if coordinates is None else np.asarray(coordinates)
+    out = {}
+    if initial is not None:
+        alphas = np.linspace(-0.25, 1.25, 31) if alphas is None else alphas
+        out["line"] = landscape.line(net, initial, x, labels, alphas)
+    losses, accs, _ = landscape.plane(net, x, labels, coordinates, seed=seed)
+    out.update(coordinates=coordinates, losses=losses, accuracies=accs)
+    return out
+
+
+# --- one layer, for writing and checking a backward by hand ----------------------------
+
+def make_layer(entry, input_shape, seed=0, dtype=np.float64):
+    """One layer of the fast engine, as a config names it (`{"conv": {"filters": 2,
+    "kernel": 3}}`, `"relu"`), built for `input_shape` (no N) with seeded parameters:
+    `layer.forward(x)`, `layer.backward(dy)` (returns dx, fills `layer.grads`), `layer.params`."""
+    from cnnrun.nn.layers import LAYERS, make_layer as build_layer
+
+    layer = build_layer(LAYERS, entry, "layer")
+    layer.build(tuple(input_shape))
+    layer.init_params(np.random.default_rng(seed), np.dtype(dtype))
+    return layer
+
+
+def numeric_gradient(f, array, step=1e-6):
+    """Central differences `(f(a + h) - f(a - h)) / 2h` of the scalar function `f()` for every
+    entry of `array`, which `f` reads (perturbed in place and put back): `array`'s shape.
+    Use float64."""
+    grad = np.zeros(array.shape)
+    for idx in np.ndindex(array.shape):
+        old = array[idx]
+        array[idx] = old + step
+        up = f()
+        array[idx] = old - step
+        down = f()
+        array[idx] = old
+        grad[idx] = (up - down) / (2 * step)
+    return grad

@@ -7,23 +7,34 @@ import numpy as np
 from cnnrun.fileio import write_atomic
 
 
+class Figures:
+    """What the drawing code needs of pyplot (`subplots`, `figure`), made on matplotlib's
+    `Figure` directly: no backend is chosen and no global list of figures kept, so drawing
+    a run's pictures changes nothing in a notebook's or a program's own matplotlib (its
+    inline plots keep working) and never opens a window."""
+
+    @staticmethod
+    def figure(figsize=None, layout=None):
+        from matplotlib.figure import Figure
+
+        return Figure(figsize=figsize, layout=layout)
+
+    @staticmethod
+    def subplots(nrows=1, ncols=1, *, figsize=None, layout=None, squeeze=True, **kwargs):
+        fig = Figures.figure(figsize, layout)
+        return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kwargs)
+
+
 def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only, no window), imported on first
-    use: it takes most of a second, which a command that draws nothing should not pay."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    """`Figures`, imported on first use: matplotlib takes most of a second to import, which a
+    command that draws nothing should not pay."""
+    return Figures
 
 
 def save(fig, path):
-    """Write a figure as PNG atomically and close it."""
-    plt = pyplot()
+    """Write a figure as PNG atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     write_atomic(path, buffer.getvalue())
 
 
