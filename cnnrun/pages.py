@@ -26,35 +26,45 @@ def _show(ax, image, cmap="gray", vmin=0, vmax=1, title=None):
         ax.set_title(title, fontsize=8)
 
 
+def mosaic(maps, gap=1):
+    """Up to MAX_CHANNELS maps `(C, h, w)` side by side, each scaled to [0, 1] over its own
+    range, `gap` pixels of NaN (drawn blank) between them: `(h, n * (w + gap) - gap)`."""
+    maps = np.asarray(maps[:MAX_CHANNELS], np.float64)
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    scaled = (maps - low) / np.where(span > 0, span, 1)
+    n, h, w = scaled.shape
+    out = np.full((h, n * (w + gap) - gap), np.nan)
+    for c in range(n):  # at most MAX_CHANNELS: drawing, not a hot path
+        out[:, c * (w + gap):c * (w + gap) + w] = scaled[c]
+    return out
+
+
 def layer_maps(outputs, image, probs, class_names, path, title):
     """Every layer's output for one image: a row per layer (up to MAX_CHANNELS channel maps
-    of a `(C, H, W)` output, each scaled to its own range; a vector as one strip), and the
-    class probabilities as bars."""
+    of a `(C, H, W)` output side by side, each scaled to its own range; a vector as one
+    strip), and the class probabilities as bars."""
     plt = pyplot()
     maps = [(name, np.asarray(out[0], np.float64)) for name, out in outputs[:-1]]  # the last: probabilities
-    rows = len(maps) + 2
-    fig = plt.figure(figsize=(MAX_CHANNELS * 0.8, rows * 0.95))
-    grid = fig.add_gridspec(rows, MAX_CHANNELS, hspace=0.6)
-    _show(fig.add_subplot(grid[0, 0]), image, title="input")
-    for row, (name, a) in enumerate(maps, start=1):
-        if a.ndim == 3:
-            for c in range(min(len(a), MAX_CHANNELS)):
-                ax = fig.add_subplot(grid[row, c])
-                _show(ax, a[c], cmap="viridis", vmin=a[c].min(), vmax=max(a[c].max(), a[c].min() + 1e-12))
-                if c == 0:
-                    ax.set_title(f"{name} {a.shape}", fontsize=7, loc="left")
-        else:
-            ax = fig.add_subplot(grid[row, :])
-            ax.imshow(a.reshape(1, -1), cmap="viridis", aspect="auto")
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"{name} {a.shape}", fontsize=7, loc="left")
-    ax = fig.add_subplot(grid[-1, :])
+    heights = [2.2] + [1.3 if a.ndim == 3 else 0.5 for _, a in maps] + [1.3]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(12, sum(heights) * 0.75),
+                             gridspec_kw=dict(height_ratios=heights, hspace=0.7))
+    _show(axes[0], image, title="input")
+    axes[0].set_anchor("W")
+    for ax, (name, a) in zip(axes[1:], maps):
+        shown = mosaic(a) if a.ndim == 3 else a.reshape(1, -1)
+        ax.imshow(shown, cmap="viridis", aspect="equal" if a.ndim == 3 else "auto", interpolation="nearest")
+        ax.set_anchor("W")
+        ax.set_xticks([]), ax.set_yticks([])
+        channels = f", first {MAX_CHANNELS} of {len(a)} channels" if a.ndim == 3 and len(a) > MAX_CHANNELS else ""
+        ax.set_title(f"{name} {a.shape}{channels}", fontsize=8, loc="left")
+    ax = axes[-1]
     k = len(probs)
     ax.bar(range(k), probs, color=["C3" if i == int(np.argmax(probs)) else "C0" for i in range(k)])
     ax.set_xticks(range(k))
-    ax.set_xticklabels(class_names[:k], fontsize=6, rotation=90 if k > 12 else 0)
+    ax.set_xticklabels(class_names[:k], fontsize=7, rotation=90 if k > 12 else 0)
     ax.set_ylim(0, 1)
-    ax.set_title("probabilities", fontsize=7, loc="left")
+    ax.set_title("probabilities", fontsize=8, loc="left")
     fig.suptitle(title)
     save(fig, path)
 
