@@ -199,43 +199,60 @@ def compare_attacks(reports, methods, eps_list, out):
     return columns, write_tables(out, "comparison", columns, rows)
 
 
-def certify_run(run_dir, cfg, net, x, labels, eps_list, progress=False, batch_size=500):
-    """Certified accuracy of `net` on `x` at each eps by interval bounds (robustness/bounds.py);
-    writes results.json/.csv, per_image.csv (per image and eps: certified or not, and the
+def certify_run(run_dir, cfg, net, x, labels, eps_list, methods=("ibp",), progress=False, batch_size=None):
+    """Certified accuracy of `net` on `x` at each eps by each bound method
+    (robustness/bounds.py: ibp, crown-ibp, crown); with several methods also "best", each
+    margin's tightest bound among them (all are sound, so their maximum is). Writes
+    results.json/.csv, per_image.csv (per image, method and eps: certified or not, and the
     smallest margin bound) and certified_vs_eps.png (with the attacks' lines of the run's
-    latest attack folder, when it has one) into a new folder `run_dir/certify/TIMESTAMP-ibp/`.
-    Returns the report, shaped as attack's."""
+    latest attack folder, when it has one) into a new folder `run_dir/certify/TIMESTAMP-...`.
+    Returns the report, shaped as attack's, with the layers CROWN bounded by IBP."""
     from cnnrun.robustness import bounds
 
-    results, per_image = [], {"index": np.arange(len(x)), "label": labels}
+    names = list(methods) + (["best"] if len(methods) > 1 else [])
+    results, per_image, fallback = [], {"index": np.arange(len(x)), "label": labels}, set()
     for eps in eps_list:
-        started = time.perf_counter()
-        proven, smallest = [], []
-        with tqdm(total=len(x), desc=f"{cfg['name']} ibp eps {eps:g}", unit="img", leave=False,
+        proven = {m: [] for m in names}
+        smallest = {m: [] for m in names}
+        seconds = dict.fromkeys(names, 0.0)
+        with tqdm(total=len(x) * len(methods), desc=f"{cfg['name']} eps {eps:g}", unit="img", leave=False,
                   disable=not progress) as bar:
-            for i in range(0, len(x), batch_size):
-                xb, lb = x[i:i + batch_size], labels[i:i + batch_size]
-                margins = bounds.ibp_margins(net, xb, lb, eps)
-                proven.append(bounds.certified(net, xb, lb, margins))
-                others = np.where(np.arange(margins.shape[1]) == lb[:, None], np.inf, margins)
-                smallest.append(others.min(axis=1))
-                bar.update(len(xb))
-        proven, smallest = np.concatenate(proven), np.concatenate(smallest)
-        results.append(dict(method="ibp", eps=eps, accuracy=float(proven.mean()), n=int(len(x)),
-                            seconds=round(time.perf_counter() - started, 3)))
-        per_image[f"ibp@{eps:g}"] = proven.astype(int)
-        per_image[f"ibp@{eps:g} margin"] = smallest
-    folder = runs.new_run_dir(os.path.join(run_dir, "certify"), "ibp")
-    report = dict(run=run_dir, network=cfg["name"], n=int(len(x)), results=results, folder=folder)
+            for method in methods:
+                size = batch_size or bounds.BATCH[method]
+                for i in range(0, len(x), size):
+                    xb, lb = x[i:i + size], labels[i:i + size]
+                    started = time.perf_counter()
+                    margins, fell_back = bounds.margins(net, xb, lb, eps, method)
+                    seconds[method] += time.perf_counter() - started
+                    fallback.update(fell_back)
+                    smallest[method].append(margins)
+                    bar.update(len(xb))
+        for method in methods:
+            smallest[method] = np.concatenate(smallest[method])
+        if len(methods) > 1:
+            smallest["best"] = np.maximum.reduce([smallest[m] for m in methods])
+            seconds["best"] = sum(seconds[m] for m in methods)
+        for method in names:
+            margins = smallest[method]
+            certified = bounds.certified(net, x, labels, margins)
+            others = np.where(np.arange(margins.shape[1]) == labels[:, None], np.inf, margins)
+            results.append(dict(method=method, eps=eps, accuracy=float(certified.mean()), n=int(len(x)),
+                                seconds=round(seconds[method], 3)))
+            per_image[f"{method}@{eps:g}"] = certified.astype(int)
+            per_image[f"{method}@{eps:g} margin"] = others.min(axis=1)
+    folder = runs.new_run_dir(os.path.join(run_dir, "certify"), "-".join(methods))
+    report = dict(run=run_dir, network=cfg["name"], n=int(len(x)), results=results, folder=folder,
+                  ibp_layers=sorted(fallback))
     write_csv(os.path.join(folder, "results.csv"), ["method", "eps", "accuracy", "n", "seconds"], results)
     columns = list(per_image)
     write_csv(os.path.join(folder, "per_image.csv"), columns,
               [dict(zip(columns, values)) for values in zip(*(per_image[c].tolist() for c in columns))])
-    lines = [("certified (ibp)", [r["eps"] for r in results], [r["accuracy"] for r in results])]
+    lines = [(f"certified ({m})", [r["eps"] for r in results if r["method"] == m],
+              [r["accuracy"] for r in results if r["method"] == m]) for m in names]
     attacked = latest_attack_report(run_dir)
     if attacked:  # the bracket: certified below, the attacks above
-        methods = list(dict.fromkeys(r["method"] for r in attacked["results"]))
-        lines += accuracy_lines(attacked, methods, prefix="attack: ")
+        attack_methods = list(dict.fromkeys(r["method"] for r in attacked["results"]))
+        lines += accuracy_lines(attacked, attack_methods, prefix="attack: ")
     plots.accuracy_vs_eps(lines, os.path.join(folder, "certified_vs_eps.png"),
                           f"{cfg['name']}: certified accuracy (below) and accuracy under attack (above)")
     runs.write_json(os.path.join(folder, "results.json"), report)

@@ -163,7 +163,7 @@ def run_metrics(run_dir):
 
 
 def evaluation_metrics(run_dir):
-    """Figures of `eval` and `attack` in the folder: `{name: value}`."""
+    """Figures of `eval`, `attack` and `certify` in the folder: `{name: value}`."""
     found = {}
     evaluated = runs.read_json(os.path.join(run_dir, "eval.json"), None)
     if isinstance(evaluated, dict) and "accuracy" in evaluated:
@@ -176,11 +176,16 @@ def evaluation_metrics(run_dir):
             found[key] = float(r["accuracy"])
             for stage, accuracy in r.get("after_each", {}).items():  # a suite: after each of its attacks
                 found[re.sub(r"[^A-Za-z0-9_.-]", "_", f"{key}_after_{stage}")] = float(accuracy)
+    for results in sorted(_attack_results(run_dir, "certify")):
+        report = runs.read_json(results, None)
+        for r in (report or {}).get("results", []):
+            found[re.sub(r"[^A-Za-z0-9_.-]", "_", f"certified_acc_{r['method']}_eps{r['eps']:g}")] = float(r["accuracy"])
     return found
 
 
-def _attack_results(run_dir):
-    folder = os.path.join(run_dir, "attacks")
+def _attack_results(run_dir, verb="attacks"):
+    """The results.json files of the run's `attacks` (or `certify`) folders."""
+    folder = os.path.join(run_dir, verb)
     if not os.path.isdir(folder):
         return []
     return [os.path.join(folder, d, "results.json") for d in os.listdir(folder)

@@ -130,8 +130,15 @@ def test_certify_reports_in_the_shape_of_attack_and_writes_its_tables(setup):
     assert report["results"][0]["accuracy"] >= report["results"][1]["accuracy"]
     with open(f"{report['folder']}/per_image.csv") as f:
         assert f.readline().strip() == "index,label,ibp@0,ibp@0 margin,ibp@0.01,ibp@0.01 margin"
-    result = CliRunner().invoke(main, ["certify", plain, "--method", "crown"])
-    assert result.exit_code == 1 and result.output.count("\n") == 1
+    result = CliRunner().invoke(main, ["certify", plain, "--method", "ibp,crown-ibp,crown", "--eps", "0.01", "--json",
+                                       "--limit", "30"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    accuracy = {r["method"]: r["accuracy"] for r in report["results"]}
+    assert list(accuracy) == ["ibp", "crown-ibp", "crown", "best"] and report["ibp_layers"] == []
+    assert accuracy["best"] >= max(accuracy["ibp"], accuracy["crown-ibp"], accuracy["crown"])
+    result = CliRunner().invoke(main, ["certify", plain, "--method", "deepz"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "ibp, crown-ibp, crown" in result.output
 
 
 def test_the_api_gives_the_certified_accuracy_which_at_eps_zero_is_the_clean_one(rng):
@@ -141,3 +148,108 @@ def test_the_api_gives_the_certified_accuracy_which_at_eps_zero_is_the_clean_one
     clean = float(np.mean(net.logits(x).argmax(axis=1) == labels))
     assert api.certified_accuracy(net, x, labels, 0.0) == clean
     assert api.certified_accuracy(net, x, labels, 0.2) <= clean
+
+
+# --- CROWN ---------------------------------------------------------------------------------
+
+RELU_NET = [("normalize", {"mean": 0.3, "std": 0.4}), ("conv", {"filters": 4, "kernel": 3, "padding": 1}),
+            ("batch_norm", {}), "relu", ("conv", {"filters": 5, "kernel": 3, "stride": 2}), "relu",
+            ("avgpool", {"kernel": 2, "stride": 1}), "flatten", ("dense", {"units": 9}), "relu",
+            ("dropout", {"rate": 0.5}), ("dense", {"units": 4}), "softmax"]
+
+
+def relu_network(specs=RELU_NET, shape=(1, 9, 9), seed=3):
+    net = Network(specs, shape, seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    for name, b in net.named_buffers().items():
+        b[...] = rng.uniform(0.2, 2, b.shape) if name.endswith("var") else rng.normal(0, 0.5, b.shape)
+    return net
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown"])
+@pytest.mark.parametrize("kind", ["relu", "every"])
+def test_crown_margins_are_never_above_a_sampled_margin(rng, method, kind):
+    net, shape = (relu_network(), (1, 9, 9)) if kind == "relu" else (network(), (1, 7, 7))
+    x, labels = rng.random((6, *shape)), rng.integers(0, 4, 6)
+    margins, fallback = bounds.margins(net, x, labels, 0.04, method)
+    assert fallback == ([] if kind == "relu" else ["4.residual", "5.maxpool", "6.tanh", "10.sigmoid"])
+    lower, upper = bounds.input_box(x, 0.04)
+    for i in range(300):
+        point = lower + (upper - lower) * rng.random(x.shape)
+        if i < 20:
+            point = np.where(rng.random(x.shape) < 0.5, lower, upper)
+        z = net.logits(point)
+        assert np.all(z[np.arange(6), labels][:, None] - z >= margins - 1e-10)
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown"])
+def test_crown_at_eps_zero_gives_the_exact_margins_and_widens_with_eps(rng, method):
+    net = relu_network()
+    x, labels = rng.random((5, 1, 9, 9)), rng.integers(0, 4, 5)
+    z = net.logits(x)
+    np.testing.assert_allclose(bounds.margins(net, x, labels, 0.0, method)[0], z[np.arange(5), labels][:, None] - z,
+                               atol=1e-10)
+    previous = None
+    for eps in (0.001, 0.01, 0.05):
+        m = bounds.margins(net, x, labels, eps, method)[0]
+        if previous is not None:
+            assert np.all(m <= previous + 1e-10)
+        previous = m
+
+
+def test_crown_is_tighter_than_ibp_on_relu_networks(rng):
+    net = relu_network()
+    x = rng.random((10, 1, 9, 9))
+    labels = net.logits(x).argmax(axis=1)
+    ibp = bounds.margins(net, x, labels, 0.02, "ibp")[0]
+    for method in ("crown-ibp", "crown"):
+        crown = bounds.margins(net, x, labels, 0.02, method)[0]
+        others = np.arange(4) != labels[:, None]
+        assert np.mean(crown[others] > ibp[others]) > 0.9
+
+
+def test_crowns_intermediate_boxes_hold_every_sampled_point_and_are_within_ibps(rng):
+    net = relu_network()
+    x = rng.random((3, 1, 9, 9))
+    domain = bounds.input_box(x, 0.05)
+    layers = net.layers[:8]  # up to the flatten: two relus inside
+    boxes = [domain]
+    for layer in layers:
+        boxes.append(bounds.propagate([layer], *boxes[-1]))
+    low, up = bounds.crown_box(layers, boxes[:-1], domain, net.shapes[8])
+    for _ in range(200):
+        h = domain[0] + (domain[1] - domain[0]) * rng.random(x.shape)
+        for layer in layers:
+            h = layer.forward(h)
+        assert np.all(h >= low - 1e-10) and np.all(h <= up + 1e-10)
+    assert np.mean(up - low < boxes[-1][1] - boxes[-1][0]) > 0.5
+
+
+def test_crown_carries_rows_back_through_each_affine_layer_as_its_matrix_would(rng):
+    net = relu_network()
+    for layer, in_shape, out_shape in zip(net.layers, net.shapes, net.shapes[1:]):
+        if layer.kind not in bounds.CROWN_AFFINE:
+            continue
+        A = rng.standard_normal((3, *out_shape))
+        back, offset = bounds._affine_back(layer, A)
+        g = rng.random((1, *in_shape))
+        out = layer.replica().forward(g)
+        np.testing.assert_allclose((A * out).reshape(3, -1).sum(axis=1),
+                                   (back * g).reshape(3, -1).sum(axis=1) + offset, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_the_strongest_attacks_never_push_a_margin_below_any_methods_bound(rng):
+    from cnnrun.robustness import attacks
+    net = relu_network()
+    x = rng.random((12, 1, 9, 9))
+    labels = net.logits(x).argmax(axis=1)
+    y = np.eye(4)[labels]
+    eps = 0.03
+    found = [attacks.attack(net, x, y, method, eps, queries=300) for method in ("apgd-ce", "apgd-t", "square")]
+    for method in ("ibp", "crown-ibp", "crown"):
+        margins = bounds.margins(net, x, labels, eps, method)[0]
+        for x_adv in found:
+            assert np.abs(x_adv - x).max() <= eps + 1e-12
+            z = net.logits(x_adv)
+            assert np.all(z[np.arange(12), labels][:, None] - z >= margins - 1e-10)
