@@ -289,7 +289,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     from cnnrun.config import apply_override, build_network, load_config
     from cnnrun.data import check_data_fits, load_data, with_data_location
     from cnnrun.data import augment
-    from cnnrun.training import check_batches
+    from cnnrun.training import check_adversarial, check_batches
     from cnnrun.runner import Stopped, resume_action, train_run
 
     if (config is None) == (resume_dir is None):
@@ -324,6 +324,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     for images, labels in data.values():  # and data that does not fit it, before a run folder is made
         check_data_fits(net, images, labels)
     check_batches(net, len(data["train"][0]), cfg["train"]["batch_size"])
+    check_adversarial(net, cfg["train"]["adversarial"])
     if cfg["data"]["augment"]:
         augment.check(cfg["data"]["augment"], net.input_shape)
     if not resume_dir:

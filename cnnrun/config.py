@@ -78,7 +78,7 @@ SECTIONS = {
 # TRADES (Zhang et al. 2019): cross-entropy on the clean batch plus beta times the KL
 # divergence to the outputs on a perturbed one, found by `steps` steps (whole batches).
 ADVERSARIAL = {
-    "method": (choice("fgsm", "pgd", "trades"), "fgsm"),
+    "method": (choice("fgsm", "pgd", "trades", "ibp"), "fgsm"),
     "eps": (UNIT, REQUIRED),
     "ratio": (("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1), 0.5),  # not trades: whole batches
     "random_start": (BOOL, False),  # fgsm only
@@ -87,6 +87,7 @@ ADVERSARIAL = {
     "warmup": (NON_NEGATIVE_INT, 0),
     "eps_schedule": (MAPPING_OR_NULL, None),  # eps at every step, as train.schedule sets the rate
     "beta": (POSITIVE_NUMBER, 6.0),  # trades only
+    "kappa": (UNIT, 0.5),  # ibp only: the clean loss's weight at the full eps (1 at eps 0)
 }
 # train.select: which epoch's weights best.npz keeps, by a validation figure (data.validation);
 # val_robust_acc is the accuracy under `attack` (a train.adversarial-like mapping).

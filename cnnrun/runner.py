@@ -27,13 +27,14 @@ from tqdm import tqdm
 
 from cnnrun import plots, runs
 from cnnrun.data import augment
-from cnnrun.robustness import attacks
+from cnnrun.robustness import attacks, bounds
 from cnnrun.config import build_network
 from cnnrun.data import check_data_fits
 from cnnrun.errors import CnnrunError, interrupted
 from cnnrun.fileio import write_atomic
 from cnnrun.nn import make_optimizer
-from cnnrun.training import Diverged, check_batches, epoch_rng, evaluate, steps_per_epoch, train_epoch
+from cnnrun.training import (Diverged, check_adversarial, check_batches, epoch_rng, evaluate, steps_per_epoch,
+                             train_epoch)
 
 # During training, curves.png is redrawn after a tested epoch at most once in this many
 # seconds (a drawing takes 0.1-0.3 s, longer than a small network's epoch), and always
@@ -164,10 +165,13 @@ def run_epoch(net, optimizer, config, data, epoch, progress):
         adversary = attacks.adversary(settings, epoch_rng(seed, epoch, stream=1), epoch, first_step=epoch * batches,
                                       steps_per_epoch=batches, epochs=epochs)
         beta = settings["beta"] if settings and settings["method"] == "trades" else None
+        certified = (bounds.ibp_trainer(settings, epoch, epoch * batches, batches, epochs)
+                     if settings and settings["method"] == "ibp" else None)
         train_loss, train_acc = train_epoch(net, optimizer, x_train, y_train, train_cfg["batch_size"],
                                             epoch_rng(seed, epoch), on_batch, adversary, beta,
                                             noise=epoch_rng(seed, epoch, stream=2), first_step=epoch * batches,
-                                            augment=augmenter(config["data"]["augment"], epoch_rng(seed, epoch, stream=3)))
+                                            augment=augmenter(config["data"]["augment"], epoch_rng(seed, epoch, stream=3)),
+                                            certified=certified)
     train_seconds = time.perf_counter() - started
     row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
                test_loss=None, test_acc=None)
@@ -297,6 +301,7 @@ def _train_run(config, run_dir, data, resume, progress, log, command, until, eng
     for images, labels in data.values():
         check_data_fits(net, images, labels)
     check_batches(net, len(data["train"][0]), config["train"]["batch_size"])
+    check_adversarial(net, config["train"]["adversarial"])
     if config["data"]["augment"]:
         augment.check(config["data"]["augment"], net.input_shape)
     optimizer = make_optimizer(config["train"], list(net.named_parameters()),

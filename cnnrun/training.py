@@ -42,6 +42,15 @@ def check_batches(net, n, batch_size):
                               f"change train.batch_size or data.train_limit")
 
 
+def check_adversarial(net, settings):
+    """One line before any training if `train.adversarial` cannot train this network
+    (IBP training bounds only some layers)."""
+    if settings and settings["method"] == "ibp":
+        from cnnrun.robustness.bounds import check_ibp_trainable
+
+        check_ibp_trainable(net)
+
+
 def trades_step(net, x, x_adv, y, beta):
     """Forward and backward of the TRADES loss (`losses.trades_loss`) on the clean batch x
     and its x' `(N, C, H, W)`, both in one pass of 2N; fills the network's gradients.
@@ -54,7 +63,7 @@ def trades_step(net, x, x_adv, y, beta):
 
 
 def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adversary=None, trades_beta=None,
-                noise=None, first_step=0, augment=None):
+                noise=None, first_step=0, augment=None, certified=None):
     """One pass of `optimizer` (SGD or Adam) over `(x, labels)` in an order shuffled by `rng`,
     the network in training mode (dropout's draws from `noise`), back in evaluation mode
     after it; the adversary makes its examples in evaluation mode (every attack runs so:
@@ -66,18 +75,21 @@ def train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch=None, adver
     batch and the adversary's x' (accuracy on the clean batch). `on_batch(loss, acc)` is called after every batch with running means.
     Before each step the optimizer takes its rate from its schedule (`begin_step`), the
     steps counted over the run from `first_step`, this epoch's first. `augment(x) -> x`, if
-    given, transforms each batch first (data/augment.py).
+    given, transforms each batch first (data/augment.py). `certified(net, x, y, labels) ->
+    (loss, logits)`, if given, is the step of certified training (robustness/bounds.py's
+    `ibp_trainer`): it fills the gradients itself.
     Returns `(mean loss, accuracy)` over the epoch; raises `Diverged` on a NaN/inf loss or weight.
     """
     net.train(noise)
     try:
         return _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step,
-                            augment)
+                            augment, certified)
     finally:
         net.eval()
 
 
-def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step, augment):
+def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary, trades_beta, first_step, augment,
+                 certified):
     order = rng.permutation(len(x))
     k = net.output_shape[0]
     total_loss = total_correct = seen = 0
@@ -87,7 +99,9 @@ def _train_epoch(net, optimizer, x, labels, batch_size, rng, on_batch, adversary
         xb, yb = x[idx], one_hot(labels[idx], k, net.dtype)
         if augment:
             xb = augment(xb)
-        if adversary and trades_beta is not None:
+        if certified:
+            loss, logits = certified(net, xb, yb, labels[idx])
+        elif adversary and trades_beta is not None:
             loss, logits = trades_step(net, xb, adversary(net, xb, yb), yb, trades_beta)
         else:
             if adversary:

@@ -308,7 +308,7 @@ def adversary(settings, rng, epoch=0, first_step=0, steps_per_epoch=1, epochs=1)
     `eps_schedule`, eps (and the step sizes with it) is set at every step, the calls
     counted as the epoch's steps from `first_step` (`eps_at`).
     Returns `f(net, x, y) -> x` or None if not configured."""
-    if not settings:
+    if not settings or settings["method"] == "ibp":  # certified training: not an attack (bounds.ibp_trainer)
         return None
     method, ratio, steps = settings["method"], settings["ratio"], settings["steps"]
     epoch_scale = min(1.0, (epoch + 1) / settings["warmup"]) if settings["warmup"] else 1.0

@@ -285,11 +285,162 @@ METHODS = {
 BATCH = {"ibp": 500, "crown-ibp": 100, "crown": 10}  # images bounded at once
 
 
+@in_eval_mode  # here, before the parts' threads: each of them then finds the network in evaluation mode
 def margins(net, x, labels, eps, method):
     """Lower bounds `(N, K)` of the margins z_y - z_k over the eps-ball by `method` (a key of
     METHODS), and the layers it bounded by IBP for want of anything better."""
-    if method == "ibp":
-        return ibp_margins(net, x, labels, eps), []
-    if method in ("crown", "crown-ibp"):
-        return crown_margins(net, x, labels, eps, intermediate="crown" if method == "crown" else "ibp")
-    raise CnnrunError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    from cnnrun.nn import parallel
+
+    if method not in METHODS:
+        raise CnnrunError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+
+    def part(rows):  # the kernels are planned for parts of a batch (nn/parallel.py), run side by side
+        if method == "ibp":
+            return ibp_margins(net, x[rows], labels[rows], eps), []
+        return crown_margins(net, x[rows], labels[rows], eps, intermediate="crown" if method == "crown" else "ibp")
+
+    done = parallel.run(part, parallel.parts(len(x)), net.threads)
+    return np.concatenate([d[0] for d in done]), sorted({name for d in done for name in d[1]})
+
+
+# --- certified training: IBP's loss and its gradient, by hand (Gowal et al. 2018) -------
+#
+# The worst-case logits over the eps-ball are minus the margins' lower bounds (z_y - z_k >=
+# m_k, so z_k - z_y <= -m_k): CE(-m, y) is small only when every margin is provably
+# large. Training lowers kappa * CE(z, y) + (1 - kappa) * CE(-m, y). Its gradient goes back
+# through the bound computation, each step the transpose of its forward:
+#   affine:   c' = L(c), r' = |W| r   ->  dc = L^T (dl' + du'), dr = |W|^T (du' - dl'),
+#                                          dW += (dl' + du') c^T-terms + sign(W) (du' - dl') r^T-terms
+#   monotone: l' = f(l), u' = f(u)    ->  dl = f'(l) dl', du = f'(u) du'
+#   box:      c = (u + l) / 2, r = (u - l) / 2  ->  dl = (dc - dr) / 2, du = (dc + dr) / 2
+
+IBP_TRAINABLE = {"normalize", "conv", "dense", "relu", "flatten", "reshape", "maxpool", "avgpool",
+                 "global_avgpool", "sigmoid", "tanh"}
+
+
+def check_ibp_trainable(net):
+    """One line naming the first layer IBP training cannot pass (it needs the bound of each
+    layer and its gradient, for the layers of IBP_TRAINABLE)."""
+    for index, layer in enumerate(net.layers[:-2]):
+        if layer.kind not in IBP_TRAINABLE:
+            raise CnnrunError(f"layer {index} ({layer.kind}): IBP training bounds only "
+                              f"{', '.join(sorted(IBP_TRAINABLE))} (then a last dense layer)")
+    if net.layers[-2].kind != "dense":
+        raise CnnrunError("IBP training needs the last layer before softmax to be dense (folded into the margins)")
+
+
+def _affine_replicas(layer):
+    centre, radius = layer.replica(), layer.replica()
+    radius.params, radius.bias = {"W": np.abs(layer.params["W"])}, False
+    return centre, radius
+
+
+def ibp_loss_and_grads(net, x, labels, eps):
+    """IBP's worst-case loss CE(-m, y) on images `x` at eps (the mean over the batch), and its
+    gradient: `(loss, worst-case logits (N, K), {parameter name: gradient})`. The batch runs
+    in the network's parts, side by side on its threads (nn/parallel.py), their gradients
+    summed."""
+    from cnnrun.nn import parallel
+
+    x, parts = np.asarray(x, net.dtype), parallel.parts(len(x))
+    done = parallel.run(lambda part: _ibp_part(net, x[part], labels[part], eps, len(x)), parts, net.threads)
+    grads = {name: sum(d[2][name] for d in done) for name in done[0][2]}
+    return float(sum(d[0] for d in done)), np.concatenate([d[1] for d in done]), grads
+
+
+def _ibp_part(net, x, labels, eps, n):
+    """`ibp_loss_and_grads` on one part of a batch of `n`: `(its share of the summed loss,
+    its worst-case logits, its share of the gradients)`."""
+    layers, last = net.layers[:-2], net.layers[-2]
+    lower, upper = input_box(np.asarray(x, net.dtype), eps)
+    tape = []
+    for layer in layers:
+        if layer.kind in ("conv", "dense"):
+            centre, radius = _affine_replicas(layer)
+            c, r = centre.forward((upper + lower) / 2), radius.forward((upper - lower) / 2)
+            lower, upper = c - r, c + r
+            tape.append((centre, radius))
+        else:
+            low, up = layer.replica(), layer.replica()
+            lower, upper = low.forward(lower), up.forward(upper)
+            tape.append((low, up))
+    W, b = last.params["W"], last.params.get("b")
+    m = margin_bounds(W, b, lower, upper, labels)
+    worst = -m
+    shifted = worst - worst.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(labels))
+    loss = float(-log_p[rows, labels].sum() / n)
+    d_worst = np.exp(log_p)
+    d_worst[rows, labels] -= 1
+    dm = (-d_worst / n).astype(net.dtype)
+    dm[rows, labels] = 0  # m_y is 0 whatever the weights
+    # margin_bounds backward, class by class as its forward
+    centre, radius = (upper + lower) / 2, (upper - lower) / 2
+    d_centre, d_radius = np.zeros_like(centre), np.zeros_like(radius)
+    dW = np.zeros_like(W)
+    grads = {}
+    for y in np.unique(labels):
+        rows = labels == y
+        difference = W[:, y:y + 1] - W                                   # (D, K)
+        d_centre[rows] = dm[rows] @ difference.T
+        d_radius[rows] = -dm[rows] @ np.abs(difference).T
+        T = centre[rows].T @ dm[rows] - (radius[rows].T @ dm[rows]) * np.sign(difference)   # (D, K)
+        dW -= T
+        dW[:, y] += T.sum(axis=1)
+    grads[f"{len(net.layers) - 2}.dense.W"] = dW
+    if b is not None:
+        db = -dm.sum(axis=0)
+        np.add.at(db, labels, dm.sum(axis=1))
+        grads[f"{len(net.layers) - 2}.dense.b"] = db
+    d_lower, d_upper = (d_centre - d_radius) / 2, (d_centre + d_radius) / 2
+    for index in range(len(layers) - 1, -1, -1):
+        layer, (first, second) = layers[index], tape[index]
+        need_dx = index > 0
+        if layer.kind in ("conv", "dense"):
+            dc, dr = first.backward(d_lower + d_upper, need_dx=need_dx), second.backward(d_upper - d_lower,
+                                                                                         need_dx=need_dx)
+            grads[f"{index}.{layer.kind}.W"] = first.grads["W"] + np.sign(layer.params["W"]) * second.grads["W"]
+            if "b" in layer.params:
+                grads[f"{index}.{layer.kind}.b"] = first.grads["b"]
+            if need_dx:
+                d_lower, d_upper = (dc - dr) / 2, (dc + dr) / 2
+        elif need_dx:
+            d_lower, d_upper = first.backward(d_lower), second.backward(d_upper)
+    return loss, worst, grads
+
+
+def ibp_step(net, x, y, labels, eps, kappa):
+    """One step's gradients for IBP training: `kappa * CE(z, y) + (1 - kappa) * CE(-m, y)`
+    on the batch `x` with one-hot `y`; fills the layers' `grads`. Returns `(loss, clean logits)`."""
+    loss, logits, _ = net.loss_and_backward(x, y)
+    if kappa >= 1:
+        return loss, logits
+    worst_loss, _, grads = ibp_loss_and_grads(net, x, labels, eps)
+    for index, layer in enumerate(net.layers):
+        for name in layer.params:
+            layer.grads[name] = kappa * layer.grads[name] + (1 - kappa) * grads[f"{index}.{layer.kind}.{name}"]
+    return kappa * loss + (1 - kappa) * worst_loss, logits
+
+
+def ibp_trainer(settings, epoch, first_step, steps_per_epoch, epochs):
+    """The training step of `train.adversarial` with method ibp: `f(net, x, y, labels) ->
+    (loss, logits)`, filling the gradients (`ibp_step`). eps grows by `warmup` epochs or
+    `eps_schedule` per step (as for the attacks' training), and kappa with it: 1 at eps 0,
+    `kappa` at the full eps (Gowal et al. ramp both together). The steps are counted over
+    the run from `first_step`, so a resumed run ramps as an uninterrupted one."""
+    from cnnrun.robustness.attacks import eps_at
+
+    calls = [first_step]
+    epoch_scale = min(1.0, (epoch + 1) / settings["warmup"]) if settings["warmup"] else 1.0
+
+    def step(net, x, y, labels):
+        if settings.get("eps_schedule"):
+            eps = eps_at(settings, calls[0], steps_per_epoch, epochs)
+        else:
+            eps = epoch_scale * settings["eps"]
+        calls[0] += 1
+        share = eps / settings["eps"] if settings["eps"] else 1.0
+        return ibp_step(net, x, y, labels, eps, 1 - (1 - settings["kappa"]) * share)
+
+    return step
