@@ -74,6 +74,11 @@ def test_every_step_of_how_it_works_runs_and_checks_itself(monkeypatch):
     assert "conv_loops" in namespace and "maxpool_backward_loops" in namespace
 
 
+def test_every_step_of_the_certified_robustness_page_runs_and_checks_itself(monkeypatch):
+    namespace = run_blocks("certified.md", ROOT, monkeypatch)
+    assert "crown" in namespace and "ratios" in namespace
+
+
 @pytest.mark.slow
 def test_the_python_page_runs_on_real_mnist(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNRUN_DATA_DIR", real_mnist_dir())
