@@ -126,7 +126,7 @@ def landscapes(items, path):
     one column per run: the loss along the line from the initial weights (top) and its
     contours on the plane of two filter-normalised directions (bottom), one scale for all."""
     plt = pyplot()
-    fig, axes = plt.subplots(2, len(items), figsize=(4.2 * len(items), 7.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(items), figsize=(4.4 * len(items) + 0.8, 8), squeeze=False, layout="constrained")
     top = max(float(np.percentile(losses, 95)) for _, _, _, losses in items)
     levels = np.linspace(0, max(top, 1e-6), 25)
     for column, (title, line_rows, coords, losses) in enumerate(items):
@@ -141,7 +141,7 @@ def landscapes(items, path):
         ax.contour(coords, coords, losses, levels=levels[::3], colors="white", linewidths=0.4)
         ax.plot([0], [0], "r+", ms=10)
         ax.set(xlabel="direction 2", ylabel="direction 1", aspect="equal", title="loss around the final weights")
-    fig.colorbar(filled, ax=axes[1, :].tolist(), shrink=0.8, label="test loss")
+    fig.colorbar(filled, ax=axes[1, :].tolist(), shrink=0.8, label="test loss", format="%.2g")
     save(fig, path)
 
 
