@@ -259,11 +259,11 @@ def echo_where(trackers):
 
 def data_dir_option(f):
     return click.option("--data-dir", type=click.Path(file_okay=False),
-                        help="MNIST folder (default: $CNNRUN_DATA_DIR, the config's data.dir, "
+                        help="Folder of the data set's files (default: $CNNRUN_DATA_DIR, the config's data.dir, "
                              "then ~/.cache/cnnrun/mnist; downloaded there if missing).")(f)
 
 
-@main.command(name="train", short_help="Train a config on MNIST in a new run folder (or --resume).")
+@main.command(name="train", short_help="Train a config in a new run folder (or --resume).")
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs (with --resume: train on to N).")
 @click.option("--seed", type=click.IntRange(min=0), help="Override the config's seed.")
@@ -279,7 +279,8 @@ def data_dir_option(f):
 @engine_option
 @tracking_options
 def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, quiet, engine, mlflow, tensorboard):
-    """Train CONFIG's network on MNIST in a new run folder under --runs-dir.
+    """Train CONFIG's network on its data set (data.dataset: MNIST unless it names another)
+    in a new run folder under --runs-dir.
 
     Evaluates on the test set every train.eval_every epochs and after the last;
     writes config.yaml, metrics.csv, checkpoint.npz, weights.npz, summary.json and
