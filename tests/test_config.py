@@ -79,7 +79,7 @@ def with_change(change):
     (lambda c: c["model"]["layers"][0]["conv"].pop("filters"), r"model.layers\[0\].conv.filters: missing"),
     (lambda c: c["train"].update(adversarial={"eps": 2}), r"train.adversarial.eps: expected a number in \[0, 1\]"),
     (lambda c: c["train"].update(adversarial={"eps": 0.3, "method": "cw"}),
-     r"train.adversarial.method: expected 'fgsm' or 'pgd' or 'trades', got 'cw'"),
+     r"train.adversarial.method: expected 'fgsm' or 'pgd' or 'trades' or 'ibp', got 'cw'"),
     (lambda c: c["train"].update(adversarial={"method": "fgsm"}), r"train.adversarial.eps: missing"),
     (lambda c: c["model"]["layers"].__setitem__(1, {"instance_norm": {"affine": "yes"}}),
      r"model.layers\[1\].instance_norm.affine: expected true or false"),

@@ -116,3 +116,35 @@ def test_ibp_training_refuses_layers_it_cannot_bound_before_any_run_folder(setup
     with pytest.raises(CnnrunError, match="kappa"):
         validate(dict(TINY_CONFIG, train=dict(TINY_CONFIG["train"], adversarial={"method": "ibp", "eps": 0.1,
                                                                                   "kappa": 1.5})))
+
+
+@pytest.mark.slow
+def test_a_trained_networks_bounds_hold_against_samples_and_attacks(setup):
+    from cnnrun import api
+    from cnnrun.robustness import attacks
+    model = {"input_shape": [1, 28, 28], "layers": [{"conv": {"filters": 4, "kernel": 4, "stride": 2, "padding": 1}},
+                                                     "relu", {"conv": {"filters": 6, "kernel": 4, "stride": 2}},
+                                                     "relu", "flatten", {"dense": {"units": 20}}, "relu",
+                                                     {"dense": {"units": 10}}, "softmax"]}
+    path = write_config(setup["tmp"] / "trained.yaml", name="trained", model=model, train=dict(
+        TINY_CONFIG["train"], epochs=20, eval_every=20, optimizer="adam", lr=0.003, lr_decay=1.0,
+        adversarial={"method": "ibp", "eps": 0.05}))
+    result = CliRunner().invoke(main, ["train", path, "--data-dir", setup["data"], "--runs-dir", setup["runs"], "-q"])
+    assert result.exit_code == 0, result.output
+    cfg, net = api.load_run(runs.list_runs(setup["runs"])[0])
+    x, labels = api.load_data(cfg, setup["data"])["test"]
+    x, labels = x[:40], labels[:40]
+    eps = 0.05
+    y = np.eye(10)[labels]
+    found = [attacks.attack(net, x, y, method, eps, queries=200) for method in ("apgd-t", "square")]
+    rng = np.random.default_rng(0)
+    low, up = bounds.input_box(x, eps)
+    found += [low + (up - low) * rng.random(x.shape) for _ in range(50)]
+    certified = {}
+    for method in ("ibp", "crown-ibp", "crown"):
+        margins = bounds.margins(net, x, labels, eps, method)[0]
+        certified[method] = bounds.certified(net, x, labels, margins).mean()
+        for point in found:
+            z = net.logits(point)
+            assert np.all(z[np.arange(40), labels][:, None] - z >= margins - 1e-4)  # float32 sums
+    assert certified["crown"] >= certified["ibp"] > 0.3, certified  # trained against its bounds: they certify

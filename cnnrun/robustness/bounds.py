@@ -300,7 +300,8 @@ def margins(net, x, labels, eps, method):
         return crown_margins(net, x[rows], labels[rows], eps, intermediate="crown" if method == "crown" else "ibp")
 
     done = parallel.run(part, parallel.parts(len(x)), net.threads)
-    return np.concatenate([d[0] for d in done]), sorted({name for d in done for name in d[1]})
+    return np.concatenate([d[0] for d in done]), sorted({name for d in done for name in d[1]},
+                                                         key=lambda name: int(name.split(".")[0]))
 
 
 # --- certified training: IBP's loss and its gradient, by hand (Gowal et al. 2018) -------
