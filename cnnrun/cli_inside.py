@@ -7,7 +7,6 @@ import sys
 import time
 
 import click
-import numpy as np
 
 from cnnrun.cli import data_dir_option, load_run, main, runs_dir_option, split_run_and_files, weights_option
 from cnnrun.errors import CnnrunError
@@ -16,6 +15,8 @@ from cnnrun.errors import CnnrunError
 def test_images(cfg, data_dir, indices, quiet):
     """The test images `indices` of the run's data set, and their labels; an index out
     of range is a one-line error."""
+    import numpy as np
+
     from cnnrun.data import load_data
 
     x, labels = load_data(cfg, data_dir, progress=not quiet, splits=("test",), of_run=True)["test"]
@@ -27,6 +28,8 @@ def test_images(cfg, data_dir, indices, quiet):
 
 def own_images(net, paths):
     """The user's pictures made MNIST-like, as `predict` reads them: `(N, 1, H, W)`."""
+    import numpy as np
+
     from cnnrun.images import read_image, to_mnist
 
     c, h, w = net.input_shape
@@ -39,6 +42,8 @@ def own_images(net, paths):
 def explain_one(net, x, label, target, names, key, folder, title, eps, steps, samples):
     """Every picture of one image (and, with `eps`, of its PGD twin) in `folder/key/`;
     returns the dict written as its `explain.json`."""
+    import numpy as np
+
     from cnnrun import explain, pages
 
     out = os.path.join(folder, key)
@@ -102,6 +107,8 @@ def explain_one(net, x, label, target, names, key, folder, title, eps, steps, sa
 def explain_classes(net, names, folder, x=None, labels=None):
     """classes.png (one class visualisation per class) and, given test images, fooling.png
     (each of the first correct ones pushed to the next class). Returns a summary dict."""
+    import numpy as np
+
     from cnnrun import explain, pages
 
     k = net.output_shape[0]
@@ -158,6 +165,8 @@ def explain_cmd(args, indices, target, eps, steps, samples, classes, out, data_d
     layer. PNGs in RUN_DIR/explain/<image>/ and one page, RUN_DIR/explain/index.html,
     with every picture in it (open it in a browser; it needs no network).
     """
+    import numpy as np
+
     from cnnrun import pages
     from cnnrun.data.datasets import class_names
 
@@ -226,6 +235,8 @@ def landscape_cmd(run_dirs, images, resolution, span, line_points, seed, out, da
     Writes line.csv, plane.csv and landscape.png in RUN_DIR/landscape/; with several
     runs (a robust one beside a plain one), also one picture of them side by side.
     """
+    import numpy as np
+
     from tqdm import tqdm
 
     from cnnrun import landscape, pages

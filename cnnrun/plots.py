@@ -15,9 +15,12 @@ class Figures:
 
     @staticmethod
     def figure(figsize=None, layout=None):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        return Figure(figsize=figsize, layout=layout)
+        fig = Figure(figsize=figsize, layout=layout)
+        FigureCanvasAgg(fig)  # its own Agg canvas (the figure's, not a global backend): PNGs, text sizes
+        return fig
 
     @staticmethod
     def subplots(nrows=1, ncols=1, *, figsize=None, layout=None, squeeze=True, **kwargs):

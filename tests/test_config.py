@@ -171,7 +171,7 @@ def test_adversarial_config_is_resolved_with_defaults():
     raw["train"]["adversarial"] = {"method": "pgd", "eps": 0.3}
     assert validate(raw)["train"]["adversarial"] == dict(method="pgd", eps=0.3, ratio=0.5, random_start=False,
                                                          step_size=None, steps=10, warmup=0, eps_schedule=None,
-                                                         beta=6.0)
+                                                         beta=6.0, kappa=0.5)
     assert load_config(os.path.join(ROOT, "configs/robust-pgd.yaml"))["train"]["adversarial"]["method"] == "pgd"
 
 
