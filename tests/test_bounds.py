@@ -253,3 +253,18 @@ def test_the_strongest_attacks_never_push_a_margin_below_any_methods_bound(rng):
             assert np.abs(x_adv - x).max() <= eps + 1e-12
             z = net.logits(x_adv)
             assert np.all(z[np.arange(12), labels][:, None] - z >= margins - 1e-10)
+
+
+@pytest.mark.parametrize("method, intermediate", [("crown", "crown"), ("crown-ibp", "ibp")])
+def test_crown_equals_its_reference_written_as_matrices(rng, method, intermediate):
+    net = Network(["flatten", ("dense", {"units": 7}), "relu", ("dense", {"units": 6}), "relu", ("dense", {"units": 5}),
+                   "relu", ("dense", {"units": 4}), "softmax"], (1, 3, 3), seed=0, dtype=np.float64)
+    dense = [layer for layer in net.layers if layer.kind == "dense"]
+    for layer in dense:
+        layer.params["b"][...] = rng.normal(0, 0.3, layer.params["b"].shape)
+    x, labels = rng.random((7, 1, 3, 3)), rng.integers(0, 4, 7)
+    for eps in (0.0, 0.03, 0.1, 0.3):
+        fast = bounds.margins(net, x, labels, eps, method)[0]
+        reference = bounds.reference_crown([d.params["W"] for d in dense], [d.params["b"] for d in dense],
+                                           x.reshape(7, -1), labels, eps, intermediate)
+        np.testing.assert_allclose(fast, reference, rtol=1e-12, atol=1e-12)

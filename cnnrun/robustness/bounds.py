@@ -445,3 +445,49 @@ def ibp_trainer(settings, epoch, first_step, steps_per_epoch, epochs):
         return ibp_step(net, x, y, labels, eps, 1 - (1 - settings["kappa"]) * share)
 
     return step
+
+
+# --- the reference for CROWN: a network of dense layers and relus, as matrices --------
+
+def reference_crown(weights, biases, x, labels, eps, intermediate="crown"):
+    """CROWN's margin bounds for the network `z_0 = x W_0 + b_0, z_j = relu(z_{j-1}) W_j + b_j`
+    (the last z the logits) on flat images `x` `(N, D)`, one image at a time, every linear
+    bound an explicit matrix: the definition that `crown_margins` computes through the
+    layers' backward passes. Each relu's input box is interval arithmetic's, tightened by
+    CROWN itself (`intermediate="crown"`) from the second relu on."""
+    def relaxed(A, c, box):
+        """Rows `A . relu(z) + c` as rows on z in `box`, by the lower lines (positive
+        entries) and the upper ones (negative entries)."""
+        l, u = box
+        unstable = (l < 0) & (u > 0)
+        up_slope = np.where(unstable, u / np.where(unstable, u - l, 1), (l >= 0) * 1.0)
+        low_slope = np.where(unstable, (u > -l) * 1.0, (l >= 0) * 1.0)
+        c = c + np.minimum(A, 0) @ np.where(unstable, -up_slope * l, 0)
+        return np.maximum(A, 0) * low_slope + np.minimum(A, 0) * up_slope, c
+
+    out = []
+    for image, label in zip(x, labels):
+        low0, up0 = np.clip(image - eps, 0, 1), np.clip(image + eps, 0, 1)
+        boxes = []  # the box of each z_j but the last
+
+        def minimum(A, c, depth):
+            """The minimum over the input box of rows `A . z_depth + c`."""
+            for j in range(depth, -1, -1):
+                A, c = A @ weights[j].T, c + A @ biases[j]   # rows on z_j's input
+                if j > 0:
+                    A, c = relaxed(A, c, boxes[j - 1])
+            return np.maximum(A, 0) @ low0 + np.minimum(A, 0) @ up0 + c
+
+        for depth in range(len(weights) - 1):
+            h_low, h_up = (low0, up0) if depth == 0 else (np.maximum(boxes[-1][0], 0), np.maximum(boxes[-1][1], 0))
+            W, b = weights[depth], biases[depth]
+            l = np.maximum(W, 0).T @ h_low + np.minimum(W, 0).T @ h_up + b
+            u = np.maximum(W, 0).T @ h_up + np.minimum(W, 0).T @ h_low + b
+            if intermediate == "crown" and depth > 0:
+                eye, zero = np.eye(len(b)), np.zeros(len(b))
+                l, u = np.maximum(l, minimum(eye, zero, depth)), np.minimum(u, -minimum(-eye, zero, depth))
+            boxes.append((l, u))
+        W, b = weights[-1], biases[-1]
+        A, c = relaxed((W[:, label][:, None] - W).T, b[label] - b, boxes[-1])   # margins on the last relu's input
+        out.append(minimum(A, c, len(weights) - 2))
+    return np.array(out)
