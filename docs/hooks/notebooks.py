@@ -17,11 +17,12 @@ def notebook_markdown(path):
     import nbformat
 
     book = nbformat.read(path, as_version=4)
-    out = [f"[Download the notebook]({os.path.basename(path)}) (run it with Jupyter, beside an installed cnnrun).", ""]
-    for cell in book.cells:
+    download = f"[Download the notebook]({os.path.basename(path)}) (run it with Jupyter, beside an installed cnnrun)."
+    out = []
+    for index, cell in enumerate(book.cells):
         source = _text(cell.source)
         if cell.cell_type == "markdown":
-            out += [source, ""]
+            out += [source, ""] + ([download, ""] if index == 0 else [])
             continue
         if cell.cell_type != "code":
             continue
