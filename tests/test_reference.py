@@ -360,6 +360,7 @@ def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
 # 64 samples, 50 for robust-*'s and small-adv's 100). A change here is a change of plan:
 # it needs its measurement in docs/performance.md.
 SHIPPED_PLANS = {
+    "certified-ibp": {"0.conv": ("columns", "scatter", True), "2.conv": ("wide", "wide", False)},
     "fashion": {"1.conv": ("columns", "scatter", True), "4.conv": ("wide", "wide", False),
                 "8.conv": ("wide", "wide", False), "11.conv": ("wide", "wide", False)},
     "fast-fgsm": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "scatter_batch_last", True)},
@@ -378,6 +379,7 @@ SHIPPED_PLANS = {
                "8.residual.body.3.conv": ("wide", "wide", False),
                "8.residual.shortcut.0.conv": ("patches", "patches", True)},
     "robust-pgd": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "patches", True)},
+    "robust-pgd-cosine": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "patches", True)},
     "robust-trades": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "patches", True)},
     "small-adv": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "scatter_batch_last", True)},
     "smallcnn": {"0.conv": ("columns", "scatter", True), "2.conv": ("wide", "wide", False),
