@@ -95,8 +95,12 @@ def explain_one(net, x, label, target, names, key, folder, title, eps, steps, sa
                     layer_distances=dist)
     pages.attributions(rows, os.path.join(out, "attributions.png"), f"{title}: attributions for class {name_of(target)}")
     if abs(ig_sum - z_gap) > 0.01 * max(abs(z_gap), 1e-6):
-        summary += (" (integrated gradients fall short of completeness here: the logit changes steeply on the "
-                    "path from black, as it does right after an instance norm; more --steps bring them closer)")
+        summary += f" (integrated gradients are {abs(ig_sum - z_gap) / max(abs(z_gap), 1e-6):.0%} off completeness"
+        if any(layer.kind == "instance_norm" for layer in net.layers):
+            summary += (": after an instance norm the logit jumps right next to the black image, which no "
+                        "number of --steps samples)")
+        else:
+            summary += f" at {steps} steps: more --steps bring them closer)"
     meta.update(summary=summary, pictures=pictures)
     from cnnrun.fileio import write_atomic
 
