@@ -163,13 +163,10 @@ def numeric_gradient(f, array, step=1e-6):
     """Central differences `(f(a + h) - f(a - h)) / 2h` of the scalar function `f()` for every
     entry of `array`, which `f` reads (perturbed in place and put back): `array`'s shape.
     Use float64."""
+    from cnnrun.nn.gradcheck import perturbed
+
     grad = np.zeros(array.shape)
     for idx in np.ndindex(array.shape):
-        old = array[idx]
-        array[idx] = old + step
-        up = f()
-        array[idx] = old - step
-        down = f()
-        array[idx] = old
+        up, down = perturbed(f, array, idx, step)
         grad[idx] = (up - down) / (2 * step)
     return grad

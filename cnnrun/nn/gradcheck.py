@@ -23,6 +23,17 @@ def sample_indices(shape, count, rng):
     return list(zip(*np.unravel_index(flat, shape)))
 
 
+def perturbed(f, array, idx, step=STEP):
+    """`(f(a + h), f(a - h))` for entry `idx` of `array`, which `f` reads; the entry is put back."""
+    old = array[idx]
+    array[idx] = old + step
+    up = f()
+    array[idx] = old - step
+    down = f()
+    array[idx] = old
+    return up, down
+
+
 def numeric_gradient(f, array, indices, step=STEP):
     """Central differences (f(a + h) - f(a - h)) / 2h of scalar `f()` for entries of `array`,
     which `f` reads; `array` is perturbed in place and restored.
@@ -34,12 +45,7 @@ def numeric_gradient(f, array, indices, step=STEP):
     centre = f()
     grads = []
     for idx in indices:
-        old = array[idx]
-        array[idx] = old + step
-        up = f()
-        array[idx] = old - step
-        down = f()
-        array[idx] = old
+        up, down = perturbed(f, array, idx, step)
         right, left = (up - centre) / step, (centre - down) / step
         kink = abs(right - left) > KINK * max(abs(right), abs(left), SCALE_FLOOR)
         grads.append(np.nan if kink else (up - down) / (2 * step))
