@@ -733,8 +733,8 @@ def attack_cmd(run_dirs, eps_values, methods, steps, queries, masking_check, ste
 @click.option("--method", "methods", multiple=True, default=["ibp"], show_default=True,
               help="ibp: interval bound propagation (Gowal et al. 2018), each layer's output box from its input's; "
                    "crown-ibp: CROWN's linear bounds for the margins over IBP's boxes (Zhang et al. 2020), as fast "
-                   "and tighter; crown: CROWN (Zhang et al. 2018) for every relu's input too, the tightest, seconds "
-                   "per image on convolutions. Repeatable or a comma list; with several, also 'best': each "
+                   "and tighter; crown: CROWN (Zhang et al. 2018) for every unstable relu input too, the tightest "
+                   "and the slowest. Repeatable or a comma list; with several, also 'best': each "
                    "margin's tightest bound among them.")
 @click.option("--limit", type=click.IntRange(min=1), help="Certify only the first N test images [default: all].")
 @data_dir_option

@@ -208,21 +208,47 @@ def test_crown_is_tighter_than_ibp_on_relu_networks(rng):
         assert np.mean(crown[others] > ibp[others]) > 0.9
 
 
-def test_crowns_intermediate_boxes_hold_every_sampled_point_and_are_within_ibps(rng):
-    net = relu_network()
-    x = rng.random((3, 1, 9, 9))
-    domain = bounds.input_box(x, 0.05)
-    layers = net.layers[:8]  # up to the flatten: two relus inside
+def ibp_boxes(layers, domain):
+    """The input box of each of `layers`, then the last one's output box."""
     boxes = [domain]
     for layer in layers:
         boxes.append(bounds.propagate([layer], *boxes[-1]))
-    low, up = bounds.crown_box(layers, boxes[:-1], domain, net.shapes[8])
+    return boxes
+
+
+def test_crowns_intermediate_boxes_hold_every_sampled_point_and_tighten_ibps_unstable_neurons(rng):
+    net = relu_network()
+    x = rng.random((3, 1, 9, 9))
+    domain = bounds.input_box(x, 0.01)  # some neurons stable, some not
+    layers = net.layers[:9]  # up to the dense layer before the third relu: two relus inside
+    boxes = ibp_boxes(layers, domain)
+    low, up = bounds.crown_box(layers, bounds.relaxations(layers, boxes), domain, boxes[-1])
     for _ in range(200):
         h = domain[0] + (domain[1] - domain[0]) * rng.random(x.shape)
         for layer in layers:
             h = layer.forward(h)
         assert np.all(h >= low - 1e-10) and np.all(h <= up + 1e-10)
-    assert np.mean(up - low < boxes[-1][1] - boxes[-1][0]) > 0.5
+    unstable = (boxes[-1][0] < 0) & (boxes[-1][1] > 0)
+    assert 5 < unstable.sum() < unstable.size
+    assert np.all(low[~unstable] == boxes[-1][0][~unstable]) and np.all(up[~unstable] == boxes[-1][1][~unstable])
+    assert np.mean((up - low)[unstable] < (boxes[-1][1] - boxes[-1][0])[unstable]) > 0.5
+
+
+@pytest.mark.parametrize("budget", [2 ** 25, 700])  # all pairs at once, or a few at a time
+def test_crown_box_gives_each_unstable_neuron_the_bound_of_every_row_carried_back_at_once(rng, monkeypatch, budget):
+    monkeypatch.setattr(bounds, "CROWN_BUDGET", budget)
+    net = relu_network()
+    x = rng.random((4, 1, 9, 9))
+    domain = bounds.input_box(x, 0.08)
+    layers = net.layers[:9]
+    boxes = ibp_boxes(layers, domain)
+    low, up = bounds.crown_box(layers, bounds.relaxations(layers, boxes), domain, boxes[-1])
+    eye = np.eye(9)[None].repeat(4, axis=0)                        # every neuron of every image, one by one
+    lowest = bounds.concretize(*bounds.crown_back(layers, bounds.relaxations(layers, boxes), eye, np.zeros((4, 9))), *domain)
+    highest = -bounds.concretize(*bounds.crown_back(layers, bounds.relaxations(layers, boxes), -eye, np.zeros((4, 9))), *domain)
+    unstable = (boxes[-1][0] < 0) & (boxes[-1][1] > 0)
+    np.testing.assert_allclose(low[unstable], np.maximum(lowest, boxes[-1][0])[unstable], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(up[unstable], np.minimum(highest, boxes[-1][1])[unstable], rtol=1e-12, atol=1e-12)
 
 
 def test_crown_carries_rows_back_through_each_affine_layer_as_its_matrix_would(rng):

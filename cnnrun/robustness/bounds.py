@@ -193,14 +193,19 @@ def _relu_lines(lower, upper):
         np.where(unstable, -chord * lower, 0)
 
 
-def crown_back(layers, boxes, A, c):
+def relaxations(layers, boxes):
+    """Each relu's lines `_relu_lines(*box)` on its input box `boxes[j]`, None for the other layers."""
+    return [_relu_lines(*box) if layer.kind == "relu" else None for layer, box in zip(layers, boxes)]
+
+
+def crown_back(layers, lines, A, c):
     """The rows `A` `(N, R, *out_shape)`, `c` `(N, R)` of a linear lower bound of the last
-    of `layers`' output, carried back to `layers[0]`'s input: `(A, c)` there. `boxes[j]`
-    is the box of `layers[j]`'s input (needed by relus)."""
+    of `layers`' output, carried back to `layers[0]`'s input: `(A, c)` there. `lines[j]` is
+    the relaxation of `layers[j]` if it is a relu (`relaxations`)."""
     n, r = A.shape[:2]
-    for layer, (lower, upper) in zip(reversed(layers), reversed(boxes)):
+    for layer, line in zip(reversed(layers), reversed(lines)):
         if layer.kind == "relu":
-            slope_low, slope_up, intercept = (v[:, None] for v in _relu_lines(lower, upper))
+            slope_low, slope_up, intercept = (v[:, None] for v in line)
             positive, negative = np.maximum(A, 0), np.minimum(A, 0)
             c = c + (negative * intercept).reshape(n, r, -1).sum(axis=2)
             A = positive * slope_low + negative * slope_up
@@ -221,23 +226,28 @@ def concretize(A, c, lower, upper):
 CROWN_BUDGET = 2 ** 25  # values of the largest array of rows carried back at once (128 MiB in float32)
 
 
-def crown_box(layers, boxes, domain, shape):
-    """The box of the last of `layers`' outputs (shape `shape`) by CROWN over the input box
-    `domain`: each neuron's lower bound, and its upper one as minus the lower bound of its
-    negation; as many neurons at a time as CROWN_BUDGET allows."""
-    lower, upper = domain
-    n, size = len(lower), int(np.prod(shape))
+def crown_box(layers, lines, domain, box):
+    """The box `box` `(N, *shape)` of the last of `layers`' outputs, tightened by CROWN over
+    the input box `domain`: each unstable neuron's (lower < 0 < upper) lower bound, and its
+    upper one as minus the lower bound of its negation. A stable neuron's relu is exact
+    whatever its bounds, so only the unstable ones are carried back: one row per (image,
+    neuron) pair, as many pairs at a time as CROWN_BUDGET allows."""
+    lower, upper = (end.reshape(len(end), -1).copy() for end in box)
+    images, neurons = np.nonzero((lower < 0) & (upper > 0))
     widest = max(int(np.prod(layer.in_shape)) for layer in layers)
-    rows = max(1, CROWN_BUDGET // (2 * n * widest))
-    out_low, out_up = np.empty((n, size), lower.dtype), np.empty((n, size), lower.dtype)
-    for start in range(0, size, rows):
-        stop = min(start + rows, size)
-        eye = np.zeros((stop - start, size), lower.dtype)
-        eye[np.arange(stop - start), np.arange(start, stop)] = 1
-        A = np.concatenate([eye, -eye]).reshape(1, 2 * (stop - start), *shape).repeat(n, axis=0)
-        bound = concretize(*crown_back(layers, boxes, A, np.zeros(A.shape[:2], lower.dtype)), lower, upper)
-        out_low[:, start:stop], out_up[:, start:stop] = bound[:, :stop - start], -bound[:, stop - start:]
-    return out_low.reshape(n, *shape), out_up.reshape(n, *shape)
+    pairs = max(1, CROWN_BUDGET // (2 * widest))
+    for start in range(0, len(images), pairs):
+        image, neuron = images[start:start + pairs], neurons[start:start + pairs]
+        m = len(image)
+        A = np.zeros((2 * m, lower.shape[1]), lower.dtype)
+        A[np.arange(m), neuron], A[np.arange(m, 2 * m), neuron] = 1, -1   # rows h_i and -h_i
+        rows = np.concatenate([image, image])
+        mine = [None if line is None else tuple(v[rows] for v in line) for line in lines]   # each row's image's
+        A, c = crown_back(layers, mine, A.reshape(2 * m, 1, *box[0].shape[1:]), np.zeros((2 * m, 1), lower.dtype))
+        bound = concretize(A, c, domain[0][rows], domain[1][rows])[:, 0]
+        lower[image, neuron] = np.maximum(lower[image, neuron], bound[:m])
+        upper[image, neuron] = np.minimum(upper[image, neuron], -bound[m:])
+    return lower.reshape(box[0].shape), upper.reshape(box[0].shape)
 
 
 @in_eval_mode
@@ -254,14 +264,14 @@ def crown_margins(net, x, labels, eps, intermediate="crown"):
                           f"weights are folded into the margins")
     layers = net.layers[:-2]
     x = np.asarray(x, net.dtype)
-    boxes, start, fallback = [input_box(x, eps)], 0, []
+    boxes, lines, start, fallback = [input_box(x, eps)], [], 0, []   # each layer's input box, relu's lines
     for index, layer in enumerate(layers):
         if layer.kind not in BOUNDS:
             raise CnnrunError(f"{layer.kind}: has no bound")
         if (layer.kind == "relu" and intermediate == "crown"
                 and any(inner.kind == "relu" for inner in layers[start:index])):
-            low, up = crown_box(layers[start:index], boxes[start:index], boxes[start], net.shapes[index])
-            boxes[index] = np.maximum(boxes[index][0], low), np.minimum(boxes[index][1], up)
+            boxes[index] = crown_box(layers[start:index], lines[start:index], boxes[start], boxes[index])
+        lines.append(_relu_lines(*boxes[index]) if layer.kind == "relu" else None)
         boxes.append(BOUNDS[layer.kind](layer, *boxes[index]))
         if layer.kind not in CROWN_AFFINE and layer.kind != "relu":
             start = index + 1  # CROWN stops here: what follows is bounded over this layer's output box
@@ -269,7 +279,7 @@ def crown_margins(net, x, labels, eps, intermediate="crown"):
     W, b = last.params["W"], last.params.get("b")
     A = (W.T[labels][:, None, :] - W.T[None, :, :]).astype(x.dtype)            # (N, K, D): rows W_y - W_k
     c = np.zeros(A.shape[:2], x.dtype) if b is None else (b[labels][:, None] - b[None, :]).astype(x.dtype)
-    A, c = crown_back(layers[start:], boxes[start:-1], A, c)
+    A, c = crown_back(layers[start:], lines[start:], A, c)
     return concretize(A, c, *boxes[start]), fallback
 
 
@@ -279,10 +289,10 @@ METHODS = {
     "ibp": "interval bound propagation (Gowal et al. 2018): each layer's output box from its input's",
     "crown-ibp": "CROWN's linear bounds for the margins over IBP's boxes inside (Zhang et al. 2020): "
                  "as fast as IBP, tighter",
-    "crown": "CROWN (Zhang et al. 2018): linear bounds for the margins and for every relu's input; the "
-             "tightest, and slow on convolutions (seconds per image)",
+    "crown": "CROWN (Zhang et al. 2018): linear bounds for the margins and for every unstable relu input; "
+             "the tightest, and the slowest",
 }
-BATCH = {"ibp": 500, "crown-ibp": 100, "crown": 10}  # images bounded at once
+BATCH = {"ibp": 500, "crown-ibp": 100, "crown": 50}  # images bounded at once
 
 
 @in_eval_mode  # here, before the parts' threads: each of them then finds the network in evaluation mode
@@ -453,8 +463,8 @@ def reference_crown(weights, biases, x, labels, eps, intermediate="crown"):
     """CROWN's margin bounds for the network `z_0 = x W_0 + b_0, z_j = relu(z_{j-1}) W_j + b_j`
     (the last z the logits) on flat images `x` `(N, D)`, one image at a time, every linear
     bound an explicit matrix: the definition that `crown_margins` computes through the
-    layers' backward passes. Each relu's input box is interval arithmetic's, tightened by
-    CROWN itself (`intermediate="crown"`) from the second relu on."""
+    layers' backward passes. Each relu's input box is interval arithmetic's, its unstable
+    neurons' bounds tightened by CROWN itself (`intermediate="crown"`) from the second relu on."""
     def relaxed(A, c, box):
         """Rows `A . relu(z) + c` as rows on z in `box`, by the lower lines (positive
         entries) and the upper ones (negative entries)."""
@@ -483,9 +493,10 @@ def reference_crown(weights, biases, x, labels, eps, intermediate="crown"):
             W, b = weights[depth], biases[depth]
             l = np.maximum(W, 0).T @ h_low + np.minimum(W, 0).T @ h_up + b
             u = np.maximum(W, 0).T @ h_up + np.minimum(W, 0).T @ h_low + b
-            if intermediate == "crown" and depth > 0:
-                eye, zero = np.eye(len(b)), np.zeros(len(b))
-                l, u = np.maximum(l, minimum(eye, zero, depth)), np.minimum(u, -minimum(-eye, zero, depth))
+            if intermediate == "crown" and depth > 0:  # CROWN tightens the unstable neurons
+                eye, zero, unstable = np.eye(len(b)), np.zeros(len(b)), (l < 0) & (u > 0)
+                l = np.where(unstable, np.maximum(l, minimum(eye, zero, depth)), l)
+                u = np.where(unstable, np.minimum(u, -minimum(-eye, zero, depth)), u)
             boxes.append((l, u))
         W, b = weights[-1], biases[-1]
         A, c = relaxed((W[:, label][:, None] - W).T, b[label] - b, boxes[-1])   # margins on the last relu's input
