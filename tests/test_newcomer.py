@@ -137,7 +137,7 @@ def test_a_config_is_a_path_or_a_shipped_name_and_configs_lists_them(setup, tmp_
         result = CliRunner().invoke(main, ["gradcheck", name, "--samples", "2"])
         assert result.exit_code == 0, (name, result.output)
     result = cli(setup, "train", "net9", "--data-dir", setup["data"])
-    assert result.exit_code == 1 and "net9: no such config file, nor a shipped config; shipped: certified-ibp, fashion, fast-fgsm, net1" in result.output
+    assert result.exit_code == 1 and "net9: no such config file, nor a shipped config; shipped: certified-ibp-01, certified-ibp-03, certified-ibp, fashion, fast-fgsm, net1" in result.output
     assert cli(setup, "train", setup["config"], "--data-dir", setup["data"], "--quiet").exit_code == 0  # a path
 
 

@@ -361,6 +361,8 @@ def test_the_reference_engine_runs_every_verb_that_offers_it(setup):
 # it needs its measurement in docs/performance.md.
 SHIPPED_PLANS = {
     "certified-ibp": {"0.conv": ("columns", "scatter", True), "2.conv": ("wide", "wide", False)},
+    "certified-ibp-01": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "patches", True)},
+    "certified-ibp-03": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "patches", True)},
     "fashion": {"1.conv": ("columns", "scatter", True), "4.conv": ("wide", "wide", False),
                 "8.conv": ("wide", "wide", False), "11.conv": ("wide", "wide", False)},
     "fast-fgsm": {"0.conv": ("columns", "scatter", True), "2.conv": ("patches", "scatter_batch_last", True)},
