@@ -23,6 +23,10 @@ class Group(click.Group):
     and exit code 1, and Ctrl-C (or SIGTERM) into exit code 130. Any other exception is
     a bug: one line saying so, exit code 1."""
 
+    def parse_args(self, ctx, args):
+        ctx.meta["cnnrun.argv"] = list(args)  # what was typed after `cnnrun` (recorded in a run's summary)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             try:
@@ -334,7 +338,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     if show:
         click.echo(f"{'resuming' if resume_dir else 'training'} {cfg['name']} in {run_dir} "
                    f"({len(data['train'][0])} training, {len(data['test'][0])} test images)")
-    command = " ".join(["cnnrun"] + [shlex.quote(a) for a in sys.argv[1:]])
+    command = " ".join(["cnnrun"] + [shlex.quote(a) for a in click.get_current_context().meta["cnnrun.argv"]])
     try:
         summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=show and sys.stderr.isatty(),
                             log=click.echo if show else (lambda _: None), command=command, engine=engine,
