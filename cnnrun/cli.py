@@ -338,7 +338,7 @@ def train_cmd(config, epochs, seed, overrides, resume_dir, data_dir, runs_dir, q
     if show:
         click.echo(f"{'resuming' if resume_dir else 'training'} {cfg['name']} in {run_dir} "
                    f"({len(data['train'][0])} training, {len(data['test'][0])} test images)")
-    command = " ".join(["cnnrun"] + [shlex.quote(a) for a in click.get_current_context().meta["cnnrun.argv"]])
+    command = " ".join(["cnnrun"] + [shlex.quote(str(a)) for a in click.get_current_context().meta["cnnrun.argv"]])
     try:
         summary = train_run(cfg, run_dir, data, resume=bool(resume_dir), progress=show and sys.stderr.isatty(),
                             log=click.echo if show else (lambda _: None), command=command, engine=engine,
